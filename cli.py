@@ -1,0 +1,204 @@
+"""edgedino: train a skin-lesion segmenter when almost nothing is labelled.
+
+Stage 1 (``pseudomasks``) removes hair and makes edge-aware pseudo-masks with a Random Walker, into HDF5
+shards; stage 2 (``pretrain``, ``finetune``) learns from them. Run ``python cli.py COMMAND --help``.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+EXIT_REJECTS = 3  # pseudomasks finished, but some inputs were rejected (listed in rejects.jsonl)
+
+
+def _not_built(command: str, issue: int) -> None:
+    raise click.ClickException(f"'{command}' is not built yet (issue #{issue} builds it)")
+
+
+def _parse_size(value: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"expected WIDTHxHEIGHT such as 512x384, got {value!r}") from None
+    if w < 32 or h < 32:
+        raise click.BadParameter(f"each side must be >= 32 px, got {value!r}")
+    return w, h
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages (per-shard and per-sample detail).")
+def main(verbose: bool) -> None:
+    """edgedino: self-distillation with edge-aware pseudo-masks for skin-lesion segmentation.
+
+    \b
+    Typical run:
+      python cli.py synth --out artifacts/synth --n 64          # or use your own data
+      python cli.py pseudomasks --data DATA --out artifacts/shards
+      python cli.py inspect artifacts/shards --png sheet.png
+      python cli.py pretrain --shards artifacts/shards --out artifacts/pretrain
+      python cli.py finetune --data DATA --frac 0.01 --checkpoint artifacts/pretrain/export.pt --out ...
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to write images/, masks/, hair/ and clean/ into.")
+@click.option("--n", "n", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Number of images. 64 is enough for the demo; a few hundred for a longer pretraining.")
+@click.option("--seed", default=0, show_default=True, help="Dataset seed: image i depends only on (seed, i).")
+@click.option("--size", default="512x384", show_default=True,
+              help="Image size WIDTHxHEIGHT. Larger images look more like real dermoscopy but cost more.")
+@click.option("--jobs", default=1, show_default=True, help="Parallel workers (-1: all cores).")
+def synth(out: Path, n: int, seed: int, size: str, jobs: int) -> None:
+    """Generate synthetic dermoscopy images with known lesion and hair masks."""
+    from pipeline.synth import write_synthetic_dataset
+
+    ids = write_synthetic_dataset(out, n, seed=seed, size=_parse_size(size), jobs=jobs)
+    click.echo(f"wrote {len(ids)} synthetic images to {out}")
+
+
+@main.command()
+@click.option("--data", "data", multiple=True, required=True, type=click.Path(path_type=Path),
+              help="Data folder: ISIC 2018 layout, images/ (+ masks/), or a flat folder of images. "
+                   "Repeat to combine folders (e.g. a labelled set plus unlabelled images).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder for shards, manifest.json and rejects.jsonl. Rerunning resumes.")
+@click.option("--jobs", default=1, show_default=True,
+              help="Parallel workers (-1: all cores). Output is identical whatever the number.")
+@click.option("--size", default=256, show_default=True, type=click.IntRange(min=32),
+              help="Storage/training resolution S: images are squashed to SxS. Raise to 384-512 for a "
+                   "GPU pretraining at higher resolution.")
+@click.option("--shard-size", default=128, show_default=True, type=click.IntRange(min=1),
+              help="Samples per shard (one task each). Smaller: finer resume and load balance.")
+@click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky", show_default=True,
+              help="loky: processes on this machine. dask: a Dask cluster (needs the 'dask' extra).")
+@click.option("--scheduler", default=None,
+              help="Dask scheduler address (tcp://host:8786). Without it, --backend dask starts a local cluster.")
+@click.option("--exclude-from", "exclude_from", multiple=True, type=click.Path(path_type=Path),
+              help="Leave out every id found in this data folder (e.g. your external test set). Repeatable.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace shards made with another configuration instead of refusing to mix them.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
+def pseudomasks(data, out, jobs, size, shard_size, backend, scheduler, exclude_from, overwrite, no_progress):
+    """Remove hair and make edge-aware pseudo-masks into HDF5 shards (stage 1)."""
+    from pipeline import datasets
+    from pipeline.run import RunConfig, run_pseudomasks
+
+    if scheduler and backend != "dask":
+        raise click.BadParameter("--scheduler needs --backend dask", param_hint="--scheduler")
+    exclude = set()
+    for folder in exclude_from:
+        exclude |= set(datasets.open_dataset(folder).ids)
+    try:
+        summary = run_pseudomasks(list(data), out, config=RunConfig(size=size, shard_size=shard_size),
+                                  jobs=jobs, backend=backend, scheduler=scheduler, overwrite=overwrite,
+                                  progress=not no_progress, exclude_ids=exclude)
+    except (datasets.DatasetError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if exclude:
+        click.echo(f"excluded ids from {len(exclude_from)} folder(s): {len(exclude)} id(s) considered")
+    for r in summary.rejects[:10]:
+        click.echo(f"rejected {r['id']}: {r['reason']}", err=True)
+    click.echo(summary.line())
+    if summary.n_rejected:
+        sys.exit(EXIT_REJECTS)
+
+
+@main.command()
+@click.option("--shards", required=True, type=click.Path(exists=True, path_type=Path),
+              help="A shard file or the pseudomasks output folder.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for <ID>_segmentation.png masks at each image's original size (0/255).")
+def export(shards: Path, out: Path) -> None:
+    """Write pseudo-masks at original size as ISIC-style PNGs (to score or view)."""
+    from pipeline.export import export_masks
+
+    n = export_masks(shards, out)
+    click.echo(f"wrote {n} mask(s) to {out}")
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write a contact sheet: original, hair mask, cleaned, probability, contours.")
+@click.option("--rows", default=8, show_default=True, help="Samples in the contact sheet.")
+def inspect(path: Path, png: Path | None, rows: int) -> None:
+    """Summarise a shard or a folder of shards (counts, config, distributions, rejects)."""
+    from pipeline.report import contact_sheet, summarise
+    from pipeline.shards import ShardError
+
+    try:
+        click.echo(summarise(path).text())
+        if png:
+            click.echo(f"contact sheet: {contact_sheet(path, png, n=rows)}")
+    except (ShardError, FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def verify(path: Path) -> None:
+    """Re-hash shards against manifest.json and read every chunk; exit 1 on any mismatch."""
+    from pipeline.shards import verify as verify_shards
+
+    problems = verify_shards(path)
+    for p in problems:
+        click.echo(p, err=True)
+    if problems:
+        raise click.ClickException(f"{len(problems)} problem(s) in {path}")
+    click.echo(f"ok: every shard in {path} matches manifest.json")
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--shards", type=click.Path(path_type=Path), help="Folder of pseudo-mask shards.")
+@click.option("--out", type=click.Path(path_type=Path), help="Run folder (checkpoints, logs, export.pt).")
+def pretrain(shards, out):
+    """DINO self-distillation + auxiliary pseudo-mask segmentation (stage 2)."""
+    _not_built("pretrain", 4)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--data", multiple=True, type=click.Path(path_type=Path), help="Labelled data folder.")
+@click.option("--frac", type=float, help="Fraction of the labelled training images to use.")
+def finetune(data, frac):
+    """Fine-tune with a fraction of the expert labels and report ISIC metrics."""
+    _not_built("finetune", 5)
+
+
+@main.command()
+@click.option("--pred", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of predicted <ID>_segmentation.png masks.")
+@click.option("--truth", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of expert masks (<ID>_segmentation.png), or a data folder with masks/.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write per-image and mean metrics to this JSON file.")
+def evaluate(pred: Path, truth: Path, json_out: Path | None) -> None:
+    """Score predicted masks against expert masks like ISIC (Jaccard, Dice, thresholded Jaccard...)."""
+    from trainer.metrics import evaluate_folders, write_metrics_json
+
+    if (truth / "masks").is_dir():
+        truth = truth / "masks"
+    try:
+        result = evaluate_folders(pred, truth)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    for name, value in result.means.items():
+        click.echo(f"{name:>20}: {value:.4f}")
+    if json_out:
+        write_metrics_json(result, json_out)
+        click.echo(f"per-image metrics: {json_out}")
+
+
+@main.command()
+def table():
+    """Run the comparison grid (methods x label fractions x seeds) and write results.md/csv/png."""
+    _not_built("table", 5)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""The one way this project writes a file: to a temporary sibling, flushed, then renamed.
+
+A reader (or a rerun after a crash) sees either the old file or the whole new one, never half of it.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Iterator
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb", *, suffix: str = ".partial") -> Iterator[IO]:
+    """Open a temporary file beside ``path``; on success fsync it and rename it onto ``path``.
+
+    Parameters
+    ----------
+    path : path-like
+        The final file. Its folder is created if missing.
+    mode : {'wb', 'w'}
+        Binary or text.
+    suffix : str
+        Suffix of the temporary name (``<name>.<random><suffix>``); readers ignore such files.
+
+    On an exception the temporary file is removed and ``path`` is left as it was.
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_write: mode must be 'wb' or 'w', got {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, suffix: str = ".partial") -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` for libraries that open files themselves (h5py, torch.save).
+
+    The temporary file is renamed onto ``path`` when the block ends without error, and removed otherwise.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_write(path, "wb") as fh:
+        fh.write(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_write(path, "w") as fh:
+        fh.write(text)

@@ -1,0 +1,359 @@
+"""The dataset layer: find images (and expert masks) in the layouts researchers have, and check them up front.
+
+Three layouts are recognised (image ids are file stems):
+
+(a) ISIC 2018 Task 1 as distributed::
+
+        ISIC2018_Task1-2_Training_Input/ISIC_XXXXXXX.jpg
+        ISIC2018_Task1_Training_GroundTruth/ISIC_XXXXXXX_segmentation.png
+        (and the same with _Validation_ and _Test_)
+
+(b) a plain folder: ``images/<ID>.<ext>`` with optional ``masks/<ID>_segmentation.png``;
+(c) a flat folder of images with no masks.
+
+Several folders can be combined (a labelled folder plus unlabelled ones); an id seen twice is reported and
+only its first occurrence kept. ``check_dataset`` reads headers (and masks when asked) and returns every
+problem at once, in the spirit of nnU-Net's ``verify_dataset_integrity``.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import cv2
+import numpy as np
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+MASK_SUFFIX = "_segmentation.png"
+MIN_SIDE = 32
+ISIC2018_SPLITS = {"Training": "train", "Validation": "validation", "Test": "test"}
+
+# Pillow refuses images above ~179 Mpx as "decompression bombs"; dermoscopy tops out near 30 Mpx.
+Image.MAX_IMAGE_PIXELS = 400_000_000
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a dataset.
+
+    ``split`` is ``'train'``, ``'validation'`` or ``'test'`` when the layout says so (ISIC 2018), else ``None``.
+    """
+
+    id: str
+    image: Path
+    mask: Path | None = None
+    split: str | None = None
+    root: Path | None = None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong with a dataset. ``fatal`` problems stop every command; others drop one sample."""
+
+    path: Path
+    reason: str
+    id: str | None = None
+    fatal: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+class DatasetError(ValueError):
+    """Raised with every fatal problem of a dataset in one message."""
+
+    def __init__(self, problems: Sequence[Problem]):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{len(self.problems)} problem(s) with the data:\n{lines}")
+
+
+class ImageReadError(ValueError):
+    """An image or mask file that cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Samples from one or more folders, sorted by id, plus the problems found while listing them."""
+
+    samples: tuple[Sample, ...]
+    roots: tuple[Path, ...]
+    problems: tuple[Problem, ...] = field(default=())
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def ids(self) -> list[str]:
+        return [s.id for s in self.samples]
+
+    @property
+    def labelled(self) -> tuple[Sample, ...]:
+        return tuple(s for s in self.samples if s.mask is not None)
+
+    def split(self, name: str) -> tuple[Sample, ...]:
+        return tuple(s for s in self.samples if s.split == name)
+
+    def by_id(self) -> dict[str, Sample]:
+        return {s.id: s for s in self.samples}
+
+
+def _is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def _list_images(folder: Path) -> list[Path]:
+    # Directories named like images are listed too: they are reported as problems, not silently dropped.
+    return sorted(p for p in folder.iterdir() if _is_image_name(p))
+
+
+def _masks_by_id(folder: Path | None) -> dict[str, Path]:
+    if folder is None or not folder.is_dir():
+        return {}
+    return {p.name[: -len(MASK_SUFFIX)]: p for p in sorted(folder.iterdir()) if p.name.endswith(MASK_SUFFIX)}
+
+
+def _pair(images: list[Path], masks: dict[str, Path], split: str | None, root: Path,
+          problems: list[Problem], mask_dir: Path | None) -> list[Sample]:
+    ids = {p.stem for p in images}
+    for mid, mpath in masks.items():
+        if mid not in ids:
+            problems.append(Problem(mpath, "mask without an image", id=mid))
+    if mask_dir is not None and masks:
+        for p in images:
+            if p.stem not in masks:
+                problems.append(Problem(p, f"image without a mask in {mask_dir}", id=p.stem))
+    return [Sample(p.stem, p, masks.get(p.stem), split, root) for p in images]
+
+
+def _read_folder(root: Path, problems: list[Problem]) -> list[Sample]:
+    if not root.exists():
+        problems.append(Problem(root, "folder does not exist", fatal=True))
+        return []
+    if not root.is_dir():
+        problems.append(Problem(root, "not a folder", fatal=True))
+        return []
+    isic_inputs = sorted(root.glob("ISIC2018_Task1-2_*_Input"))
+    if isic_inputs:  # (a) ISIC 2018 layout
+        samples = []
+        for inp in isic_inputs:
+            split_word = inp.name.split("_")[2]
+            split = ISIC2018_SPLITS.get(split_word)
+            gt = root / f"ISIC2018_Task1_{split_word}_GroundTruth"
+            images = _list_images(inp)
+            samples += _pair(images, _masks_by_id(gt), split, root, problems, gt if gt.is_dir() else None)
+        return samples
+    if (root / "images").is_dir():  # (b) images/ + optional masks/
+        mask_dir = root / "masks" if (root / "masks").is_dir() else None
+        return _pair(_list_images(root / "images"), _masks_by_id(mask_dir), None, root, problems, mask_dir)
+    return _pair(_list_images(root), {}, None, root, problems, None)  # (c) flat folder
+
+
+def open_dataset(paths: str | Path | Iterable[str | Path], *, require_masks: bool = False) -> Dataset:
+    """List the samples in one or more data folders.
+
+    Parameters
+    ----------
+    paths : path or iterable of paths
+        Data folders in any of the three layouts (see the module docstring).
+    require_masks : bool
+        When True, an image without a mask is a fatal problem (fine-tuning, evaluation).
+
+    Returns
+    -------
+    Dataset
+        Samples sorted by id; non-fatal problems (a mask without an image, a duplicate id) in ``problems``.
+
+    Raises
+    ------
+    DatasetError
+        Missing folder, a folder with no images, or (``require_masks``) images without masks, all in one message.
+    """
+    roots = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+    if not roots:
+        raise ValueError("open_dataset: give at least one data folder")
+    problems: list[Problem] = []
+    seen: dict[str, Sample] = {}
+    for root in roots:
+        found = _read_folder(root, problems)
+        if not found and root.is_dir():
+            problems.append(Problem(root, f"no images ({', '.join(IMAGE_EXTENSIONS)}) found", fatal=True))
+        for s in found:
+            if s.id in seen:
+                problems.append(Problem(s.image, f"duplicate id {s.id!r}: already read from {seen[s.id].image}; "
+                                                 "keeping the first", id=s.id))
+                continue
+            seen[s.id] = s
+    samples = tuple(sorted(seen.values(), key=lambda s: s.id))
+    if require_masks:
+        for s in samples:
+            if s.mask is None:
+                problems.append(Problem(s.image, "image without a mask (masks are required here)", id=s.id,
+                                        fatal=True))
+        problems = [Problem(p.path, p.reason, p.id, True) if p.reason.startswith("image without a mask")
+                    else p for p in problems]
+    fatal = [p for p in problems if p.fatal]
+    if fatal:
+        raise DatasetError(fatal)
+    for p in problems:
+        log.warning("%s", p)
+    return Dataset(samples, tuple(roots), tuple(problems))
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """Return ``(height, width)`` from the file header, without decoding the pixels.
+
+    Raises
+    ------
+    ImageReadError
+        The path is not a readable image file (missing, a directory, zero bytes, not an image).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ImageReadError(f"{path}: is a directory, not an image file")
+    if not path.exists():
+        raise ImageReadError(f"{path}: file does not exist")
+    if path.stat().st_size == 0:
+        raise ImageReadError(f"{path}: empty file (0 bytes)")
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except Exception as exc:  # PIL raises many types for bad files
+        raise ImageReadError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
+    return height, width
+
+
+def _reduction_flag(size: tuple[int, int], min_long_side: int | None) -> tuple[int, int]:
+    """Pick cv2's reduced-decode flag (1/2, 1/4, 1/8) keeping the long side >= ``min_long_side``."""
+    if not min_long_side:
+        return cv2.IMREAD_UNCHANGED, 1
+    long_side = max(size)
+    for factor, flag in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
+                         (2, cv2.IMREAD_REDUCED_COLOR_2)):
+        if long_side // factor >= min_long_side:
+            return flag, factor
+    return cv2.IMREAD_UNCHANGED, 1
+
+
+def read_image(path: str | Path, *, min_long_side: int | None = None) -> np.ndarray:
+    """Read a dermoscopy image as RGB.
+
+    Parameters
+    ----------
+    path : path-like
+        JPEG, PNG, BMP or TIFF.
+    min_long_side : int, optional
+        Let the decoder downscale by 2, 4 or 8 while the long side stays at least this; keeps very large
+        images (e.g. 8000 x 6000) cheap in memory. ``None`` decodes at full size.
+
+    Returns
+    -------
+    (H, W, 3) uint8
+        RGB. RGBA loses its alpha channel; 16-bit images are scaled to 8 bits.
+
+    Raises
+    ------
+    ImageReadError
+        The file is missing, empty, a directory, corrupt or truncated, grey-scale (dermoscopy needs colour),
+        or smaller than 32 px on a side.
+    """
+    path = Path(path)
+    height, width = image_size(path)
+    if min(height, width) < MIN_SIDE:
+        raise ImageReadError(f"{path}: image too small ({width}x{height}); need at least {MIN_SIDE} px a side")
+    flag, _ = _reduction_flag((height, width), min_long_side)
+    with warnings.catch_warnings():
+        data = np.fromfile(path, dtype=np.uint8)
+        image = cv2.imdecode(data, flag)
+    if image is None:
+        raise ImageReadError(f"{path}: corrupt or truncated image (the decoder returned nothing)")
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        raise ImageReadError(f"{path}: grey-scale image (1 channel); dermoscopy images must be colour")
+    if image.dtype == np.uint16:
+        image = (image // 257).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ImageReadError(f"{path}: unsupported pixel type {image.dtype}; expected 8- or 16-bit")
+    if image.shape[2] == 4:
+        image = image[:, :, :3]
+    if _is_truncated_jpeg(path, data):
+        raise ImageReadError(f"{path}: truncated JPEG (no end-of-image marker)")
+    return np.ascontiguousarray(image[:, :, ::-1])
+
+
+def _is_truncated_jpeg(path: Path, data: np.ndarray) -> bool:
+    # libjpeg fills a truncated image with grey and only warns; the missing EOI marker gives it away.
+    if path.suffix.lower() not in (".jpg", ".jpeg") or data.size < 4:
+        return False
+    return b"\xff\xd9" not in data[-4096:].tobytes()
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read an expert mask: ``(H, W) bool`` (lesion True).
+
+    Raises
+    ------
+    ImageReadError
+        Unreadable file, or values other than {0, 255} / {0, 1} (a non-binary mask).
+    """
+    path = Path(path)
+    image_size(path)
+    mask = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        raise ImageReadError(f"{path}: corrupt or unreadable mask")
+    if mask.ndim == 3:
+        mask = mask[:, :, 0]
+    values = np.unique(mask)
+    if not (set(values.tolist()) <= {0, 255} or set(values.tolist()) <= {0, 1}):
+        shown = ", ".join(str(v) for v in values[:6]) + (", ..." if values.size > 6 else "")
+        raise ImageReadError(f"{path}: mask is not binary (values {shown}); expected 0/255 or 0/1")
+    return mask > 0
+
+
+def check_sample(sample: Sample, *, check_mask_values: bool = True) -> list[Problem]:
+    """Problems of one sample: unreadable image, unreadable/non-binary mask, image/mask size mismatch."""
+    problems = []
+    try:
+        hw = image_size(sample.image)
+        if min(hw) < MIN_SIDE:
+            problems.append(Problem(sample.image, f"image too small ({hw[1]}x{hw[0]})", sample.id))
+    except ImageReadError as exc:
+        return [Problem(sample.image, str(exc).split(": ", 1)[1], sample.id)]
+    if sample.mask is not None:
+        try:
+            mhw = image_size(sample.mask)
+            if mhw != hw:
+                problems.append(Problem(sample.mask, f"mask size {mhw[1]}x{mhw[0]} differs from image size "
+                                                     f"{hw[1]}x{hw[0]}", sample.id))
+            elif check_mask_values:
+                read_mask(sample.mask)
+        except ImageReadError as exc:
+            problems.append(Problem(sample.mask, str(exc).split(": ", 1)[1], sample.id))
+    return problems
+
+
+def check_dataset(dataset: Dataset, *, check_mask_values: bool = True, progress: bool = False) -> list[Problem]:
+    """Check every sample's headers (and mask values); return all problems, the listing's ones included."""
+    from tqdm.auto import tqdm
+
+    problems = list(dataset.problems)
+    for sample in tqdm(dataset.samples, desc="checking data", unit="img", disable=not progress):
+        problems += check_sample(sample, check_mask_values=check_mask_values)
+    return problems
+
+
+def mask_path_for(image_path: str | Path) -> Path | None:
+    """The expert mask that belongs to an image file in any known layout, or None if there is none."""
+    image_path = Path(image_path)
+    parent = image_path.parent
+    candidates = [parent.parent / "masks" / f"{image_path.stem}{MASK_SUFFIX}"]
+    if parent.name.startswith("ISIC2018_Task1-2_") and parent.name.endswith("_Input"):
+        split_word = parent.name.split("_")[2]
+        candidates.append(parent.parent / f"ISIC2018_Task1_{split_word}_GroundTruth"
+                          / f"{image_path.stem}{MASK_SUFFIX}")
+    return next((c for c in candidates if c.is_file()), None)

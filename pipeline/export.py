@@ -1,0 +1,48 @@
+"""Pseudo-masks back to each image's original size, as ISIC-style ``<ID>_segmentation.png`` (0/255)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pipeline.atomic import write_bytes
+from pipeline.shards import ShardReader, find_shards
+
+
+def mask_to_original(mask: np.ndarray, orig_shape: tuple[int, int]) -> np.ndarray:
+    """Undo the squash: ``(S, S) {0,1} uint8/bool -> (H, W) uint8`` in {0, 255}.
+
+    The mask is resized as a float with linear interpolation and cut at 0.5, so boundaries stay smooth
+    instead of showing the S x S staircase.
+    """
+    height, width = int(orig_shape[0]), int(orig_shape[1])
+    soft = cv2.resize(mask.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    return np.where(soft >= 0.5, 255, 0).astype(np.uint8)
+
+
+def write_mask_png(path: Path, mask: np.ndarray) -> None:
+    """Write an ``(H, W) uint8`` 0/255 mask as a single-channel PNG, atomically."""
+    ok, buf = cv2.imencode(".png", mask)
+    if not ok:
+        raise RuntimeError(f"{path}: PNG encoding failed")
+    write_bytes(path, buf.tobytes())
+
+
+def export_masks(shards: str | Path, out_dir: str | Path, *, progress: bool = True) -> int:
+    """Write every pseudo-mask in ``shards`` (file or folder) to ``out_dir``; return how many."""
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    paths = find_shards(shards)
+    if not paths:
+        raise FileNotFoundError(f"{shards}: no shard files (shard-*.h5) found")
+    n = 0
+    for path in paths:
+        with ShardReader(path) as shard:
+            for sample in tqdm(shard, total=len(shard), desc=f"export {path.name}", unit="mask",
+                               disable=not progress):
+                mask = mask_to_original(sample["pseudo_mask"], sample["orig_shape"])
+                write_mask_png(out_dir / f"{sample['id']}_segmentation.png", mask)
+                n += 1
+    return n

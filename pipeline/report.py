@@ -1,0 +1,160 @@
+"""``inspect``: what is in a shard or a folder of shards, in words and in a contact sheet."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import datasets
+from pipeline.shards import REJECTS, ShardReader, find_shards, read_manifest
+
+UNCERTAIN_BAND = (0.1, 0.9)
+
+
+@dataclass
+class ShardSummary:
+    n_shards: int = 0
+    n_samples: int = 0
+    n_no_lesion: int = 0
+    schema_versions: set = field(default_factory=set)
+    configs: set = field(default_factory=set)
+    size: int | None = None
+    lesion_fraction: list = field(default_factory=list)
+    hair_fraction: list = field(default_factory=list)
+    uncertain_fraction: list = field(default_factory=list)
+    rejects: list = field(default_factory=list)
+    config: dict | None = None
+
+    def text(self) -> str:
+        lines = [f"shards: {self.n_shards}   samples: {self.n_samples}   rejected: {len(self.rejects)}   "
+                 f"no lesion found: {self.n_no_lesion}",
+                 f"schema version: {', '.join(map(str, sorted(self.schema_versions)))}   "
+                 f"storage size: {self.size}x{self.size}   config hash(es): {', '.join(sorted(self.configs))}"]
+        for name, values in (("lesion area fraction", self.lesion_fraction),
+                             ("hair fraction", self.hair_fraction),
+                             (f"uncertain pixels ({UNCERTAIN_BAND[0]} < p < {UNCERTAIN_BAND[1]})",
+                              self.uncertain_fraction)):
+            if values:
+                q = np.quantile(values, [0, 0.1, 0.5, 0.9, 1])
+                lines.append(f"{name:>34}: min {q[0]:.3f}  p10 {q[1]:.3f}  median {q[2]:.3f}  "
+                             f"p90 {q[3]:.3f}  max {q[4]:.3f}  mean {np.mean(values):.3f}")
+        if self.config:
+            lines.append("config: " + json.dumps(self.config, sort_keys=True)[:600])
+        for r in self.rejects[:20]:
+            lines.append(f"rejected {r['id']}: {r['reason']}")
+        if len(self.rejects) > 20:
+            lines.append(f"... and {len(self.rejects) - 20} more rejects")
+        return "\n".join(lines)
+
+
+def summarise(path: str | Path) -> ShardSummary:
+    """Read every shard at ``path`` (file or folder) and gather counts and distributions."""
+    paths = find_shards(path)
+    if not paths:
+        raise FileNotFoundError(f"{path}: no shard files (shard-*.h5) found")
+    summary = ShardSummary(n_shards=len(paths))
+    lo, hi = (int(round(b * 255)) for b in UNCERTAIN_BAND)
+    for p in paths:
+        with ShardReader(p) as shard:
+            attrs = shard.attrs
+            summary.schema_versions.add(int(attrs["schema_version"]))
+            summary.configs.add(str(attrs["config_hash"]))
+            summary.size = int(attrs["size"])
+            summary.config = shard.config
+            summary.rejects += shard.rejects
+            n = len(shard)
+            summary.n_samples += n
+            if n:
+                summary.n_no_lesion += int(shard.column("no_lesion").sum())
+            f = shard._file
+            for i in range(n):
+                summary.lesion_fraction.append(float(f["pseudo_mask"][i].mean()))
+                summary.hair_fraction.append(float(f["hair_mask"][i].mean()))
+                prob = f["prob"][i]
+                summary.uncertain_fraction.append(float(((prob > lo) & (prob < hi)).mean()))
+    return summary
+
+
+def contact_sheet(path: str | Path, png: str | Path, *, n: int = 8) -> Path:
+    """Write a contact sheet: original | hair mask | cleaned | probability | pseudo-mask (+ expert) contours.
+
+    Rows are ``n`` samples spread evenly over the shards. The expert contour (green) is drawn when the
+    source image's mask is found beside it (``masks/<ID>_segmentation.png`` or the ISIC 2018 layout).
+    """
+    import cv2
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipeline.atomic import atomic_path
+
+    paths = find_shards(path)
+    index = [(p, i) for p in paths for i in range(_rows(p))]
+    if not index:
+        raise ValueError(f"{path}: the shards hold no samples to show")
+    picks = [index[int(k)] for k in np.linspace(0, len(index) - 1, min(n, len(index)))]
+    cols = ["original", "hair mask", "cleaned", "walker probability", "pseudo-mask (red) / expert (green)"]
+    fig, axes = plt.subplots(len(picks), len(cols), figsize=(2.4 * len(cols), 2.4 * len(picks)), squeeze=False)
+    for row, (p, i) in enumerate(picks):
+        with ShardReader(p) as shard:
+            s = shard[i]
+        size = s["image"].shape[0]
+        original = None
+        if Path(s["path"]).is_file():
+            try:
+                original = cv2.resize(datasets.read_image(s["path"], min_long_side=2 * size), (size, size),
+                                      interpolation=cv2.INTER_AREA)
+            except datasets.ImageReadError:
+                original = None
+        overlay = s["image"].copy()
+        _draw_contour(overlay, s["pseudo_mask"], (255, 40, 40))
+        mask_path = datasets.mask_path_for(s["path"])
+        if mask_path is not None:
+            try:
+                truth = datasets.read_mask(mask_path).astype(np.uint8)
+                _draw_contour(overlay, cv2.resize(truth, (size, size), interpolation=cv2.INTER_NEAREST),
+                              (40, 220, 40))
+            except datasets.ImageReadError:
+                pass
+        panels = [original if original is not None else np.zeros_like(s["image"]), s["hair_mask"] * 255,
+                  s["image"], s["prob"], overlay]
+        for col, panel in enumerate(panels):
+            ax = axes[row, col]
+            ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None, vmin=0, vmax=255)
+            ax.set_xticks([]), ax.set_yticks([])
+            if row == 0:
+                ax.set_title(cols[col], fontsize=8)
+            if col == 0:
+                ax.set_ylabel(s["id"] + (" (no lesion)" if s["no_lesion"] else ""), fontsize=7)
+    fig.tight_layout()
+    png = Path(png)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)
+    return png
+
+
+def _rows(path: Path) -> int:
+    with ShardReader(path) as shard:
+        return len(shard)
+
+
+def _draw_contour(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int]) -> None:
+    import cv2
+
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(image, contours, -1, colour, 1)
+
+
+def rejects_of(out_dir: str | Path) -> list[dict]:
+    path = Path(out_dir) / REJECTS
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def manifest_rows(out_dir: str | Path) -> int:
+    return sum(e["rows"] for e in read_manifest(Path(out_dir)).get("shards", []))

@@ -1,0 +1,337 @@
+"""The parallel pseudo-mask run: plan shards, process them with joblib (or Dask), resume, record rejects.
+
+Each shard is one task with a fixed list of ids (the sorted ids of all data folders, cut every
+``shard_size``), written by one process only. A rerun keeps every shard that exists whole with the same
+config and ids, and redoes the rest; the result does not depend on ``--jobs`` or the backend.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from pipeline import datasets
+from pipeline.atomic import write_text
+from pipeline.pseudomask import PseudoMaskConfig, make_pseudo_mask
+from pipeline.shards import (REJECTS, ShardError, ShardReader, ShardRecord, find_shards, ids_hash,
+                             read_manifest, sha256_file, shard_name, write_manifest, write_shard)
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("loky", "dask")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that decides the content of the shards (``jobs`` and the backend do not).
+
+    Attributes
+    ----------
+    size : int
+        Storage (training) resolution S: every image is squashed to S x S.
+    shard_size : int
+        Samples per shard (one joblib task each). Smaller shards resume at a finer grain and balance
+        better across workers; larger ones mean fewer files.
+    decode_long_side : int
+        JPEGs larger than this are decoded at 1/2, 1/4 or 1/8 size (keeping at least this long side),
+        which keeps 8000 x 6000 images cheap in memory.
+    seed : int
+        Recorded for per-sample randomness ``(seed, id)``; the current pseudo-mask method is deterministic.
+    pseudo : PseudoMaskConfig
+        Hair removal, seeding and walker parameters.
+    """
+
+    size: int = 256
+    shard_size: int = 128
+    decode_long_side: int = 1024
+    seed: int = 0
+    pseudo: PseudoMaskConfig = field(default_factory=PseudoMaskConfig)
+
+    def __post_init__(self):
+        if self.size < 32:
+            raise ValueError(f"size must be >= 32 px, got {self.size}")
+        if self.shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    index: int
+    samples: tuple[datasets.Sample, ...]
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.index)
+
+    @property
+    def ids(self) -> list[str]:
+        return [s.id for s in self.samples]
+
+
+@dataclass
+class RunSummary:
+    out_dir: Path
+    n_shards: int
+    n_samples: int
+    n_rejected: int
+    n_resumed_shards: int
+    n_no_lesion: int
+    seconds: float
+    rejects: list[dict]
+
+    def line(self) -> str:
+        return (f"done: {self.n_samples} sample(s) in {self.n_shards} shard(s) under {self.out_dir} "
+                f"({self.n_resumed_shards} shard(s) kept from an earlier run, {self.n_no_lesion} without a lesion); "
+                f"{self.n_rejected} rejected" + (f" (see {self.out_dir / REJECTS})" if self.n_rejected else ""))
+
+
+def plan_shards(dataset: datasets.Dataset, shard_size: int) -> list[ShardPlan]:
+    """Cut the sorted samples into shards of ``shard_size``."""
+    s = dataset.samples
+    return [ShardPlan(i, tuple(s[j:j + shard_size])) for i, j in enumerate(range(0, len(s), shard_size))]
+
+
+def library_versions() -> dict[str, str]:
+    import cv2
+    import h5py
+    import pyamg
+    import scipy
+    import skimage
+
+    return {"numpy": np.__version__, "scipy": scipy.__version__, "scikit-image": skimage.__version__,
+            "opencv": cv2.__version__, "h5py": h5py.__version__, "pyamg": pyamg.__version__,
+            "schema": "1"}
+
+
+def process_sample(sample: datasets.Sample, config: RunConfig) -> ShardRecord:
+    """Read one image and make its pseudo-mask. Raises ``ImageReadError`` for unusable input."""
+    import cv2
+
+    height, width = datasets.image_size(sample.image)
+    if sample.mask is not None:
+        mh, mw = datasets.image_size(sample.mask)
+        if (mh, mw) != (height, width):
+            raise datasets.ImageReadError(f"{sample.mask}: mask size {mw}x{mh} differs from image size "
+                                          f"{width}x{height}")
+    image = datasets.read_image(sample.image, min_long_side=config.decode_long_side)
+    result = make_pseudo_mask(image, size=config.size, config=config.pseudo)
+    stored_image = result.cleaned
+    if stored_image.shape[:2] != (config.size, config.size):
+        stored_image = cv2.resize(stored_image, (config.size, config.size), interpolation=cv2.INTER_AREA)
+    diagnostics = {k: float(v) for k, v in result.diagnostics.items() if "second" not in k}
+    return ShardRecord(id=sample.id, path=str(sample.image), orig_shape=(height, width), image=stored_image,
+                       hair_mask=result.hair_mask, prob=result.prob, pseudo_mask=result.mask,
+                       no_lesion=bool(result.no_lesion), diagnostics=diagnostics)
+
+
+def process_shard(plan: ShardPlan, out_dir: str | Path, config: RunConfig) -> dict:
+    """Process every sample of ``plan`` and write its shard; return its manifest entry.
+
+    A sample that fails is recorded in the shard's rejects with the reason, and the shard goes on.
+    """
+    import cv2
+    from threadpoolctl import threadpool_limits
+
+    cv2.setNumThreads(1)
+    start = time.perf_counter()
+    records, rejects = [], []
+    with threadpool_limits(1):  # same arithmetic whatever the backend: results do not depend on --jobs
+        for sample in plan.samples:
+            try:
+                records.append(process_sample(sample, config))
+            except datasets.ImageReadError as exc:
+                rejects.append({"id": sample.id, "path": str(sample.image), "reason": str(exc)})
+            except Exception as exc:  # a bug or an input the method cannot handle: keep the run going
+                log.exception("pseudo-mask failed for %s", sample.image)
+                rejects.append({"id": sample.id, "path": str(sample.image),
+                                "reason": f"{sample.image}: pseudo-mask failed ({type(exc).__name__}: {exc})"})
+    path = Path(out_dir) / plan.name
+    write_shard(path, records, size=config.size, config_json=config.to_json(), config_hash=config.hash,
+                planned_ids=plan.ids, rejects=rejects, versions=library_versions())
+    return _entry(path, len(records), rejects, seconds=time.perf_counter() - start,
+                  n_no_lesion=sum(r.no_lesion for r in records))
+
+
+def _entry(path: Path, rows: int, rejects: list[dict], *, seconds: float | None, n_no_lesion: int) -> dict:
+    return {"file": path.name, "rows": rows, "rejected": len(rejects), "no_lesion": n_no_lesion,
+            "sha256": sha256_file(path), "seconds": None if seconds is None else round(seconds, 3),
+            "rejects": rejects}
+
+
+def _existing_entry(path: Path, plan: ShardPlan, config: RunConfig, old: dict) -> dict | None:
+    """The manifest entry of a finished shard that can be kept, or None if it must be redone."""
+    try:
+        with ShardReader(path) as shard:
+            attrs = shard.attrs
+            if attrs.get("config_hash") != config.hash:
+                raise ShardError(f"{path}: made with another configuration (config_hash "
+                                 f"{attrs.get('config_hash')} != {config.hash}); use a new --out folder or "
+                                 "--overwrite")
+            if attrs.get("ids_hash") != ids_hash(plan.ids):
+                log.info("%s: the data changed since it was written; redoing it", path)
+                return None
+            rows, rejects = len(shard), shard.rejects
+            n_no_lesion = int(shard.column("no_lesion").sum()) if rows else 0
+    except ShardError as exc:
+        if "another configuration" in str(exc):
+            raise
+        log.warning("%s; redoing it", exc)
+        return None
+    seconds = old.get(path.name, {}).get("seconds")
+    return _entry(path, rows, rejects, seconds=seconds, n_no_lesion=n_no_lesion)
+
+
+def _clean_partials(out_dir: Path) -> None:
+    for stale in out_dir.glob(".shard-*.partial"):
+        stale.unlink()
+
+
+def run_pseudomasks(data: Sequence[str | Path] | str | Path, out_dir: str | Path, *, config: RunConfig = RunConfig(),
+                    jobs: int = 1, backend: str = "loky", scheduler: str | None = None,
+                    overwrite: bool = False, progress: bool = True,
+                    exclude_ids: Iterable[str] = ()) -> RunSummary:
+    """Make pseudo-masks for every image in ``data`` and write HDF5 shards to ``out_dir``.
+
+    Parameters
+    ----------
+    data : path or sequence of paths
+        Data folders (see ``pipeline.datasets``).
+    out_dir : path
+        Shards, ``manifest.json`` and ``rejects.jsonl`` go here. Rerunning resumes.
+    config : RunConfig
+        What decides the content of the shards.
+    jobs : int
+        Parallel workers (``-1``: all cores).
+    backend : {'loky', 'dask'}
+        joblib's loky processes on this machine, or a Dask cluster (``scheduler`` address; a
+        ``LocalCluster`` with ``jobs`` workers when None).
+    overwrite : bool
+        Delete shards made with another configuration instead of refusing to mix them.
+    exclude_ids : iterable of str
+        Ids to leave out (e.g. the images of an external test set).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _clean_partials(out_dir)
+    dataset = datasets.open_dataset(data)
+    excluded = set(exclude_ids)
+    if excluded:
+        kept = tuple(s for s in dataset.samples if s.id not in excluded)
+        log.info("left out %d image(s) whose ids are excluded", len(dataset.samples) - len(kept))
+        dataset = dataclasses.replace(dataset, samples=kept)
+    plans = plan_shards(dataset, config.shard_size)
+    planned = {p.name for p in plans}
+    old = {e["file"]: e for e in read_manifest(out_dir).get("shards", [])}
+    for path in find_shards(out_dir):
+        if path.name not in planned:
+            log.warning("%s is not part of this run's plan (data or shard size changed); removing it", path)
+            path.unlink()
+    entries, todo = {}, []
+    for plan in plans:
+        path = out_dir / plan.name
+        entry = None
+        if path.exists():
+            if overwrite:
+                with_config = _config_hash_of(path)
+                if with_config != config.hash:
+                    path.unlink()
+            if path.exists():
+                entry = _existing_entry(path, plan, config, old)
+        if entry is None:
+            todo.append(plan)
+        else:
+            entries[plan.name] = entry
+    n_resumed = len(entries)
+    if n_resumed:
+        log.info("resuming: %d of %d shard(s) already done", n_resumed, len(plans))
+    extra = {"config": json.loads(config.to_json()), "config_hash": config.hash,
+             "data": [str(Path(d)) for d in ([data] if isinstance(data, (str, Path)) else data)]}
+
+    def record(entry: dict) -> None:
+        entries[entry["file"]] = entry
+        _write_outputs(out_dir, entries, extra)
+
+    start = time.perf_counter()
+    total = sum(len(p.samples) for p in todo)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, desc="pseudo-masks", unit="img", disable=not progress or not total) as bar:
+        for entry in _execute(todo, out_dir, config, jobs=jobs, backend=backend, scheduler=scheduler):
+            record(entry)
+            bar.update(entry["rows"] + entry["rejected"])
+    _write_outputs(out_dir, entries, extra)
+    rejects = [r for name in sorted(entries) for r in entries[name]["rejects"]]
+    return RunSummary(out_dir=out_dir, n_shards=len(plans), n_samples=sum(e["rows"] for e in entries.values()),
+                      n_rejected=len(rejects), n_resumed_shards=n_resumed,
+                      n_no_lesion=sum(e.get("no_lesion", 0) for e in entries.values()),
+                      seconds=time.perf_counter() - start, rejects=rejects)
+
+
+def _config_hash_of(path: Path) -> str | None:
+    try:
+        with ShardReader(path) as shard:
+            return shard.attrs.get("config_hash")
+    except ShardError:
+        return None
+
+
+def _write_outputs(out_dir: Path, entries: dict[str, dict], extra: dict) -> None:
+    write_manifest(out_dir, [{k: v for k, v in e.items() if k != "rejects"} for e in entries.values()], extra)
+    lines = [json.dumps(r) for name in sorted(entries) for r in entries[name]["rejects"]]
+    write_text(out_dir / REJECTS, "".join(line + "\n" for line in lines))
+
+
+def _execute(plans: list[ShardPlan], out_dir: Path, config: RunConfig, *, jobs: int, backend: str,
+             scheduler: str | None):
+    """Yield manifest entries as shards finish, in whatever order they finish."""
+    if not plans:
+        return
+    if backend == "dask":
+        yield from _execute_dask(plans, out_dir, config, jobs=jobs, scheduler=scheduler)
+        return
+    if jobs == 1 or len(plans) == 1:
+        for plan in plans:
+            yield process_shard(plan, out_dir, config)
+        return
+    from joblib import Parallel, delayed
+
+    parallel = Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered")
+    yield from parallel(delayed(process_shard)(plan, str(out_dir), config) for plan in plans)
+
+
+def _execute_dask(plans, out_dir, config, *, jobs, scheduler):
+    try:
+        from dask.distributed import Client, LocalCluster, as_completed
+    except ImportError:
+        raise RuntimeError("--backend dask needs the 'dask' extra: pip install -e '.[dask]'") from None
+    cluster = None
+    if scheduler:
+        client = Client(scheduler)
+    else:
+        cluster = LocalCluster(n_workers=max(1, jobs), threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        client = Client(cluster)
+    try:
+        futures = client.map(process_shard, plans, out_dir=str(out_dir), config=config, pure=False)
+        for future in as_completed(futures):
+            yield future.result()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

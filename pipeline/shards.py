@@ -1,0 +1,292 @@
+"""HDF5 shards: the contract between the pseudo-mask stage and the trainer (schema version 1).
+
+A shard holds a few hundred samples at the storage resolution S x S (every image squashed, aspect ratio not
+kept; ``orig_shape`` maps back by a plain resize). Layout, one sample per chunk, fletcher32 on everything,
+gzip on the masks and probability, so h5ls/h5dump/HDFView read it without plugins:
+
+============== ============== ======= ==============================================
+dataset        shape          dtype   meaning
+============== ============== ======= ==============================================
+image          (N, S, S, 3)   uint8   hair-removed RGB
+hair_mask      (N, S, S)      uint8   1 where hair was found
+prob           (N, S, S)      uint8   walker lesion probability x 255
+pseudo_mask    (N, S, S)      uint8   1 inside the pseudo-mask
+id             (N,)           str     image id (file stem)
+path           (N,)           str     the source image file
+orig_shape     (N, 2)         int32   original (H, W)
+no_lesion      (N,)           uint8   1 when no lesion could be seeded (empty mask)
+diag/<name>    (N,)           float32 per-sample diagnostics
+============== ============== ======= ==============================================
+
+File attributes: ``schema_version``, ``config`` (JSON), ``config_hash``, ``ids_hash`` (the planned ids),
+``rejects`` (JSON list of the inputs this shard skipped), ``versions`` (JSON). Nothing time-dependent is
+stored, so the same inputs and config give byte-identical shards (checked by sha256 in ``manifest.json``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import h5py
+import numpy as np
+
+from pipeline.atomic import atomic_path, write_text
+
+SCHEMA_VERSION = 1
+SHARD_GLOB = "shard-*.h5"
+MANIFEST = "manifest.json"
+REJECTS = "rejects.jsonl"
+MASK_KEYS = ("hair_mask", "prob", "pseudo_mask")
+
+
+class ShardError(ValueError):
+    """A shard that cannot be used; the message names the file and what is wrong."""
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.h5"
+
+
+def ids_hash(ids: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    """One processed sample, at storage resolution S x S."""
+
+    id: str
+    path: str
+    orig_shape: tuple[int, int]
+    image: np.ndarray        # (S, S, 3) uint8
+    hair_mask: np.ndarray    # (S, S) bool
+    prob: np.ndarray         # (S, S) float32 in [0, 1]
+    pseudo_mask: np.ndarray  # (S, S) bool
+    no_lesion: bool
+    diagnostics: dict[str, float]
+
+
+def write_shard(path: Path, records: Sequence[ShardRecord], *, size: int, config_json: str, config_hash: str,
+                planned_ids: Sequence[str], rejects: Sequence[dict], versions: dict[str, str]) -> None:
+    """Write ``records`` to ``path`` atomically (``*.partial`` then rename).
+
+    Parameters
+    ----------
+    records : sequence of ShardRecord
+        May be empty (every planned input rejected): the shard still records that it is done.
+    size : int
+        Storage resolution S.
+    planned_ids : sequence of str
+        Every id this shard was planned to hold, kept or rejected (resume checks it).
+    rejects : sequence of dict
+        ``{"id", "path", "reason"}`` per rejected input.
+    """
+    n, s = len(records), size
+    diag_keys = sorted({k for r in records for k in r.diagnostics})
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w", track_order=True) as f:
+            def dataset(name, shape, dtype, data, chunk, gzip=False):
+                kwargs = dict(shape=shape, dtype=dtype, fletcher32=True, track_times=False)
+                if n:
+                    kwargs["chunks"] = chunk
+                if n and gzip:
+                    kwargs.update(compression="gzip", compression_opts=4, shuffle=False)
+                ds = f.create_dataset(name, **kwargs)
+                if n:
+                    ds[...] = data
+                return ds
+
+            dataset("image", (n, s, s, 3), np.uint8,
+                    np.stack([r.image for r in records]) if n else None, (1, s, s, 3))
+            dataset("hair_mask", (n, s, s), np.uint8,
+                    np.stack([r.hair_mask for r in records]).astype(np.uint8) if n else None, (1, s, s), True)
+            dataset("prob", (n, s, s), np.uint8,
+                    np.stack([quantise_prob(r.prob) for r in records]) if n else None, (1, s, s), True)
+            dataset("pseudo_mask", (n, s, s), np.uint8,
+                    np.stack([r.pseudo_mask for r in records]).astype(np.uint8) if n else None, (1, s, s), True)
+            text = h5py.string_dtype()
+            f.create_dataset("id", data=np.array([r.id for r in records], dtype=object), dtype=text,
+                             track_times=False)
+            f.create_dataset("path", data=np.array([r.path for r in records], dtype=object), dtype=text,
+                             track_times=False)
+            f.create_dataset("orig_shape", data=np.array([r.orig_shape for r in records], np.int32).reshape(n, 2),
+                             track_times=False)
+            f.create_dataset("no_lesion", data=np.array([r.no_lesion for r in records], np.uint8),
+                             track_times=False)
+            group = f.create_group("diag", track_order=True)
+            for key in diag_keys:
+                group.create_dataset(key, data=np.array([r.diagnostics.get(key, np.nan) for r in records],
+                                                        np.float32), track_times=False)
+            f.attrs["schema_version"] = SCHEMA_VERSION
+            f.attrs["size"] = size
+            f.attrs["config"] = config_json
+            f.attrs["config_hash"] = config_hash
+            f.attrs["ids_hash"] = ids_hash(planned_ids)
+            f.attrs["n_planned"] = len(planned_ids)
+            f.attrs["rejects"] = json.dumps(list(rejects))
+            f.attrs["versions"] = json.dumps(versions, sort_keys=True)
+
+
+def quantise_prob(prob: np.ndarray) -> np.ndarray:
+    """``(S, S) float in [0, 1] -> (S, S) uint8`` (x 255, rounded)."""
+    return np.clip(np.rint(np.asarray(prob, np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+class ShardReader:
+    """Read one shard lazily; checks the schema version on open.
+
+    >>> with ShardReader(path) as shard:        # doctest: +SKIP
+    ...     sample = shard[0]                   # dict of numpy arrays
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self._file = h5py.File(self.path, "r")
+        except (OSError, ValueError) as exc:
+            raise ShardError(f"{self.path}: not a readable HDF5 shard ({exc})") from None
+        version = self._file.attrs.get("schema_version")
+        if version != SCHEMA_VERSION:
+            self._file.close()
+            raise ShardError(f"{self.path}: schema version {version!r}, this edgedino reads version "
+                             f"{SCHEMA_VERSION}; rerun 'pseudomasks' to rebuild the shards")
+        missing = [k for k in ("image", *MASK_KEYS, "id", "orig_shape") if k not in self._file]
+        if missing:
+            self._file.close()
+            raise ShardError(f"{self.path}: missing datasets {missing}")
+
+    def __enter__(self) -> "ShardReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __len__(self) -> int:
+        return int(self._file["id"].shape[0])
+
+    @property
+    def attrs(self) -> dict:
+        return dict(self._file.attrs)
+
+    @property
+    def config(self) -> dict:
+        return json.loads(self._file.attrs["config"])
+
+    @property
+    def rejects(self) -> list[dict]:
+        return json.loads(self._file.attrs.get("rejects", "[]"))
+
+    @property
+    def ids(self) -> list[str]:
+        return [x.decode() if isinstance(x, bytes) else x for x in self._file["id"][...]]
+
+    def column(self, name: str) -> np.ndarray:
+        """A whole per-sample column (``orig_shape``, ``no_lesion``, ``diag/<name>``)."""
+        return self._file[name][...]
+
+    @property
+    def diagnostics(self) -> dict[str, np.ndarray]:
+        return {k: v[...] for k, v in self._file["diag"].items()}
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        f = self._file
+        return {
+            "id": f["id"][i].decode() if isinstance(f["id"][i], bytes) else f["id"][i],
+            "path": f["path"][i].decode() if isinstance(f["path"][i], bytes) else f["path"][i],
+            "orig_shape": f["orig_shape"][i],
+            "image": f["image"][i],
+            "hair_mask": f["hair_mask"][i],
+            "prob": f["prob"][i],
+            "pseudo_mask": f["pseudo_mask"][i],
+            "no_lesion": bool(f["no_lesion"][i]),
+        }
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        for i in range(len(self)):
+            yield self[i]
+
+
+def find_shards(path: str | Path) -> list[Path]:
+    """Shard files at ``path`` (a shard file or a folder of shards), sorted; ``*.partial`` never included."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such shard file or folder")
+    return sorted(path.glob(SHARD_GLOB))
+
+
+def write_manifest(out_dir: Path, entries: Sequence[dict], extra: dict | None = None) -> None:
+    """Write ``manifest.json``: one entry per shard (``file``, ``rows``, ``rejected``, ``sha256``...)."""
+    body = {"schema_version": SCHEMA_VERSION, **(extra or {}),
+            "shards": sorted(entries, key=lambda e: e["file"])}
+    write_text(Path(out_dir) / MANIFEST, json.dumps(body, indent=2) + "\n")
+
+
+def read_manifest(out_dir: Path) -> dict:
+    path = Path(out_dir) / MANIFEST
+    if not path.exists():
+        return {"shards": []}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ShardError(f"{path}: not valid JSON ({exc})") from None
+
+
+def verify(out_dir: str | Path) -> list[str]:
+    """Re-hash every shard against ``manifest.json`` and read every chunk (fletcher32 checks each).
+
+    Returns
+    -------
+    list of str
+        One line per problem; empty when all is well.
+    """
+    out_dir = Path(out_dir)
+    if not (out_dir / MANIFEST).exists():
+        return [f"{out_dir / MANIFEST}: missing (is {out_dir} a pseudomasks output folder?)"]
+    problems = []
+    listed = {e["file"]: e for e in read_manifest(out_dir)["shards"]}
+    on_disk = {p.name for p in find_shards(out_dir)}
+    for name in sorted(on_disk - listed.keys()):
+        problems.append(f"{out_dir / name}: shard not listed in {MANIFEST}")
+    for name, entry in sorted(listed.items()):
+        path = out_dir / name
+        if not path.exists():
+            problems.append(f"{path}: listed in {MANIFEST} but missing")
+            continue
+        digest = sha256_file(path)
+        if digest != entry["sha256"]:
+            problems.append(f"{path}: sha256 {digest[:12]}... differs from the manifest's {entry['sha256'][:12]}...")
+        try:
+            with ShardReader(path) as shard:
+                if len(shard) != entry["rows"]:
+                    problems.append(f"{path}: {len(shard)} rows, manifest says {entry['rows']}")
+                _read_every_chunk(shard._file)
+        except (ShardError, OSError, ValueError) as exc:
+            problems.append(f"{path}: unreadable ({exc})")
+    return problems
+
+
+def _read_every_chunk(f: h5py.File) -> None:
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset):
+            if obj.chunks and obj.shape and obj.shape[0]:
+                for i in range(obj.shape[0]):
+                    obj[i]
+            else:
+                obj[...]
+    f.visititems(visit)
