@@ -154,12 +154,54 @@ def verify(path: Path) -> None:
     click.echo(f"ok: every shard in {path} matches manifest.json")
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.option("--shards", type=click.Path(path_type=Path), help="Folder of pseudo-mask shards.")
-@click.option("--out", type=click.Path(path_type=Path), help="Run folder (checkpoints, logs, export.pt).")
-def pretrain(shards, out):
+@main.command()
+@click.option("--shards", required=True, multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Pseudo-mask shards (a pseudomasks output folder or shard files). Repeatable.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Run folder: checkpoint-latest.pt, export.pt, log.jsonl, pictures/. Rerunning resumes.")
+@click.option("--preset", type=click.Choice(["cpu", "paper"]), default="paper", show_default=True,
+              help="paper: ViT-S/16, 224/96 px crops, DINO's sizes (a GPU). cpu: ViT-Ti/16 at 64/32 px with "
+                   "small heads, minutes on a laptop. Options below override the preset.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Epochs in total; rerun with more to continue a run.")
+@click.option("--arch", help="Any timm ViT name (random init unless --weights).")
+@click.option("--img-size", type=click.IntRange(min=16), help="Global crop size in px (local crops: --local-size).")
+@click.option("--local-size", type=click.IntRange(min=16), help="Local crop size in px.")
+@click.option("--n-local", type=click.IntRange(min=0), help="Local crops per image (DINO: 8).")
+@click.option("--batch-size", type=click.IntRange(min=2), help="Images per step per process.")
+@click.option("--lr", type=float, help="Base learning rate per 256 images (DINO: 5e-4).")
+@click.option("--out-dim", type=click.IntRange(min=2), help="DINO head width K (4096-8192 for ISIC-sized data).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: CUDA when present (bf16 autocast, pinned memory), else CPU.")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False),
+              help="Local backbone checkpoint (DINO/DINOv2/DINOv3 file you have); keys checked strictly.")
+@click.option("--lambda-seg", type=click.FloatRange(min=0), help="Weight of the pseudo-mask loss (0: plain DINO).")
+@click.option("--no-distill", is_flag=True, help="Ablation: pseudo-mask supervision only, no DINO.")
+@click.option("--num-workers", type=click.IntRange(min=0), help="DataLoader workers per process.")
+@click.option("--seed", type=int, help="Seed of the crops, sampler and init.")
+@click.option("--exclude-from", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Leave out shard samples whose ids are in this data folder (your test set). Repeatable.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
+def pretrain(shards, out, preset, exclude_from, no_progress, device, no_distill, **options):
     """DINO self-distillation + auxiliary pseudo-mask segmentation (stage 2)."""
-    _not_built("pretrain", 4)
+    import dataclasses
+
+    from pipeline import datasets
+    from trainer.presets import pretrain_preset
+    from trainer.pretrain import NonFiniteLoss, pretrain as run_pretrain
+
+    overrides = {k: v for k, v in options.items() if v is not None}
+    if no_distill:
+        overrides["distill"] = False
+    try:
+        config = dataclasses.replace(pretrain_preset(preset), **overrides)
+        exclude = {i for folder in exclude_from for i in datasets.open_dataset(folder).ids}
+        result = run_pretrain(list(shards), out, config, device=device, exclude_ids=exclude,
+                              progress=not no_progress)
+    except (ValueError, NonFiniteLoss, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if result.resumed_from is not None:
+        click.echo(f"resumed from step {result.resumed_from}")
+    click.echo(f"done: {result.step} steps; teacher export {out / 'export.pt'}; log {out / 'log.jsonl'}")
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

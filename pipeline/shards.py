@@ -157,6 +157,7 @@ class ShardReader:
         except (OSError, ValueError) as exc:
             raise ShardError(f"{self.path}: not a readable HDF5 shard ({exc})") from None
         version = self._file.attrs.get("schema_version")
+        version = int(version) if version is not None else None
         if version != SCHEMA_VERSION:
             self._file.close()
             raise ShardError(f"{self.path}: schema version {version!r}, this edgedino reads version "

@@ -1,0 +1,128 @@
+"""Pretraining end to end on tiny shards: streaming, resume, export, NaN guard, DDP on CPU."""
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.shards import ShardRecord, write_shard
+from trainer import pretrain as pretrain_module
+from trainer.backbone import create_backbone
+from trainer.pretrain import LATEST, NonFiniteLoss, PretrainConfig, pretrain, read_export
+from trainer.run_log import read_log
+from trainer.shard_dataset import ShardAwareSampler, ShardDataset
+
+REPO = Path(__file__).resolve().parents[1]
+S = 64
+TINY = PretrainConfig(arch="vit_tiny_patch16_224", img_size=32, local_size=16, n_local=2, epochs=2, batch_size=4,
+                      out_dim=64, head_hidden=64, bottleneck_dim=32, decoder_hidden=16, warmup_epochs=1,
+                      warmup_teacher_temp_epochs=1, lambda_ramp_epochs=1, num_workers=0, picture_every=1,
+                      log_every=1, drop_path=0.0)
+
+
+def _record(i: int) -> ShardRecord:
+    rng = np.random.default_rng(i)
+    yy, xx = np.mgrid[:S, :S]
+    r = rng.uniform(10, 20)
+    disc = (yy - S / 2 - rng.uniform(-8, 8)) ** 2 + (xx - S / 2 - rng.uniform(-8, 8)) ** 2 < r * r
+    image = np.where(disc[..., None], [90, 60, 40], [220, 170, 150]).astype(np.uint8)
+    image = np.clip(image + rng.normal(0, 5, image.shape), 0, 255).astype(np.uint8)
+    return ShardRecord(id=f"S{i:03d}", path=f"/x/S{i:03d}.jpg", orig_shape=(S, S), image=image,
+                       hair_mask=np.zeros((S, S), bool), prob=disc.astype(np.float32), pseudo_mask=disc,
+                       no_lesion=i == 5, diagnostics={})
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shards")
+    for k in range(3):
+        recs = [_record(4 * k + j) for j in range(4)]
+        write_shard(out / f"shard-{k:05d}.h5", recs, size=S, config_json="{}", config_hash="h",
+                    planned_ids=[r.id for r in recs], rejects=[], versions={})
+    return out
+
+
+def test_shard_dataset_items_and_exclusion(shards):
+    ds = ShardDataset(shards)
+    assert len(ds) == 12 and ds.size == S
+    item = ds[5]
+    assert item["image"].shape == (3, S, S) and item["image"].dtype == torch.uint8
+    assert item["maps"].shape == (3, S, S) and set(item["maps"][0].unique().tolist()) <= {0, 255}
+    assert item["valid"].item() == 0.0 and ds[4]["valid"].item() == 1.0
+    assert ShardDataset(shards, exclude_ids={"S000", "S007"}).n_excluded == 2
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2)  # each worker opens its own files
+    assert sum(b["image"].shape[0] for b in loader) == 12
+
+
+def test_sampler_is_shard_contiguous_deterministic_and_splits_ranks(shards):
+    ds = ShardDataset(shards)
+    order = list(ShardAwareSampler(ds, seed=3))
+    assert sorted(order) == list(range(12)) and order == list(ShardAwareSampler(ds, seed=3))
+    shard_of = ds.shard_of()[order]
+    assert (np.diff(shard_of) != 0).sum() == 2  # visits each shard once, as one block
+    s = ShardAwareSampler(ds, seed=3)
+    s.set_epoch(1)
+    assert list(s) != order
+    ranks = [list(ShardAwareSampler(ds, seed=3, rank=r, world_size=2)) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == 6 and sorted(ranks[0] + ranks[1]) == list(range(12))
+
+
+def test_pretrain_resume_continue_and_export(shards, tmp_path):
+    out = tmp_path / "run"
+    first = pretrain(shards, out, TINY, device="cpu", progress=False)
+    assert first.step == 2 * 3 and first.resumed_from is None
+    assert (out / LATEST).exists() and (out / "pictures" / "epoch-0002.png").exists()
+    records = read_log(out / "log.jsonl")
+    steps = [r for r in records if "loss" in r and "event" not in r]
+    assert len(steps) == 6 and all(np.isfinite(r["loss"]) and r["dino"] > 0 and r["seg"] > 0 for r in steps)
+    assert steps[0]["lambda"] < steps[-1]["lambda"] == pytest.approx(TINY.lambda_seg)
+    more = pretrain(shards, out, dataclasses.replace(TINY, epochs=3), device="cpu", progress=False)
+    assert more.resumed_from == 6 and more.step == 9
+    export = read_export(out / "export.pt")
+    assert export["arch"] == TINY.arch and export["step"] == 9
+    backbone = create_backbone(TINY.arch, img_size=TINY.img_size)
+    backbone.load_state_dict(export["backbone"], strict=True)
+    with pytest.raises(ValueError, match="another architecture"):
+        pretrain(shards, out, dataclasses.replace(TINY, epochs=4, out_dim=128), device="cpu", progress=False)
+
+
+def test_ablations_train_what_they_should(shards, tmp_path):
+    plain = pretrain(shards, tmp_path / "plain", dataclasses.replace(TINY, epochs=1, lambda_seg=0.0),
+                     device="cpu", progress=False)
+    assert "seg" not in plain.last and plain.last["dino"] > 0
+    seg_only = pretrain(shards, tmp_path / "seg", dataclasses.replace(TINY, epochs=1, distill=False),
+                        device="cpu", progress=False)
+    assert "dino" not in seg_only.last and seg_only.last["seg"] > 0
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(shards, tmp_path, monkeypatch):
+    out = tmp_path / "nan"
+    pretrain(shards, out, dataclasses.replace(TINY, epochs=1), device="cpu", progress=False)
+    before = (out / LATEST).read_bytes()
+    monkeypatch.setattr(pretrain_module, "seg_loss", lambda *a, **k: torch.tensor(float("nan")))
+    with pytest.raises(NonFiniteLoss, match="the loss became nan at step 3"):
+        pretrain(shards, out, dataclasses.replace(TINY, epochs=2), device="cpu", progress=False)
+    assert (out / LATEST).read_bytes() == before
+
+
+def test_cli_contract_and_torchrun_ddp_on_cpu(shards, tmp_path):
+    out = tmp_path / "ddp"
+    args = ["--shards", str(shards), "--out", str(out), "--preset", "cpu", "--epochs", "1", "--img-size", "32",
+            "--local-size", "16", "--batch-size", "2", "--out-dim", "64", "--device", "cpu", "--no-progress"]
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                          "29571", str(REPO / "cli.py"), "pretrain", *args],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    start = [r for r in read_log(out / "log.jsonl") if r.get("event") == "start"][0]
+    assert start["world_size"] == 2 and start["steps_per_epoch"] == 3  # 12 samples / 2 ranks / batch 2
+    assert (out / "export.pt").exists()
+    again = subprocess.run([sys.executable, str(REPO / "cli.py"), "pretrain", *args[:-1], "--epochs", "2",
+                            "--batch-size", "4", "--no-progress"], cwd=REPO, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from step 3" in again.stdout

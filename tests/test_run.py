@@ -1,0 +1,195 @@
+"""The pseudo-mask run end to end: bad inputs, resume, determinism across jobs/backends, kill and rerun."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import cli
+from pipeline import datasets
+from pipeline.export import export_masks
+from pipeline.run import RunConfig, run_pseudomasks
+from pipeline.shards import ShardReader, find_shards, sha256_file, verify
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = RunConfig(size=64, shard_size=3)
+
+
+def lesion_image(seed: int, h: int = 96, w: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Skin-toned RGB with a dark irregular ellipse; returns (image (h,w,3) uint8, lesion (h,w) bool)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    cy, cx = h / 2 + rng.uniform(-8, 8), w / 2 + rng.uniform(-8, 8)
+    ry, rx = rng.uniform(0.2, 0.3) * h, rng.uniform(0.2, 0.3) * w
+    lesion = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1
+    skin = np.array([215, 165, 140], np.float32) + rng.normal(0, 6, (h, w, 3))
+    image = np.where(lesion[..., None], np.array([110, 70, 50], np.float32) + rng.normal(0, 6, (h, w, 3)), skin)
+    return np.clip(image, 0, 255).astype(np.uint8), lesion
+
+
+def write_rgb(path: Path, rgb: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), rgb[:, :, ::-1].copy())
+    return path
+
+
+def good_folder(root: Path, n: int) -> Path:
+    for i in range(n):
+        image, lesion = lesion_image(i)
+        write_rgb(root / "images" / f"IMG_{i:03d}.jpg", image)
+        cv2.imwrite(str(root / "masks" / f"IMG_{i:03d}_segmentation.png"), lesion.astype(np.uint8) * 255)
+    return root
+
+
+def shard_hashes(out: Path) -> dict[str, str]:
+    return {p.name: sha256_file(p) for p in find_shards(out)}
+
+
+@pytest.fixture(scope="module")
+def bad_data(tmp_path_factory) -> Path:
+    root = good_folder(tmp_path_factory.mktemp("bad") / "data", 4)
+    img = root / "images"
+    full = cv2.imencode(".jpg", lesion_image(9)[0])[1].tobytes()
+    (img / "corrupt.jpg").write_bytes(full[: len(full) // 3])
+    (img / "zero.jpg").write_bytes(b"")
+    (img / "folder.jpg").mkdir()
+    cv2.imwrite(str(img / "grey.png"), lesion_image(10)[0][:, :, 0])
+    rgba = np.dstack([lesion_image(11)[0][:, :, ::-1], np.full((96, 128), 255, np.uint8)])
+    cv2.imwrite(str(img / "rgba.png"), rgba)
+    cv2.imwrite(str(img / "deep.png"), lesion_image(12)[0][:, :, ::-1].astype(np.uint16) * 257)
+    write_rgb(img / "tiny.jpg", lesion_image(13, 20, 24)[0])
+    big, _ = lesion_image(14, 600, 800)
+    write_rgb(img / "huge.jpg", cv2.resize(big, (8000, 6000), interpolation=cv2.INTER_NEAREST))
+    write_rgb(img / "uniform.jpg", np.full((96, 128, 3), (200, 160, 140), np.uint8))
+    write_rgb(img / "mismatch.jpg", lesion_image(15)[0])
+    cv2.imwrite(str(root / "masks" / "mismatch_segmentation.png"), np.zeros((50, 50), np.uint8))
+    return root
+
+
+@pytest.fixture(scope="module")
+def bad_run(bad_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bad_out")
+    result = CliRunner().invoke(cli.main, ["pseudomasks", "--data", str(bad_data), "--out", str(out),
+                                           "--size", "64", "--shard-size", "4", "--no-progress"])
+    return out, result
+
+
+def test_bad_inputs_are_rejected_with_reasons_and_the_run_goes_on(bad_run):
+    out, result = bad_run
+    assert result.exit_code == cli.EXIT_REJECTS, result.output
+    assert result.output.strip().splitlines()[-1].endswith(f"6 rejected (see {out / 'rejects.jsonl'})")
+    rejects = {r["id"]: r["reason"] for r in map(json.loads, (out / "rejects.jsonl").read_text().splitlines())}
+    assert set(rejects) == {"corrupt", "zero", "folder", "grey", "tiny", "mismatch"}
+    assert "truncated" in rejects["corrupt"] and "corrupt.jpg" in rejects["corrupt"]
+    assert "empty file" in rejects["zero"]
+    assert "is a directory" in rejects["folder"]
+    assert "grey-scale" in rejects["grey"]
+    assert "too small" in rejects["tiny"]
+    assert "mask size 50x50 differs" in rejects["mismatch"]
+
+
+def test_usable_odd_inputs_are_kept(bad_run):
+    out, _ = bad_run
+    kept = {}
+    for path in find_shards(out):
+        with ShardReader(path) as shard:
+            for s in shard:
+                kept[s["id"]] = s
+    assert set(kept) == {"IMG_000", "IMG_001", "IMG_002", "IMG_003", "rgba", "deep", "huge", "uniform"}
+    assert tuple(kept["huge"]["orig_shape"]) == (6000, 8000)
+    assert kept["huge"]["image"].shape == (64, 64, 3)
+    assert kept["uniform"]["no_lesion"] and kept["uniform"]["pseudo_mask"].sum() == 0
+    for name in ("IMG_000", "deep", "rgba", "huge"):
+        assert not kept[name]["no_lesion"]
+        assert 0.05 < kept[name]["pseudo_mask"].mean() < 0.6, name
+
+
+def test_pseudo_masks_find_the_lesions(bad_run, bad_data):
+    out, _ = bad_run
+    export_dir = out / "png"
+    n = export_masks(out, export_dir, progress=False)
+    assert n == 8
+    for i in range(4):
+        pred = datasets.read_mask(export_dir / f"IMG_{i:03d}_segmentation.png")
+        truth = datasets.read_mask(bad_data / "masks" / f"IMG_{i:03d}_segmentation.png")
+        assert pred.shape == truth.shape == (96, 128)
+        jaccard = (pred & truth).sum() / (pred | truth).sum()
+        assert jaccard > 0.8, (i, jaccard)
+    huge = cv2.imread(str(export_dir / "huge_segmentation.png"), cv2.IMREAD_UNCHANGED)
+    assert huge.shape == (6000, 8000) and set(np.unique(huge)) <= {0, 255}
+
+
+def test_result_does_not_depend_on_jobs_and_resumes(tmp_path):
+    data = good_folder(tmp_path / "data", 7)
+    one = run_pseudomasks(data, tmp_path / "one", config=SMALL, jobs=1, progress=False)
+    two = run_pseudomasks(data, tmp_path / "two", config=SMALL, jobs=2, progress=False)
+    assert one.n_shards == two.n_shards == 3 and one.n_samples == 7
+    assert shard_hashes(tmp_path / "one") == shard_hashes(tmp_path / "two")
+    (tmp_path / "two" / "shard-00001.h5").unlink()
+    again = run_pseudomasks(data, tmp_path / "two", config=SMALL, jobs=2, progress=False)
+    assert again.n_resumed_shards == 2
+    assert shard_hashes(tmp_path / "one") == shard_hashes(tmp_path / "two")
+    assert verify(tmp_path / "two") == []
+    with pytest.raises(ValueError, match="another configuration"):
+        run_pseudomasks(data, tmp_path / "two", config=RunConfig(size=48, shard_size=3), progress=False)
+
+
+def test_dask_backend_gives_the_same_shards(tmp_path):
+    data = good_folder(tmp_path / "data", 4)
+    loky = run_pseudomasks(data, tmp_path / "loky", config=SMALL, jobs=1, progress=False)
+    dask = run_pseudomasks(data, tmp_path / "dask", config=SMALL, jobs=2, backend="dask", progress=False)
+    assert loky.n_samples == dask.n_samples == 4
+    assert shard_hashes(tmp_path / "loky") == shard_hashes(tmp_path / "dask")
+
+
+def test_sigkill_then_rerun_gives_identical_shards(tmp_path):
+    data = good_folder(tmp_path / "data", 12)
+    args = [sys.executable, str(REPO / "cli.py"), "pseudomasks", "--data", str(data), "--size", "64",
+            "--shard-size", "2", "--jobs", "1", "--no-progress"]
+    reference = tmp_path / "reference"
+    subprocess.run(args + ["--out", str(reference)], check=True, cwd=REPO, capture_output=True)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(args + ["--out", str(out)], cwd=REPO, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(find_shards(out) if out.exists() else []) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(find_shards(out))
+    assert 2 <= done_before < 6, "the run should be killed part-way"
+    rerun = subprocess.run(args + ["--out", str(out)], cwd=REPO, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{done_before} shard(s) kept" in rerun.stdout or f"{done_before - 1} shard(s) kept" in rerun.stdout
+    assert shard_hashes(out) == shard_hashes(reference)
+    assert not list(out.glob("*.partial")) and not list(out.glob(".*.partial"))
+    assert verify(out) == []
+
+
+def test_verify_and_inspect_commands(tmp_path):
+    data = good_folder(tmp_path / "data", 3)
+    out = tmp_path / "out"
+    run_pseudomasks(data, out, config=SMALL, progress=False)
+    runner = CliRunner()
+    ok = runner.invoke(cli.main, ["verify", str(out)])
+    assert ok.exit_code == 0 and "ok:" in ok.output
+    shown = runner.invoke(cli.main, ["inspect", str(out), "--png", str(tmp_path / "sheet.png"), "--rows", "3"])
+    assert shown.exit_code == 0, shown.output
+    assert "shards: 1   samples: 3   rejected: 0" in shown.output
+    sheet = cv2.imread(str(tmp_path / "sheet.png"))
+    assert sheet is not None and sheet.shape[0] > 200 and sheet.std() > 10
+    shard = out / "shard-00000.h5"
+    data_bytes = bytearray(shard.read_bytes())
+    data_bytes[len(data_bytes) // 2] ^= 0x01
+    shard.write_bytes(bytes(data_bytes))
+    bad = runner.invoke(cli.main, ["verify", str(out)])
+    assert bad.exit_code != 0 and "sha256" in bad.output

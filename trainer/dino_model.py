@@ -1,0 +1,90 @@
+"""The network that pretraining trains: a timm ViT with a DINO head and an auxiliary segmentation decoder.
+
+Student and teacher are two copies of :class:`DINOModel`; the teacher is an EMA of the student (its decoder
+too, so the exported teacher backbone and decoder belong together).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from trainer.backbone import create_backbone, forward_tokens, patch_size
+from trainer.heads import DINOHead, SegDecoder
+
+
+class DINOModel(nn.Module):
+    """Backbone + DINO head + segmentation decoder.
+
+    Parameters
+    ----------
+    arch : str
+        timm ViT name.
+    img_size : int
+        Global crop size (sets the stored position-embedding grid).
+    out_dim : int
+        DINO head output width K.
+    decoder_hidden : int
+        Decoder channels after its projection.
+    weights : str, optional
+        Local checkpoint for the backbone.
+    drop_path_rate : float
+        Stochastic depth of the backbone.
+    """
+
+    def __init__(self, arch: str, *, img_size: int, out_dim: int, decoder_hidden: int = 128,
+                 weights: str | None = None, drop_path_rate: float = 0.1, head_hidden: int = 2048,
+                 bottleneck_dim: int = 256):
+        super().__init__()
+        self.backbone = create_backbone(arch, img_size=img_size, weights=weights, drop_path_rate=drop_path_rate)
+        dim = self.backbone.embed_dim
+        self.head = DINOHead(dim, out_dim, hidden_dim=head_hidden, bottleneck_dim=bottleneck_dim)
+        self.decoder = SegDecoder(dim, patch_size(self.backbone), hidden=decoder_hidden)
+
+    def forward(self, global_views: list[torch.Tensor], local_views: list[torch.Tensor] = (), *,
+                segment: bool = True, project: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Run every view; return ``(head_out, seg_logits)``.
+
+        ``head_out`` is ``(V * B, K)`` view-major (globals first, then locals), or None when ``project`` is
+        False; ``seg_logits`` is ``(G * B, 1, g, g)`` for the global views, or None when ``segment`` is False.
+        Views of one size go through the backbone as one batch.
+        """
+        cls_g, patches_g = forward_tokens(self.backbone, torch.cat(global_views))
+        cls = [cls_g]
+        if project and local_views:
+            cls.append(forward_tokens(self.backbone, torch.cat(list(local_views)))[0])
+        head_out = self.head(torch.cat(cls)) if project else None
+        seg = None
+        if segment:
+            size = global_views[0].shape[-2:]
+            seg = self.decoder(patches_g, (int(size[0]), int(size[1])))
+        return head_out, seg
+
+
+@torch.no_grad()
+def cls_attention(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Attention of the class token to the patch tokens in the last block, averaged over heads.
+
+    ``(B, 3, H, W) -> (B, H // p, W // p)`` float, each map summing to 1. Computed from the last block's
+    ``qkv`` projection on its (normed) input, since fused attention kernels do not return weights.
+    """
+    block = backbone.blocks[-1]
+    captured = {}
+    handle = block.attn.register_forward_hook(lambda mod, inp, out: captured.__setitem__("x", inp[0]))
+    try:
+        backbone.forward_features(x)
+    finally:
+        handle.remove()
+    tokens = captured["x"]
+    attn = block.attn
+    b, n, c = tokens.shape
+    qkv = attn.qkv(tokens).reshape(b, n, 3, attn.num_heads, c // attn.num_heads).permute(2, 0, 3, 1, 4)
+    q, k = qkv[0], qkv[1]
+    if hasattr(attn, "q_norm"):
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    weights = (q[:, :, :1] * attn.scale @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, heads, 1, N)
+    prefix = backbone.num_prefix_tokens
+    p = patch_size(backbone)
+    grid = (x.shape[-2] // p, x.shape[-1] // p)
+    maps = weights[:, :, 0, prefix:].mean(dim=1)
+    maps = maps / maps.sum(dim=-1, keepdim=True)
+    return maps.reshape(b, *grid)

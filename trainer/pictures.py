@@ -1,0 +1,59 @@
+"""Pictures of a model at work, for people to look at during and after training."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainer.colour import IMAGENET_MEAN, IMAGENET_STD
+
+
+def _normalise(images: torch.Tensor, size: int) -> torch.Tensor:
+    """``(B, 3, S, S) uint8 -> (B, 3, size, size)`` float, ImageNet-normalised."""
+    x = F.interpolate(images.float() / 255.0, size=(size, size), mode="bilinear", align_corners=False,
+                      antialias=True)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+@torch.no_grad()
+def pretrain_picture(model, dataset, path: str | Path, *, img_size: int, device: torch.device, n: int = 6) -> Path:
+    """Image | pseudo-mask | predicted mask | class-token attention for the first ``n`` samples (a fixed batch)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipeline.atomic import atomic_path
+    from trainer.backbone import forward_tokens
+    from trainer.dino_model import cls_attention
+
+    items = [dataset[i] for i in range(min(n, len(dataset)))]
+    images = torch.stack([it["image"] for it in items]).to(device)
+    x = _normalise(images, img_size)
+    was_training = model.training
+    model.eval()
+    _, patches = forward_tokens(model.backbone, x)
+    pred = torch.sigmoid(model.decoder(patches, (img_size, img_size)))[:, 0].float().cpu().numpy()
+    attention = cls_attention(model.backbone, x).float().cpu().numpy()
+    model.train(was_training)
+    cols = ["image", "pseudo-mask", "predicted mask", "CLS attention"]
+    fig, axes = plt.subplots(len(items), 4, figsize=(9, 2.3 * len(items)), squeeze=False)
+    for r, it in enumerate(items):
+        panels = [it["image"].permute(1, 2, 0).numpy(), it["maps"][0].numpy(), pred[r], attention[r]]
+        for c, panel in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(panel, cmap=None if panel.ndim == 3 else ("magma" if c == 3 else "gray"),
+                      interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            if r == 0:
+                ax.set_title(cols[c], fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=72, format="png")
+    plt.close(fig)
+    return path

@@ -1,0 +1,314 @@
+"""Pretraining: DINO self-distillation plus an auxiliary segmentation loss on the pseudo-masks.
+
+``L = L_DINO + lambda_t * L_seg`` (METHOD.md section 5): the student sees 2 global + N local views made on the
+device from the shard images (``trainer.augment``); the EMA teacher sees the global views; the decoder on the
+student's patch tokens is trained against each global view's pseudo-mask, transformed with the same grid.
+Schedules are precomputed per global step (as in facebookresearch/dino), so resuming needs only the step.
+Ablations: ``lambda_seg=0`` is plain DINO; ``distill=False`` is pseudo-mask supervision only.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from trainer import distributed as dist_utils
+from trainer.augment import MultiCropConfig, multi_crop
+from trainer.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from trainer.dino_loss import DINOLoss
+from trainer.dino_model import DINOModel
+from trainer.run_log import RunLog
+from trainer.schedules import (cancel_last_layer_grads, clip_gradients, cosine_schedule, lambda_ramp,
+                               param_groups, set_lr_wd, update_momentum)
+from trainer.seg_loss import seg_loss
+from trainer.shard_dataset import ShardAwareSampler, ShardDataset
+
+log = logging.getLogger(__name__)
+
+LATEST = "checkpoint-latest.pt"
+EXPORT = "export.pt"
+EXPORT_FORMAT = "edgedino-export/1"
+# Fields that must match to resume a run (the rest, e.g. epochs, may change between runs).
+ARCHITECTURE_FIELDS = ("arch", "img_size", "out_dim", "decoder_hidden", "head_hidden", "bottleneck_dim")
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Pretraining hyper-parameters (facebookresearch/dino defaults for ViT-S/16 unless marked ours).
+
+    ``lr`` is the base rate for a total batch of 256 (scaled linearly, DINO). Warm-ups longer than the run are
+    shortened to fit it.
+    """
+
+    arch: str = "vit_small_patch16_224"
+    img_size: int = 224
+    local_size: int = 96
+    n_local: int = 8
+    global_scale: tuple[float, float] = (0.4, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.4)
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 5e-4
+    min_lr: float = 1e-6
+    warmup_epochs: int = 10
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    momentum_teacher: float = 0.996
+    out_dim: int = 4096
+    head_hidden: int = 2048
+    bottleneck_dim: int = 256
+    warmup_teacher_temp: float = 0.04
+    teacher_temp: float = 0.07
+    warmup_teacher_temp_epochs: int = 30
+    freeze_last_layer: int = 1
+    clip_grad: float = 3.0
+    drop_path: float = 0.1
+    lambda_seg: float = 0.5        # ours
+    lambda_ramp_epochs: int = 10   # ours
+    distill: bool = True
+    band: tuple[float, float] = (0.1, 0.9)  # ours: the walker's uncertain band
+    band_weight: float = 0.0                # ours: weight of the band pixels in L_seg
+    decoder_hidden: int = 128
+    weights: str | None = None
+    seed: int = 0
+    num_workers: int = 2
+    picture_every: int = 10
+    log_every: int = 10
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        if self.lambda_seg < 0:
+            raise ValueError(f"lambda_seg must be >= 0, got {self.lambda_seg}")
+        if not self.distill and self.lambda_seg == 0:
+            raise ValueError("no_distill with lambda_seg 0 leaves nothing to train: give --lambda-seg > 0")
+        if self.img_size % 16 and self.img_size % 14:
+            log.warning("img_size %d is not a multiple of the usual patch sizes (14, 16)", self.img_size)
+
+    def crops(self) -> MultiCropConfig:
+        return MultiCropConfig(global_size=self.img_size, local_size=self.local_size, n_local=self.n_local,
+                               global_scale=self.global_scale, local_scale=self.local_scale)
+
+    def build_model(self) -> DINOModel:
+        return DINOModel(self.arch, img_size=self.img_size, out_dim=self.out_dim, decoder_hidden=self.decoder_hidden,
+                         weights=self.weights, drop_path_rate=self.drop_path, head_hidden=self.head_hidden,
+                         bottleneck_dim=self.bottleneck_dim)
+
+
+@dataclass
+class Schedules:
+    lr: np.ndarray
+    wd: np.ndarray
+    momentum: np.ndarray
+    lam: np.ndarray
+
+    @classmethod
+    def build(cls, config: PretrainConfig, steps_per_epoch: int, total_batch: int) -> "Schedules":
+        total = config.epochs * steps_per_epoch
+        warmup = min(config.warmup_epochs, max(config.epochs - 1, 0)) * steps_per_epoch
+        ramp = min(config.lambda_ramp_epochs, config.epochs) * steps_per_epoch
+        return cls(lr=cosine_schedule(config.lr * total_batch / 256.0, config.min_lr, total, warmup),
+                   wd=cosine_schedule(config.weight_decay, config.weight_decay_end, total),
+                   momentum=cosine_schedule(config.momentum_teacher, 1.0, total),
+                   lam=lambda_ramp(config.lambda_seg, total, max(ramp, 1)))
+
+
+@dataclass
+class PretrainResult:
+    out_dir: Path
+    step: int
+    epochs: int
+    resumed_from: int | None
+    last: dict
+
+
+def pretrain(shards: str | Path | Iterable[str | Path], out_dir: str | Path, config: PretrainConfig = PretrainConfig(),
+             *, device: str = "auto", exclude_ids: Iterable[str] = (), progress: bool = True) -> PretrainResult:
+    """Pretrain on the shards; write ``checkpoint-latest.pt`` every epoch and ``export.pt`` at the end.
+
+    Rerunning with the same ``out_dir`` resumes from the latest checkpoint (a larger ``epochs`` continues the
+    run). Launch with ``torchrun --nproc-per-node N cli.py pretrain ...`` for DDP; one process needs nothing.
+
+    Raises
+    ------
+    NonFiniteLoss
+        The loss became NaN/inf (the last checkpoint stays as it was).
+    """
+    info = dist_utils.init_distributed(device)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed * 1000 + info.rank)
+    np.random.seed(config.seed * 1000 + info.rank)
+    dataset = ShardDataset(shards if not isinstance(shards, (str, Path)) else [shards], exclude_ids=exclude_ids)
+    if dataset.n_excluded:
+        log.info("leakage guard: left out %d shard sample(s) whose ids are in the test data", dataset.n_excluded)
+    batch = min(config.batch_size, len(dataset) // info.world_size)
+    if batch < 2:
+        raise ValueError(f"{len(dataset)} sample(s) over {info.world_size} process(es): need at least 2 per process")
+    if batch < config.batch_size:
+        log.warning("batch size lowered from %d to %d to fit %d samples", config.batch_size, batch, len(dataset))
+    cuda = info.device.type == "cuda"
+    sampler = ShardAwareSampler(dataset, seed=config.seed, rank=info.rank, world_size=info.world_size)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True,
+                                         num_workers=config.num_workers, pin_memory=cuda,
+                                         persistent_workers=config.num_workers > 0)
+    steps_per_epoch = len(loader)
+    sched = Schedules.build(config, steps_per_epoch, batch * info.world_size)
+
+    student = config.build_model().to(info.device)
+    teacher = copy.deepcopy(student).eval().requires_grad_(False)
+    ddp_student = dist_utils.wrap_ddp(student, info, find_unused_parameters=not config.distill
+                                      or config.lambda_seg == 0)
+    optimizer = torch.optim.AdamW(param_groups(student, config.weight_decay))
+    dino_loss = DINOLoss(config.out_dim, n_crops=2 + config.n_local,
+                         warmup_teacher_temp=config.warmup_teacher_temp, teacher_temp=config.teacher_temp,
+                         warmup_teacher_temp_epochs=min(config.warmup_teacher_temp_epochs, config.epochs),
+                         n_epochs=config.epochs, student_temp=0.1, steps_per_epoch=steps_per_epoch
+                         ).to(info.device)
+    generator = torch.Generator(device=info.device)
+    generator.manual_seed(config.seed * 1000 + info.rank)
+
+    step, resumed_from = 0, None
+    latest = out_dir / LATEST
+    if latest.exists():
+        state = load_checkpoint(latest, map_location=info.device)
+        _check_resumable(state, config, latest)
+        student.load_state_dict(state["student"])
+        teacher.load_state_dict(state["teacher"])
+        optimizer.load_state_dict(state["optimizer"])
+        dino_loss.center.copy_(state["center"])
+        step = resumed_from = int(state["step"])
+        set_rng_state(state["rng"])
+        generator.set_state(state["generator"].cpu())
+        log.info("resumed from step %d (epoch %d) of %s", step, step // steps_per_epoch, latest)
+    run_log = RunLog(out_dir, enabled=info.is_main)
+    run_log.write({"event": "start", "config": dataclasses.asdict(config), "samples": len(dataset),
+                   "batch_per_process": batch, "world_size": info.world_size, "device": str(info.device),
+                   "steps_per_epoch": steps_per_epoch, "resumed_from": resumed_from})
+    crops = config.crops()
+    last: dict = {}
+    start_epoch = step // steps_per_epoch
+    from tqdm.auto import tqdm
+
+    for epoch in range(start_epoch, config.epochs):
+        sampler.set_epoch(epoch)
+        student.train()
+        sums: dict[str, float] = {}
+        tic = time.perf_counter()
+        bar = tqdm(loader, desc=f"pretrain epoch {epoch + 1}/{config.epochs}", unit="batch",
+                   disable=not (progress and info.is_main), leave=False)
+        for batch_data in bar:
+            last = _train_step(batch_data, step=step, epoch=epoch, config=config, sched=sched, crops=crops,
+                               student=student, ddp_student=ddp_student, teacher=teacher, optimizer=optimizer,
+                               dino_loss=dino_loss, generator=generator, device=info.device)
+            for k, v in last.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if step % config.log_every == 0:
+                run_log.write({"step": step, "epoch": epoch, **last})
+            bar.set_postfix(loss=f"{last['loss']:.3f}")
+            step += 1
+        means = {k: v / steps_per_epoch for k, v in sums.items()}
+        run_log.write({"event": "epoch", "epoch": epoch + 1, "step": step,
+                       "seconds": round(time.perf_counter() - tic, 2), **means})
+        if info.is_main:
+            log.info("epoch %d/%d: %s", epoch + 1, config.epochs,
+                     "  ".join(f"{k} {v:.4f}" for k, v in means.items() if k in ("loss", "dino", "seg")))
+            save_checkpoint(latest, {
+                "student": student.state_dict(), "teacher": teacher.state_dict(),
+                "optimizer": optimizer.state_dict(), "scaler": {}, "center": dino_loss.center,
+                "step": step, "epoch": epoch + 1, "rng": rng_state(), "generator": generator.get_state(),
+                "config": dataclasses.asdict(config)})
+            if config.picture_every and ((epoch + 1) % config.picture_every == 0 or epoch + 1 == config.epochs):
+                from trainer.pictures import pretrain_picture
+
+                pretrain_picture(teacher, dataset, out_dir / "pictures" / f"epoch-{epoch + 1:04d}.png",
+                                 img_size=config.img_size, device=info.device)
+        dist_utils.barrier()
+    if info.is_main:
+        export_model(teacher, config, out_dir / EXPORT, step=step)
+    run_log.close()
+    dist_utils.cleanup()
+    return PretrainResult(out_dir=out_dir, step=step, epochs=config.epochs, resumed_from=resumed_from, last=last)
+
+
+def _check_resumable(state: dict, config: PretrainConfig, path: Path) -> None:
+    old = state.get("config", {})
+    diff = {k: (old.get(k), getattr(config, k)) for k in ARCHITECTURE_FIELDS if old.get(k) != getattr(config, k)}
+    if diff:
+        shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(f"{path}: cannot resume a run of another architecture ({shown}); use a new --out")
+
+
+def _train_step(batch_data, *, step, epoch, config, sched, crops, student, ddp_student, teacher, optimizer,
+                dino_loss, generator, device) -> dict[str, float]:
+    cuda = device.type == "cuda"
+    images = batch_data["image"].to(device, non_blocking=True)
+    maps = batch_data["maps"].to(device, non_blocking=True).float().div_(255.0)
+    valid = batch_data["valid"].to(device, non_blocking=True)
+    views = multi_crop(images, maps, config=crops, generator=generator, binary_channels=(0, 2))
+    lam = float(sched.lam[step])
+    segment = config.lambda_seg > 0
+    set_lr_wd(optimizer, float(sched.lr[step]), float(sched.wd[step]))
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+        head_out, seg_logits = ddp_student(views.global_views, views.local_views if config.distill else [],
+                                           segment=segment, project=config.distill)
+        parts = {}
+        loss = torch.zeros((), device=device)
+        if config.distill:
+            with torch.no_grad():
+                teacher_out, _ = teacher(views.global_views, segment=False)
+            parts["dino"] = dino_loss(head_out.float(), teacher_out.float(), step)
+            loss = loss + parts["dino"]
+        if segment:
+            target = torch.cat([m[:, 0:1] for m in views.global_maps])
+            prob = torch.cat([m[:, 1:2] for m in views.global_maps])
+            weight = valid.repeat(len(views.global_maps))
+            parts["seg"] = seg_loss(seg_logits.float(), target, prob, band=config.band,
+                                    band_weight=config.band_weight, sample_weight=weight)
+            loss = loss + (lam if config.distill else 1.0) * parts["seg"]
+    loss_value = float(loss.detach())
+    if not math.isfinite(loss_value):
+        raise NonFiniteLoss(f"the loss became {loss_value} at step {step} (epoch {epoch + 1}): "
+                            f"{ {k: float(v.detach()) for k, v in parts.items()} }; the last good checkpoint is kept. "
+                            "Lower --lr, or the teacher temperature if DINO collapsed.")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = clip_gradients(student, config.clip_grad)
+    cancel_last_layer_grads(student.head, epoch, config.freeze_last_layer)
+    optimizer.step()
+    update_momentum(student, teacher, float(sched.momentum[step]))
+    return {"loss": loss_value, **{k: float(v.detach()) for k, v in parts.items()}, "lr": float(sched.lr[step]),
+            "wd": float(sched.wd[step]), "momentum": float(sched.momentum[step]), "lambda": lam,
+            "grad_norm": float(grad_norm)}
+
+
+def export_model(teacher: DINOModel, config: PretrainConfig, path: Path, *, step: int) -> Path:
+    """Write the teacher backbone + decoder and what is needed to rebuild them: the file ``finetune`` takes."""
+    return save_checkpoint(path, {
+        "format": EXPORT_FORMAT, "arch": config.arch, "img_size": config.img_size,
+        "decoder_hidden": config.decoder_hidden, "step": step,
+        "backbone": {k: v.detach().cpu() for k, v in teacher.backbone.state_dict().items()},
+        "decoder": {k: v.detach().cpu() for k, v in teacher.decoder.state_dict().items()},
+        "config": json.loads(json.dumps(dataclasses.asdict(config)))})
+
+
+def read_export(path: str | Path) -> dict:
+    """Load an ``export.pt`` and check its format; the message says what the file is when it is not one."""
+    state = load_checkpoint(path)
+    if state.get("format") != EXPORT_FORMAT:
+        raise ValueError(f"{path}: not an edgedino export (format {state.get('format')!r}, expected "
+                         f"{EXPORT_FORMAT!r}); pass the export.pt that 'pretrain' writes")
+    return state
