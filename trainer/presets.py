@@ -16,3 +16,14 @@ def pretrain_preset(name: str) -> PretrainConfig:
                               warmup_epochs=1, warmup_teacher_temp_epochs=3, lambda_ramp_epochs=2,
                               momentum_teacher=0.99, num_workers=0, picture_every=5, log_every=5, drop_path=0.0)
     raise ValueError(f"preset must be one of {PRESETS}, got {name!r}")
+
+
+def finetune_preset(name: str) -> "FinetuneConfig":
+    """The fine-tuning config of a preset."""
+    from trainer.finetune import FinetuneConfig
+
+    if name == "paper":
+        return FinetuneConfig()
+    if name == "cpu":
+        return FinetuneConfig(iters=120, batch_size=8, eval_every=20, decoder_hidden=64)
+    raise ValueError(f"preset must be one of {PRESETS}, got {name!r}")

@@ -1,0 +1,153 @@
+"""Atomic training checkpoints, resume and weight export, and RNG-state capture.
+
+A checkpoint is written to a temporary sibling, fsynced, then renamed (``pipeline.atomic.atomic_write``): after
+a crash the folder holds either the previous checkpoint or the new one, never a truncated file.
+Checkpoints hold only tensors, numbers, strings, lists, tuples and dicts (convert configs with
+``dataclasses.asdict`` and paths with ``str``), so they load with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from pipeline.atomic import atomic_write
+
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "checkpoint_path",
+    "latest_checkpoint",
+    "prune_checkpoints",
+    "export_weights",
+    "rng_state",
+    "set_rng_state",
+]
+
+CHECKPOINT_GLOB = "checkpoint_*.pt"
+_STEP_RE = re.compile(r"^checkpoint_(\d+)\.pt$")
+
+
+def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
+    """``torch.save(state)`` to ``path`` atomically (temporary file in the same folder, fsync, rename).
+
+    On any exception (including a failure to pickle ``state``) the previous file at ``path`` is untouched and
+    no temporary file is left behind. Returns ``path``.
+    """
+    path = Path(path)
+    if not isinstance(state, Mapping):
+        raise TypeError(f"state: expected a dict, got {type(state).__name__}")
+    with atomic_write(path, "wb") as fh:
+        torch.save(dict(state), fh)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *,
+                    weights_only: bool = True) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint`.
+
+    ``weights_only=True`` refuses arbitrary pickled objects (safe for files from elsewhere); set it to False
+    only for a trusted file holding other Python objects.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint: no file at {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=weights_only)
+    except Exception as exc:  # corrupt file or a non-tensor object with weights_only
+        raise RuntimeError(f"checkpoint {path}: cannot load ({type(exc).__name__}: {exc})") from exc
+
+
+def checkpoint_path(out_dir: str | Path, step: int) -> Path:
+    """``out_dir/checkpoint_<step:08d>.pt``: the name :func:`latest_checkpoint` looks for."""
+    if step < 0:
+        raise ValueError(f"step: expected >= 0, got {step}")
+    return Path(out_dir) / f"checkpoint_{step:08d}.pt"
+
+
+def _steps(out_dir: Path) -> list[tuple[int, Path]]:
+    found = []
+    for p in out_dir.glob(CHECKPOINT_GLOB):
+        m = _STEP_RE.match(p.name)
+        if m and p.is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The ``checkpoint_<step>.pt`` in ``out_dir`` with the highest step, or None (temporary files ignored)."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return None
+    found = _steps(out_dir)
+    return found[-1][1] if found else None
+
+
+def prune_checkpoints(out_dir: str | Path, keep: int = 2, *, keep_every: int = 0) -> list[Path]:
+    """Delete all but the ``keep`` newest checkpoints (and those whose step is a multiple of ``keep_every``
+    when > 0). Returns the deleted paths."""
+    if keep < 1:
+        raise ValueError(f"keep: expected >= 1, got {keep}")
+    found = _steps(Path(out_dir))
+    deleted = []
+    for step, p in found[:-keep]:
+        if keep_every > 0 and step % keep_every == 0:
+            continue
+        p.unlink()
+        deleted.append(p)
+    return deleted
+
+
+def export_weights(path: str | Path, state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None = None
+                   ) -> Path:
+    """Write ``{'model': state_dict, 'meta': meta}`` atomically: a backbone file that
+    :func:`trainer.backbone.load_weights` reads (e.g. the pretrained teacher backbone for fine-tuning)."""
+    sd = {k: v.detach().cpu() for k, v in state_dict.items()}
+    return save_checkpoint(path, {"model": sd, "meta": dict(meta or {})})
+
+
+def rng_state() -> dict[str, Any]:
+    """The global RNG states of Python, NumPy, torch (CPU) and every CUDA device when CUDA is initialised.
+
+    Stored in ``weights_only``-loadable form (the NumPy key as an int64 tensor).
+    """
+    np_state = np.random.get_state(legacy=False)
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "bit_generator": np_state["bit_generator"],
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore states captured by :func:`rng_state` (CUDA only when present in ``state`` and available)."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npst = state["numpy"]
+    np.random.set_state({
+        "bit_generator": npst["bit_generator"],
+        "state": {"key": np.asarray(npst["key"], dtype=np.int64).astype(np.uint32), "pos": int(npst["pos"])},
+        "has_gauss": int(npst["has_gauss"]),
+        "gauss": float(npst["gauss"]),
+    })
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = state["cuda"]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in cuda_states])
+        else:
+            for i, s in enumerate(cuda_states[: torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(s.cpu(), i)

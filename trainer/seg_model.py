@@ -1,0 +1,84 @@
+"""The fine-tuned segmenter: a ViT backbone and the segmentation decoder, from a pretraining export or not."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from trainer.backbone import create_backbone, forward_tokens, patch_size
+from trainer.heads import SegDecoder
+
+INITS = ("pretrain", "scratch", "weights:PATH")
+
+
+class SegModel(nn.Module):
+    """``(B, 3, H, W) -> (B, 1, H, W)`` lesion logits: backbone patch tokens through ``SegDecoder``."""
+
+    def __init__(self, backbone: nn.Module, decoder: SegDecoder):
+        super().__init__()
+        self.backbone = backbone
+        self.decoder = decoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, patches = forward_tokens(self.backbone, x)
+        return self.decoder(patches, (x.shape[-2], x.shape[-1]))
+
+
+def build_seg_model(init: str, *, checkpoint: str | Path | None = None, arch: str | None = None,
+                    img_size: int | None = None, decoder: str = "aux", decoder_hidden: int = 128
+                    ) -> tuple[SegModel, dict]:
+    """Build the segmenter to fine-tune.
+
+    Parameters
+    ----------
+    init : {'pretrain', 'scratch', 'weights:PATH'}
+        ``pretrain``: backbone (and decoder) of a pretraining ``export.pt`` (``checkpoint``); ``scratch``:
+        random init; ``weights:PATH``: backbone from a local checkpoint (the same init pretraining started
+        from), fresh decoder.
+    checkpoint : path
+        The ``export.pt`` for ``init='pretrain'``.
+    arch : str, optional
+        timm ViT name; with ``pretrain`` it must match the export's (a different one is an error).
+    img_size : int, optional
+        Input size; defaults to the export's global crop size, else 224.
+    decoder : {'aux', 'fresh'}
+        With ``pretrain``: start the decoder from the auxiliary head or from scratch.
+
+    Returns
+    -------
+    (SegModel, dict)
+        The model and a description of what was loaded (written to the run's metrics).
+    """
+    if decoder not in ("aux", "fresh"):
+        raise ValueError(f"decoder must be 'aux' or 'fresh', got {decoder!r}")
+    if init == "pretrain":
+        from trainer.pretrain import read_export
+
+        if checkpoint is None:
+            raise ValueError("init 'pretrain' needs --checkpoint (the export.pt written by 'pretrain')")
+        export = read_export(checkpoint)
+        if arch is not None and arch != export["arch"]:
+            raise ValueError(f"{checkpoint}: the checkpoint is a {export['arch']!r} backbone, not {arch!r}; "
+                             "drop --arch or pass a checkpoint of that architecture")
+        size = img_size or int(export["img_size"])
+        backbone = create_backbone(export["arch"], img_size=int(export["img_size"]), drop_path_rate=0.1)
+        try:
+            backbone.load_state_dict(export["backbone"], strict=True)
+        except RuntimeError as exc:
+            raise ValueError(f"{checkpoint}: backbone weights do not fit {export['arch']!r}: {exc}") from None
+        dec = SegDecoder(backbone.embed_dim, patch_size(backbone), hidden=int(export["decoder_hidden"]))
+        if decoder == "aux":
+            dec.load_state_dict(export["decoder"], strict=True)
+        info = {"init": "pretrain", "checkpoint": str(checkpoint), "arch": export["arch"], "img_size": size,
+                "decoder": decoder, "pretrain_step": int(export["step"])}
+        return SegModel(backbone, dec), info
+    if init == "scratch" or init.startswith("weights:"):
+        weights = init.split(":", 1)[1] if init.startswith("weights:") else None
+        name = arch or "vit_small_patch16_224"
+        size = img_size or 224
+        backbone = create_backbone(name, img_size=size, weights=weights, drop_path_rate=0.1)
+        dec = SegDecoder(backbone.embed_dim, patch_size(backbone), hidden=decoder_hidden)
+        info = {"init": init, "arch": name, "img_size": size, "decoder": "fresh"}
+        return SegModel(backbone, dec), info
+    raise ValueError(f"init must be one of {INITS}, got {init!r}")

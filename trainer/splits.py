@@ -1,0 +1,134 @@
+"""Who trains, who selects, who tests: deterministic splits, the FRAC label subset and the leakage guard."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from pipeline.datasets import Dataset, Sample, read_image
+
+log = logging.getLogger(__name__)
+
+# A plain folder has no splits: each id goes by a hash of the id alone (stable when files are added).
+PLAIN_VALIDATION_FRACTION = 0.15
+PLAIN_TEST_FRACTION = 0.15
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: tuple[Sample, ...]
+    validation: tuple[Sample, ...]
+    test: tuple[Sample, ...]
+    n_excluded: int = 0
+
+
+def _unit_hash(sample_id: str) -> float:
+    return int(hashlib.sha256(sample_id.encode()).hexdigest()[:12], 16) / 16 ** 12
+
+
+def split_dataset(dataset: Dataset, *, test: Dataset | None = None) -> Splits:
+    """Split a labelled dataset into train / validation / test.
+
+    - ISIC 2018 layout: its own Training / Validation / Test splits.
+    - Plain folder: by a hash of each id, 15 % validation and 15 % test (``PLAIN_*_FRACTION``); the split of an
+      id never changes when images are added.
+    - ``test`` given (an external labelled folder): it is the test split; every id it holds is removed from
+      train and validation (the leakage guard), and the count is reported.
+    """
+    samples = dataset.labelled
+    if not samples:
+        raise ValueError(f"{', '.join(map(str, dataset.roots))}: no labelled images (masks) to fine-tune on")
+    has_splits = any(s.split for s in samples)
+    if has_splits:
+        train = [s for s in samples if s.split == "train"]
+        val = [s for s in samples if s.split == "validation"]
+        own_test = [s for s in samples if s.split == "test"]
+    else:
+        u = {s.id: _unit_hash(s.id) for s in samples}
+        val = [s for s in samples if u[s.id] < PLAIN_VALIDATION_FRACTION]
+        own_test = [s for s in samples if PLAIN_VALIDATION_FRACTION <= u[s.id]
+                    < PLAIN_VALIDATION_FRACTION + PLAIN_TEST_FRACTION]
+        train = [s for s in samples if u[s.id] >= PLAIN_VALIDATION_FRACTION + PLAIN_TEST_FRACTION]
+    n_excluded = 0
+    if test is not None:
+        test_ids = set(test.ids)
+        before = len(train) + len(val) + len(own_test)
+        train = [s for s in train if s.id not in test_ids]
+        val = [s for s in val if s.id not in test_ids]
+        own_test = [s for s in own_test if s.id not in test_ids]
+        n_excluded = before - len(train) - len(val) - len(own_test)
+        # The data's own test split can train when an external test set is given.
+        train = sorted(train + own_test, key=lambda s: s.id)
+        test_samples = test.labelled
+        if not test_samples:
+            raise ValueError(f"{', '.join(map(str, test.roots))}: the test folder has no masks")
+    else:
+        test_samples = tuple(own_test)
+    if not train:
+        raise ValueError("no training images left after the split")
+    if not val:
+        val = list(train[-1:])
+        warnings.warn("no validation images: selecting on one training image", stacklevel=2)
+    return Splits(tuple(train), tuple(val), tuple(test_samples), n_excluded)
+
+
+def labelled_subset(train: Sequence[Sample], frac: float, *, seed: int) -> tuple[Sample, ...]:
+    """``frac`` of the training images, drawn with ``seed`` (at least one image).
+
+    Raises
+    ------
+    ValueError
+        ``frac`` outside (0, 1].
+    """
+    if not 0 < frac <= 1:
+        raise ValueError(f"frac must be in (0, 1], got {frac} (0.01 means 1 % of the labelled training images)")
+    n = round(frac * len(train))
+    if n == 0:
+        warnings.warn(f"frac {frac} of {len(train)} training images rounds to 0: using 1 image", stacklevel=2)
+        n = 1
+    order = np.random.default_rng(seed).permutation(len(train))
+    return tuple(sorted((train[i] for i in order[:n]), key=lambda s: s.id))
+
+
+def dhash(image: np.ndarray, size: int = 8) -> int:
+    """Difference hash of an ``(H, W, 3) uint8`` image: ``size**2`` bits comparing neighbours on a 9x8 grey thumbnail.
+
+    Robust to resizing and JPEG re-compression; used to warn about the same photo under two ids.
+    """
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    small = cv2.resize(grey, (size + 1, size), interpolation=cv2.INTER_AREA).astype(np.int16)
+    bits = (small[:, 1:] > small[:, :-1]).ravel()
+    return int.from_bytes(np.packbits(bits).tobytes(), "big")
+
+
+def near_duplicates(a: Sequence[Sample], b: Sequence[Sample], *, max_distance: int = 4,
+                    hashes: dict[str, int] | None = None) -> list[tuple[str, str, int]]:
+    """Pairs ``(id_a, id_b, distance)`` of different ids whose dHashes differ in at most ``max_distance`` bits."""
+    hashes = {} if hashes is None else hashes
+
+    def h(s: Sample) -> int:
+        if s.id not in hashes:
+            hashes[s.id] = dhash(read_image(s.image, min_long_side=64))
+        return hashes[s.id]
+
+    hb = [(s.id, h(s)) for s in b]
+    pairs = []
+    for s in a:
+        ha = h(s)
+        for idb, hv in hb:
+            d = bin(ha ^ hv).count("1")
+            if d <= max_distance and idb != s.id:
+                pairs.append((s.id, idb, d))
+    return pairs
+
+
+def describe(splits: Splits, subset: Sequence[Sample]) -> str:
+    pct = 100 * len(subset) / max(len(splits.train), 1)
+    return (f"train pool {len(splits.train)}, labelled subset {len(subset)} ({pct:.2g} %), validation "
+            f"{len(splits.validation)}, test {len(splits.test)}"
+            + (f"; {splits.n_excluded} id(s) excluded because they are in the test data" if splits.n_excluded else ""))
