@@ -254,11 +254,22 @@ def _check_resumable(state: dict, config: PretrainConfig, path: Path) -> None:
 
 def _train_step(batch_data, *, step, epoch, config, sched, crops, student, ddp_student, teacher, optimizer,
                 dino_loss, generator, device) -> dict[str, float]:
-    cuda = device.type == "cuda"
     images = batch_data["image"].to(device, non_blocking=True)
     maps = batch_data["maps"].to(device, non_blocking=True).float().div_(255.0)
     valid = batch_data["valid"].to(device, non_blocking=True)
     views = multi_crop(images, maps, config=crops, generator=generator, binary_channels=(0, 2))
+    return train_step(views, valid, step=step, epoch=epoch, config=config, sched=sched, student=student,
+                      ddp_student=ddp_student, teacher=teacher, optimizer=optimizer, dino_loss=dino_loss)
+
+
+def train_step(views, valid, *, step, epoch, config, sched, student, ddp_student, teacher, optimizer,
+               dino_loss) -> dict[str, float]:
+    """One optimisation step on ready-made views (``MultiCropOutput``); returns the logged numbers.
+
+    ``valid`` (B,) weights each sample's segmentation loss (0 when no lesion was seeded).
+    """
+    device = valid.device
+    cuda = device.type == "cuda"
     lam = float(sched.lam[step])
     segment = config.lambda_seg > 0
     set_lr_wd(optimizer, float(sched.lr[step]), float(sched.wd[step]))

@@ -1,0 +1,218 @@
+"""The comparison table: methods x label fractions x seeds, each cell a fine-tune scored on the test split.
+
+Rows (METHOD.md section 6):
+
+- ``scratch``: supervised from random init;
+- ``same-init``: supervised from the init pretraining started from (only with ``weights``; with random init
+  it is the ``scratch`` row);
+- ``dino``: plain DINO pretraining (``lambda_seg=0``) + fine-tune;
+- ``pseudo-only``: pseudo-mask supervision without distillation + fine-tune;
+- ``ours``: DINO + auxiliary pseudo-mask loss + fine-tune;
+- ``pseudo-masks``: the test images' own pseudo-masks scored as predictions (no label used at all).
+
+Every cell writes its own folder; a rerun skips finished cells. Outputs: ``results.csv`` (one line per cell),
+``results.md`` (mean +- std), ``results.png`` (Jaccard vs labelled images, one line per method).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from pipeline import datasets
+from pipeline.atomic import write_text
+
+log = logging.getLogger(__name__)
+
+PRETRAINED = {"dino": {"lambda_seg": 0.0}, "pseudo-only": {"distill": False}, "ours": {}}
+METHODS = ("scratch", "same-init", "dino", "pseudo-only", "ours", "pseudo-masks")
+METRICS = ("jaccard", "dice", "thresholded_jaccard", "accuracy", "sensitivity", "specificity")
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    data: tuple[str, ...]
+    out: str
+    test_data: tuple[str, ...] = ()
+    unlabelled: tuple[str, ...] = ()
+    fracs: tuple[float, ...] = (0.002, 0.005, 0.01, 0.05)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    methods: tuple[str, ...] = METHODS
+    preset: str = "cpu"
+    weights: str | None = None
+    pretrain_epochs: int | None = None
+    finetune_iters: int | None = None
+    jobs: int = 1
+    device: str = "auto"
+
+
+def _cell_dir(out: Path, method: str, frac: float, seed: int) -> Path:
+    return out / "cells" / f"{method}-frac{frac:g}-seed{seed}"
+
+
+def run_table(spec: TableSpec, *, progress: bool = True) -> Path:
+    """Run (or finish) the grid and write the results; return the path of ``results.md``."""
+    from pipeline.run import RunConfig, run_pseudomasks
+    from trainer.finetune import finetune
+    from trainer.presets import finetune_preset, pretrain_preset
+    from trainer.pretrain import pretrain
+
+    out = Path(spec.out)
+    unknown = set(spec.methods) - set(METHODS)
+    if unknown:
+        raise ValueError(f"methods: unknown {sorted(unknown)}; choose from {', '.join(METHODS)}")
+    test_ids = set()
+    for folder in spec.test_data:
+        test_ids |= set(datasets.open_dataset(folder).ids)
+    shard_dir = out / "shards"
+    pretrain_needed = [m for m in spec.methods if m in PRETRAINED]
+    if pretrain_needed or "pseudo-masks" in spec.methods:
+        log.info("table: pseudo-masks for %s", ", ".join(spec.data + spec.unlabelled))
+        summary = run_pseudomasks(list(spec.data + spec.unlabelled), shard_dir, config=RunConfig(), jobs=spec.jobs,
+                                  progress=progress, exclude_ids=test_ids)
+        log.info("%s", summary.line())
+    base_pre = pretrain_preset(spec.preset)
+    if spec.pretrain_epochs:
+        base_pre = dataclasses.replace(base_pre, epochs=spec.pretrain_epochs)
+    if spec.weights:
+        base_pre = dataclasses.replace(base_pre, weights=spec.weights)
+    exports = {}
+    for method in pretrain_needed:
+        run_dir = out / f"pretrain-{method}"
+        config = dataclasses.replace(base_pre, **PRETRAINED[method])
+        if not (run_dir / "export.pt").exists():
+            log.info("table: pretraining '%s' into %s", method, run_dir)
+            pretrain(shard_dir, run_dir, config, device=spec.device, exclude_ids=test_ids, progress=progress)
+        exports[method] = run_dir / "export.pt"
+    base_ft = finetune_preset(spec.preset)
+    if spec.finetune_iters:
+        base_ft = dataclasses.replace(base_ft, iters=spec.finetune_iters)
+    arch, size = base_pre.arch, base_pre.img_size
+    rows = []
+    for frac in spec.fracs:
+        for seed in spec.seeds:
+            for method in spec.methods:
+                if method == "pseudo-masks" or (method == "same-init" and not spec.weights):
+                    continue
+                cell = _cell_dir(out, method, frac, seed)
+                metrics_path = cell / "metrics.json"
+                if not metrics_path.exists():
+                    if method in exports:
+                        ft = dataclasses.replace(base_ft, init="pretrain", seed=seed)
+                        checkpoint = exports[method]
+                    else:
+                        init = f"weights:{spec.weights}" if method == "same-init" else "scratch"
+                        ft = dataclasses.replace(base_ft, init=init, arch=arch, img_size=size, seed=seed,
+                                                 decoder="fresh", decoder_hidden=base_pre.decoder_hidden)
+                        checkpoint = None
+                    log.info("table: %s, frac %g, seed %d", method, frac, seed)
+                    finetune(list(spec.data), frac, cell, checkpoint=checkpoint,
+                             test_data=list(spec.test_data) or None, config=ft, device=spec.device,
+                             progress=progress)
+                rows.append(_row(method, frac, seed, json.loads(metrics_path.read_text())))
+    if "pseudo-masks" in spec.methods:
+        rows += _pseudo_mask_rows(spec, out, progress=progress)
+    return write_results(rows, out)
+
+
+def _row(method: str, frac: float, seed: int, metrics: dict) -> dict:
+    return {"method": method, "frac": frac, "seed": seed, "n_labelled": metrics.get("n_labelled", 0),
+            **{k: metrics["mean"][k] for k in METRICS if k in metrics["mean"]}}
+
+
+def _pseudo_mask_rows(spec: TableSpec, out: Path, *, progress: bool) -> list[dict]:
+    """Score the pseudo-masks of the test images themselves (no label used) as a constant row."""
+    from pipeline.export import export_masks
+    from pipeline.run import RunConfig, run_pseudomasks
+    from trainer.metrics import binary_scores
+    from trainer.splits import split_dataset
+
+    test = datasets.open_dataset(list(spec.test_data), require_masks=True) if spec.test_data else None
+    splits = split_dataset(datasets.open_dataset(list(spec.data)), test=test)
+    cell = out / "cells" / "pseudo-masks"
+    metrics_path = cell / "metrics.json"
+    if not metrics_path.exists():
+        folder = cell / "test-images"
+        folder.mkdir(parents=True, exist_ok=True)
+        for s in splits.test:  # a view of exactly the test split, without copying images
+            link = folder / s.image.name
+            if not link.exists():
+                link.symlink_to(s.image.resolve())
+        run_pseudomasks(folder, cell / "shards", config=RunConfig(), jobs=spec.jobs, progress=progress)
+        export_masks(cell / "shards", cell / "predictions", progress=progress)
+        per = []
+        for s in splits.test:
+            pred = cell / "predictions" / f"{s.id}_segmentation.png"
+            if pred.exists():
+                per.append({"id": s.id, **binary_scores(datasets.read_mask(pred), datasets.read_mask(s.mask))})
+        means = {k: float(np.mean([r[k] for r in per])) for k in METRICS}
+        write_text(metrics_path, json.dumps({"mean": means, "n_test": len(per), "per_image": per,
+                                             "n_labelled": 0}, indent=1))
+    metrics = json.loads(metrics_path.read_text())
+    return [_row("pseudo-masks", frac, 0, metrics) for frac in spec.fracs]
+
+
+def write_results(rows: Sequence[dict], out: Path) -> Path:
+    """``results.csv``, ``results.md`` (mean +- std per method and fraction) and ``results.png``."""
+    out.mkdir(parents=True, exist_ok=True)
+    fields = ["method", "frac", "seed", "n_labelled", *METRICS]
+    lines = [",".join(fields)] + [",".join(str(r.get(f, "")) for f in fields) for r in rows]
+    write_text(out / "results.csv", "\n".join(lines) + "\n")
+    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    fracs = sorted({r["frac"] for r in rows})
+    md = ["| method | " + " | ".join(f"FRAC {f:g} (n={_n(rows, f)})" for f in fracs) + " |",
+          "|---|" + "---|" * len(fracs)]
+    for m in methods:
+        cells = []
+        for f in fracs:
+            v = [r["jaccard"] for r in rows if r["method"] == m and r["frac"] == f]
+            t = [r["thresholded_jaccard"] for r in rows if r["method"] == m and r["frac"] == f]
+            cells.append(f"{np.mean(v):.3f} ± {np.std(v):.3f} (thr. {np.mean(t):.3f})" if v else "")
+        md.append(f"| {m} | " + " | ".join(cells) + " |")
+    header = ("Mean Jaccard ± std over seeds (thresholded Jaccard in brackets) on the test split; "
+              "n = labelled images.\n\n")
+    write_text(out / "results.md", header + "\n".join(md) + "\n")
+    _plot(rows, methods, out / "results.png")
+    return out / "results.md"
+
+
+def _n(rows, frac) -> int:
+    ns = [r["n_labelled"] for r in rows if r["frac"] == frac and r["n_labelled"]]
+    return int(ns[0]) if ns else 0
+
+
+def _plot(rows, methods, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipeline.atomic import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for m in methods:
+        fracs = sorted({r["frac"] for r in rows if r["method"] == m})
+        x = [max(_n(rows, f), 1) for f in fracs]
+        vals = [[r["jaccard"] for r in rows if r["method"] == m and r["frac"] == f] for f in fracs]
+        style = "--" if m == "pseudo-masks" else "-o"
+        ax.errorbar(x, [np.mean(v) for v in vals], yerr=[np.std(v) for v in vals], fmt=style, capsize=3, label=m)
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled training images")
+    ax.set_ylabel("mean Jaccard on the test split")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+
+
+def read_results(path: str | Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
