@@ -12,6 +12,8 @@ FRAC     ?= 0.01
 SYNTH_N  ?= 64
 SHARDS   ?= $(OUT)/shards
 PRETRAIN ?= $(OUT)/pretrain
+PRESET   ?= auto
+SHARD_SIZE ?= 64
 PYTHON   ?= python3
 VENV     := .venv
 PY       := $(VENV)/bin/python
@@ -19,7 +21,7 @@ STAMP    := $(VENV)/.installed-stamp
 # This machine's pip prints one harmless line per package for a missing local index; hide those.
 QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: help install test demo synth pseudomasks pretrain finetune inspect verify export bench clean
+.PHONY: help install test demo synth pseudomasks pretrain finetune table inspect verify export bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | sort
@@ -44,7 +46,7 @@ synth: $(SYNTH)/.done  ## generate the built-in synthetic dermoscopy set
 
 # The synthetic set is made only when DATA is left at its default.
 pseudomasks: $(STAMP) $(if $(filter $(SYNTH),$(DATA)),$(SYNTH)/.done)  ## stage 1: hair removal + Random Walker -> HDF5 shards
-	$(PY) cli.py pseudomasks $(foreach d,$(DATA),--data $(d)) --out $(SHARDS) --jobs $(JOBS)
+	$(PY) cli.py pseudomasks $(foreach d,$(DATA),--data $(d)) --out $(SHARDS) --jobs $(JOBS) --shard-size $(SHARD_SIZE)
 
 inspect: $(STAMP)  ## summary and contact sheet of the shards
 	$(PY) cli.py inspect $(SHARDS) --png $(OUT)/shards_sheet.png
@@ -56,20 +58,31 @@ export: $(STAMP)  ## pseudo-masks at original size as <ID>_segmentation.png
 	$(PY) cli.py export --shards $(SHARDS) --out $(OUT)/pseudomask_png
 
 pretrain: $(STAMP)  ## stage 2: DINO + auxiliary pseudo-mask segmentation
-	$(PY) cli.py pretrain --shards $(SHARDS) --out $(PRETRAIN) --device $(DEVICE)
+	$(PY) cli.py pretrain --shards $(SHARDS) --out $(PRETRAIN) --device $(DEVICE) --preset $(PRESET)
 
 finetune: $(STAMP)  ## fine-tune with FRAC of the labels (default 0.01) and report metrics
-	$(PY) cli.py finetune $(foreach d,$(DATA),--data $(d)) --frac $(FRAC) --checkpoint $(PRETRAIN)/export.pt --out $(OUT)/finetune-$(FRAC)
+	@test -f $(PRETRAIN)/export.pt || { echo "no pretrained checkpoint at $(PRETRAIN)/export.pt: run 'make pretrain' first"; exit 1; }
+	@echo ">> using the latest pretraining export: $(PRETRAIN)/export.pt"
+	$(PY) cli.py finetune $(foreach d,$(DATA),--data $(d)) --frac $(FRAC) --checkpoint $(PRETRAIN)/export.pt --out $(OUT)/finetune-$(FRAC) --device $(DEVICE) --preset $(PRESET)
 
-demo: $(STAMP)  ## the whole main job on built-in synthetic data
-	@echo ">> 1/4 synthetic data"; $(MAKE) --no-print-directory synth
-	@echo ">> 2/4 pseudo-masks";   $(MAKE) --no-print-directory pseudomasks DATA=$(SYNTH)
-	@echo ">> 3/4 inspect";        $(MAKE) --no-print-directory inspect
-	@echo ">> 4/4 pretrain + finetune"; \
-	  if $(PY) cli.py pretrain --help | grep -q -- '--epochs'; then \
-	    $(MAKE) --no-print-directory pretrain && $(MAKE) --no-print-directory finetune DATA=$(SYNTH); \
-	  else echo "   pretrain/finetune are not built yet (issues #4, #5): stopping after stage 1"; fi
-	@echo ">> done: shards in $(SHARDS), contact sheet $(OUT)/shards_sheet.png"
+table: $(STAMP)  ## the comparison grid on DATA (add TEST=folder for an external test set)
+	$(PY) cli.py table $(foreach d,$(DATA),--data $(d)) $(foreach t,$(TEST),--test-data $(t)) --out $(OUT)/table --preset $(PRESET) --jobs $(JOBS) --device $(DEVICE)
+
+demo: $(STAMP)  ## the whole main job on built-in synthetic data (a few minutes on 2 cores)
+	@echo ">> 1/6 synthetic dermoscopy ($(SYNTH_N) images)"; $(MAKE) --no-print-directory synth
+	@echo ">> 2/6 pseudo-masks (hair removal + Random Walker -> HDF5 shards)"
+	@$(MAKE) --no-print-directory pseudomasks DATA=$(SYNTH) SHARD_SIZE=16
+	@echo ">> 3/6 inspect the shards"; $(MAKE) --no-print-directory inspect
+	@echo ">> 4/6 pretrain (DINO + auxiliary pseudo-mask loss)"; $(MAKE) --no-print-directory pretrain
+	@echo ">> 5/6 fine-tune with 10 % of the labels"; $(MAKE) --no-print-directory finetune DATA=$(SYNTH) FRAC=0.1
+	@echo ">> 6/6 a short comparison table"
+	$(PY) cli.py table --data $(SYNTH) --out $(OUT)/table --shards $(SHARDS) --pretrained ours=$(PRETRAIN) \
+	  --fracs 0.05,0.2 --seeds 1 --methods scratch,ours,pseudo-masks --preset $(PRESET) --device $(DEVICE) --no-progress
+	@echo ">> done. Look at:"
+	@echo "   $(OUT)/shards_sheet.png            pseudo-masks (contact sheet)"
+	@echo "   $(PRETRAIN)/pictures/              predicted masks and CLS attention during pretraining"
+	@echo "   $(OUT)/finetune-0.1/metrics.json   fine-tune metrics; best_worst.png beside it"
+	@echo "   $(OUT)/table/results.md            the comparison table; results.png beside it"
 
 bench: $(STAMP)  ## run the benchmarks (printed figures)
 	@for b in bench/bench_*.py; do echo ">> $$b"; $(PY) $$b --quick; done

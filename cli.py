@@ -160,9 +160,10 @@ def verify(path: Path) -> None:
               help="Pseudo-mask shards (a pseudomasks output folder or shard files). Repeatable.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Run folder: checkpoint-latest.pt, export.pt, log.jsonl, pictures/. Rerunning resumes.")
-@click.option("--preset", type=click.Choice(["cpu", "paper"]), default="paper", show_default=True,
+@click.option("--preset", type=click.Choice(["auto", "cpu", "paper"]), default="auto", show_default=True,
               help="paper: ViT-S/16, 224/96 px crops, DINO's sizes (a GPU). cpu: ViT-Ti/16 at 64/32 px with "
-                   "small heads, minutes on a laptop. Options below override the preset.")
+                   "small heads, minutes on a laptop. auto: paper when CUDA is present, else cpu. "
+                   "Options below override the preset.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Epochs in total; rerun with more to continue a run.")
 @click.option("--arch", help="Any timm ViT name (random init unless --weights).")
 @click.option("--img-size", type=click.IntRange(min=16), help="Global crop size in px (local crops: --local-size).")
@@ -228,8 +229,9 @@ def pretrain(shards, out, preset, exclude_from, no_progress, device, no_distill,
               help="Input size (default: the pretraining crop size, else 224).")
 @click.option("--iters", type=click.IntRange(min=1), default=None,
               help="Optimiser steps (default 300; the cpu preset 120). Few labels: more is rarely better.")
-@click.option("--preset", type=click.Choice(["cpu", "paper"]), default="paper", show_default=True,
-              help="cpu: fewer, smaller steps for a 2-core machine.")
+@click.option("--preset", type=click.Choice(["auto", "cpu", "paper"]), default="auto", show_default=True,
+              help="cpu: fewer, smaller steps for a 2-core machine; paper: 300 steps; auto: paper when CUDA is "
+                   "present, else cpu.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: CUDA when present, else CPU.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
@@ -300,8 +302,9 @@ def _floats(value: str) -> tuple[float, ...]:
               help="External labelled test folder (its ids are excluded everywhere else).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Table folder: shards, pretrain-*, cells/, results.md/csv/png. Rerunning skips finished cells.")
-@click.option("--preset", type=click.Choice(["cpu", "paper"]), default="cpu", show_default=True,
-              help="cpu: ViT-Ti at 64 px, minutes per cell on 2 cores. paper: ViT-S/16 at 224 px (a GPU).")
+@click.option("--preset", type=click.Choice(["auto", "cpu", "paper"]), default="auto", show_default=True,
+              help="cpu: ViT-Ti at 64 px, minutes per cell on 2 cores. paper: ViT-S/16 at 224 px (a GPU). "
+                   "auto: paper when CUDA is present, else cpu.")
 @click.option("--fracs", default="0.002,0.005,0.01,0.05", show_default=True, callback=lambda c, p, v: _floats(v),
               help="Label fractions (columns).")
 @click.option("--seeds", default=3, show_default=True, type=click.IntRange(min=1),
@@ -314,9 +317,13 @@ def _floats(value: str) -> tuple[float, ...]:
 @click.option("--finetune-iters", type=click.IntRange(min=1), default=None, help="Override the preset's iterations.")
 @click.option("--jobs", default=1, show_default=True, help="Workers for the pseudo-mask stage.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--shards", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Reuse these pseudo-mask shards (made without the test ids) instead of making them.")
+@click.option("--pretrained", multiple=True, metavar="METHOD=DIR",
+              help="Reuse a finished pretraining run for a row, e.g. ours=artifacts/pretrain. Repeatable.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (for logs).")
 def table(data, unlabelled, test_data, out, preset, fracs, seeds, methods, weights, pretrain_epochs, finetune_iters,
-          jobs, device, no_progress):
+          jobs, device, shards, pretrained, no_progress):
     """Run the comparison grid (methods x label fractions x seeds) and write results.md/csv/png."""
     from trainer.table import TableSpec, run_table
 
@@ -324,7 +331,11 @@ def table(data, unlabelled, test_data, out, preset, fracs, seeds, methods, weigh
                      unlabelled=tuple(map(str, unlabelled)), fracs=fracs, seeds=tuple(range(seeds)),
                      methods=tuple(m.strip() for m in methods.split(",") if m.strip()), preset=preset,
                      weights=weights, pretrain_epochs=pretrain_epochs, finetune_iters=finetune_iters, jobs=jobs,
-                     device=device)
+                     device=device, shards=shards,
+                     pretrained=tuple(tuple(p.split("=", 1)) for p in pretrained if "=" in p))
+    bad = [p for p in pretrained if "=" not in p]
+    if bad:
+        raise click.BadParameter(f"expected METHOD=DIR, got {bad[0]!r}", param_hint="--pretrained")
     try:
         path = run_table(spec, progress=not no_progress)
     except ValueError as exc:

@@ -46,7 +46,8 @@ def good_folder(root: Path, n: int) -> Path:
     for i in range(n):
         image, lesion = lesion_image(i)
         write_rgb(root / "images" / f"IMG_{i:03d}.jpg", image)
-        cv2.imwrite(str(root / "masks" / f"IMG_{i:03d}_segmentation.png"), lesion.astype(np.uint8) * 255)
+        (root / "masks").mkdir(exist_ok=True)
+        assert cv2.imwrite(str(root / "masks" / f"IMG_{i:03d}_segmentation.png"), lesion.astype(np.uint8) * 255)
     return root
 
 
@@ -71,7 +72,7 @@ def bad_data(tmp_path_factory) -> Path:
     write_rgb(img / "huge.jpg", cv2.resize(big, (8000, 6000), interpolation=cv2.INTER_NEAREST))
     write_rgb(img / "uniform.jpg", np.full((96, 128, 3), (200, 160, 140), np.uint8))
     write_rgb(img / "mismatch.jpg", lesion_image(15)[0])
-    cv2.imwrite(str(root / "masks" / "mismatch_segmentation.png"), np.zeros((50, 50), np.uint8))
+    assert cv2.imwrite(str(root / "masks" / "mismatch_segmentation.png"), np.zeros((50, 50), np.uint8))
     return root
 
 

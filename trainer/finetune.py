@@ -50,8 +50,8 @@ class FinetuneConfig:
     img_size: int | None = None
     iters: int = 300
     batch_size: int = 8
-    lr: float = 5e-4
-    backbone_lr_scale: float = 0.1
+    lr: float = 2e-3
+    backbone_lr_scale: float = 0.3
     weight_decay: float = 0.05
     warmup_frac: float = 0.1
     crop_scale: tuple[float, float] = (0.5, 1.0)

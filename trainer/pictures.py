@@ -43,11 +43,13 @@ def pretrain_picture(model, dataset, path: str | Path, *, img_size: int, device:
     cols = ["image", "pseudo-mask", "predicted mask", "CLS attention"]
     fig, axes = plt.subplots(len(items), 4, figsize=(9, 2.3 * len(items)), squeeze=False)
     for r, it in enumerate(items):
-        panels = [it["image"].permute(1, 2, 0).numpy(), it["maps"][0].numpy(), pred[r], attention[r]]
+        panels = [it["image"].permute(1, 2, 0).numpy(), it["maps"][0].numpy() / 255.0, pred[r], attention[r]]
         for c, panel in enumerate(panels):
             ax = axes[r, c]
-            ax.imshow(panel, cmap=None if panel.ndim == 3 else ("magma" if c == 3 else "gray"),
-                      interpolation="nearest")
+            if c == 3:
+                ax.imshow(panel, cmap="magma", interpolation="nearest")
+            else:
+                ax.imshow(panel, cmap=None if panel.ndim == 3 else "gray", vmin=0, vmax=1, interpolation="nearest")
             ax.set_xticks([]), ax.set_yticks([])
             if r == 0:
                 ax.set_title(cols[c], fontsize=9)

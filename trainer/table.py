@@ -50,6 +50,8 @@ class TableSpec:
     finetune_iters: int | None = None
     jobs: int = 1
     device: str = "auto"
+    shards: str | None = None                  # reuse these pseudo-mask shards instead of making them
+    pretrained: tuple[tuple[str, str], ...] = ()  # (method, run dir holding export.pt) to reuse
 
 
 def _cell_dir(out: Path, method: str, frac: float, seed: int) -> Path:
@@ -70,9 +72,10 @@ def run_table(spec: TableSpec, *, progress: bool = True) -> Path:
     test_ids = set()
     for folder in spec.test_data:
         test_ids |= set(datasets.open_dataset(folder).ids)
-    shard_dir = out / "shards"
+    shard_dir = Path(spec.shards) if spec.shards else out / "shards"
+    reused = {m: Path(d) / "export.pt" for m, d in spec.pretrained}
     pretrain_needed = [m for m in spec.methods if m in PRETRAINED]
-    if pretrain_needed or "pseudo-masks" in spec.methods:
+    if any(m not in reused for m in pretrain_needed) and not spec.shards:
         log.info("table: pseudo-masks for %s", ", ".join(spec.data + spec.unlabelled))
         summary = run_pseudomasks(list(spec.data + spec.unlabelled), shard_dir, config=RunConfig(), jobs=spec.jobs,
                                   progress=progress, exclude_ids=test_ids)
@@ -84,6 +87,9 @@ def run_table(spec: TableSpec, *, progress: bool = True) -> Path:
         base_pre = dataclasses.replace(base_pre, weights=spec.weights)
     exports = {}
     for method in pretrain_needed:
+        if method in reused:
+            exports[method] = reused[method]
+            continue
         run_dir = out / f"pretrain-{method}"
         config = dataclasses.replace(base_pre, **PRETRAINED[method])
         if not (run_dir / "export.pt").exists():
