@@ -1,0 +1,133 @@
+"""Fine-tuning, splits, the leakage guard and the comparison table, on tiny synthetic data."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import cli
+from pipeline.datasets import open_dataset
+from pipeline.synth import write_synthetic_dataset
+from trainer.finetune import FinetuneConfig, finetune
+from trainer.pretrain import PretrainConfig, export_model
+from trainer.splits import dhash, labelled_subset, near_duplicates, split_dataset
+from trainer.table import TableSpec, read_results, run_table
+
+TINY_PRE = PretrainConfig(arch="vit_tiny_patch16_224", img_size=32, out_dim=64, head_hidden=64, bottleneck_dim=32,
+                          decoder_hidden=16, drop_path=0.0)
+TINY_FT = FinetuneConfig(iters=6, batch_size=4, eval_every=3, decoder_hidden=16)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synth") / "data"
+    write_synthetic_dataset(root, 40, seed=1, size=(96, 72), progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("export") / "export.pt"
+    model = TINY_PRE.build_model()
+    export_model(model, TINY_PRE, path, step=7)
+    return path
+
+
+def test_plain_folder_split_is_deterministic_and_disjoint(synth):
+    splits = split_dataset(open_dataset(synth))
+    ids = [{s.id for s in part} for part in (splits.train, splits.validation, splits.test)]
+    assert sum(map(len, ids)) == 40 and not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    assert ids[1] and ids[2]
+    again = split_dataset(open_dataset(synth))
+    assert [s.id for s in again.test] == [s.id for s in splits.test]
+    a = labelled_subset(splits.train, 0.2, seed=3)
+    assert [s.id for s in a] == [s.id for s in labelled_subset(splits.train, 0.2, seed=3)]
+    assert [s.id for s in a] != [s.id for s in labelled_subset(splits.train, 0.2, seed=4)]
+    assert len(a) == round(0.2 * len(splits.train)) and {s.id for s in a} <= ids[0]
+
+
+def test_frac_rules(synth):
+    train = split_dataset(open_dataset(synth)).train
+    with pytest.warns(UserWarning, match="rounds to 0: using 1 image"):
+        assert len(labelled_subset(train, 0.001, seed=0)) == 1
+    for bad in (0, -0.1, 1.5):
+        with pytest.raises(ValueError, match=r"frac must be in \(0, 1\]"):
+            labelled_subset(train, bad, seed=0)
+
+
+def test_finetune_writes_predictions_at_original_size_and_metrics(synth, export, tmp_path):
+    result = finetune(synth, 0.2, tmp_path / "ft", checkpoint=export, config=TINY_FT, device="cpu", progress=False)
+    metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    subset = json.loads((tmp_path / "ft" / "subset.json").read_text())
+    assert subset["ids"] == result.subset_ids and not set(subset["ids"]) & set(subset["test"])
+    assert metrics["n_test"] == len(subset["test"]) and set(metrics["mean"]) >= {"jaccard", "dice",
+                                                                                  "thresholded_jaccard"}
+    assert metrics["model"]["init"] == "pretrain" and metrics["model"]["pretrain_step"] == 7
+    for sid in subset["test"]:
+        pred = cv2.imread(str(tmp_path / "ft" / "predictions" / f"{sid}_segmentation.png"), cv2.IMREAD_UNCHANGED)
+        assert pred.shape == (72, 96) and set(np.unique(pred)) <= {0, 255}
+    assert (tmp_path / "ft" / "best_worst.png").exists()
+
+
+def test_checkpoint_of_another_architecture_is_a_clear_error(synth, export, tmp_path):
+    config = dataclasses.replace(TINY_FT, arch="vit_small_patch16_224")
+    with pytest.raises(ValueError, match="'vit_tiny_patch16_224' backbone, not 'vit_small_patch16_224'"):
+        finetune(synth, 0.2, tmp_path / "x", checkpoint=export, config=config, device="cpu", progress=False)
+    not_export = tmp_path / "junk.pt"
+    import torch
+
+    torch.save({"model": {}}, not_export)
+    with pytest.raises(ValueError, match="not an edgedino export"):
+        finetune(synth, 0.2, tmp_path / "y", checkpoint=not_export, config=TINY_FT, device="cpu", progress=False)
+    result = CliRunner().invoke(cli.main, ["finetune", "--data", str(synth), "--frac", "2", "--init", "scratch",
+                                           "--out", str(tmp_path / "z")])
+    assert result.exit_code != 0 and "frac must be in (0, 1]" in result.output
+
+
+def test_leakage_guard_excludes_test_ids_and_warns_about_near_duplicates(synth, tmp_path, caplog):
+    test = tmp_path / "test"
+    (test / "images").mkdir(parents=True)
+    (test / "masks").mkdir()
+    ids = sorted(p.stem for p in (synth / "images").glob("*.jpg"))[:5]
+    for i in ids:
+        shutil.copy(synth / "images" / f"{i}.jpg", test / "images" / f"{i}.jpg")
+        shutil.copy(synth / "masks" / f"{i}_segmentation.png", test / "masks" / f"{i}_segmentation.png")
+    # The same photo under a new id, re-encoded at another size: a near-duplicate, not an id match.
+    image = cv2.imread(str(synth / "images" / f"{ids[-1]}.jpg"))
+    cv2.imwrite(str(test / "images" / "OTHER_1.jpg"), cv2.resize(image, (80, 60)), [cv2.IMWRITE_JPEG_QUALITY, 70])
+    shutil.copy(synth / "masks" / f"{ids[-1]}_segmentation.png", test / "masks" / "OTHER_1_segmentation.png")
+    cv2.imwrite(str(test / "masks" / "OTHER_1_segmentation.png"),
+                cv2.resize(cv2.imread(str(synth / "masks" / f"{ids[-1]}_segmentation.png"), 0), (80, 60),
+                           interpolation=cv2.INTER_NEAREST))
+    splits = split_dataset(open_dataset(synth), test=open_dataset(test, require_masks=True))
+    assert splits.n_excluded == 5
+    assert not {s.id for s in splits.train + splits.validation} & set(ids)
+    pairs = near_duplicates(open_dataset(synth).samples, open_dataset(test).samples)
+    assert (ids[-1], "OTHER_1") in {(a, b) for a, b, _ in pairs}
+    assert all(a != b for a, b, _ in pairs)
+    assert bin(dhash(np.zeros((40, 40, 3), np.uint8)) ^ dhash(np.full((40, 40, 3), 255, np.uint8))).count("1") == 0
+
+
+def test_table_runs_skips_finished_cells_and_writes_results(synth, export, tmp_path, monkeypatch):
+    run_dir = export.parent
+    spec = TableSpec(data=(str(synth),), out=str(tmp_path / "table"), fracs=(0.1, 0.3), seeds=(0,),
+                     methods=("scratch", "ours"), preset="cpu", finetune_iters=4, device="cpu",
+                     pretrained=(("ours", str(run_dir)),))
+    monkeypatch.setattr("trainer.presets.pretrain_preset", lambda name: TINY_PRE)
+    import trainer.presets as presets
+
+    monkeypatch.setattr(presets, "finetune_preset", lambda name: TINY_FT)
+    md = run_table(spec, progress=False)
+    rows = read_results(tmp_path / "table" / "results.csv")
+    assert {(r["method"], r["frac"]) for r in rows} == {(m, f) for m in ("scratch", "ours") for f in ("0.1", "0.3")}
+    assert "| scratch |" in md.read_text() and (tmp_path / "table" / "results.png").exists()
+    calls = []
+    monkeypatch.setattr("trainer.finetune.finetune", lambda *a, **k: calls.append(1))
+    run_table(spec, progress=False)
+    assert calls == []  # every cell was finished: nothing re-run
