@@ -196,8 +196,9 @@ def _existing_entry(path: Path, plan: ShardPlan, config: RunConfig, old: dict) -
 
 
 def _clean_partials(out_dir: Path) -> None:
-    for stale in out_dir.glob(".shard-*.partial"):
-        stale.unlink()
+    """Remove temporary files a killed run left (shards, manifest, rejects: all written as ``.*.partial``)."""
+    for stale in out_dir.glob(".*.partial"):
+        stale.unlink(missing_ok=True)
 
 
 def run_pseudomasks(data: Sequence[str | Path] | str | Path, out_dir: str | Path, *, config: RunConfig = RunConfig(),

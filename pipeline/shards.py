@@ -115,11 +115,8 @@ def write_shard(path: Path, records: Sequence[ShardRecord], *, size: int, config
                     np.stack([quantise_prob(r.prob) for r in records]) if n else None, (1, s, s), True)
             dataset("pseudo_mask", (n, s, s), np.uint8,
                     np.stack([r.pseudo_mask for r in records]).astype(np.uint8) if n else None, (1, s, s), True)
-            text = h5py.string_dtype()
-            f.create_dataset("id", data=np.array([r.id for r in records], dtype=object), dtype=text,
-                             track_times=False)
-            f.create_dataset("path", data=np.array([r.path for r in records], dtype=object), dtype=text,
-                             track_times=False)
+            _fixed_text(f, "id", [r.id for r in records])
+            _fixed_text(f, "path", [r.path for r in records])
             f.create_dataset("orig_shape", data=np.array([r.orig_shape for r in records], np.int32).reshape(n, 2),
                              track_times=False)
             f.create_dataset("no_lesion", data=np.array([r.no_lesion for r in records], np.uint8),
@@ -130,12 +127,24 @@ def write_shard(path: Path, records: Sequence[ShardRecord], *, size: int, config
                                                         np.float32), track_times=False)
             f.attrs["schema_version"] = SCHEMA_VERSION
             f.attrs["size"] = size
-            f.attrs["config"] = config_json
-            f.attrs["config_hash"] = config_hash
-            f.attrs["ids_hash"] = ids_hash(planned_ids)
             f.attrs["n_planned"] = len(planned_ids)
-            f.attrs["rejects"] = json.dumps(list(rejects))
-            f.attrs["versions"] = json.dumps(versions, sort_keys=True)
+            for key, text in (("config", config_json), ("config_hash", config_hash),
+                              ("ids_hash", ids_hash(planned_ids)), ("rejects", json.dumps(list(rejects))),
+                              ("versions", json.dumps(versions, sort_keys=True))):
+                f.attrs[key] = np.bytes_(text.encode())  # fixed-length: see _fixed_text
+
+
+def _fixed_text(f: h5py.File, name: str, values: list[str]) -> None:
+    """A fixed-length string dataset (UTF-8 bytes). Variable-length strings live in HDF5's global heap, whose
+    padding is written from uninitialised memory: the file bytes would then differ between processes."""
+    data = [v.encode() for v in values]
+    length = max([len(d) for d in data] + [1])
+    f.create_dataset(name, shape=(len(data),), dtype=f"S{length}",
+                     data=np.array(data, dtype=f"S{length}") if data else None, track_times=False)
+
+
+def _text(value) -> object:
+    return value.decode() if isinstance(value, (bytes, np.bytes_)) else value
 
 
 def quantise_prob(prob: np.ndarray) -> np.ndarray:
@@ -156,7 +165,7 @@ class ShardReader:
             self._file = h5py.File(self.path, "r")
         except (OSError, ValueError) as exc:
             raise ShardError(f"{self.path}: not a readable HDF5 shard ({exc})") from None
-        version = self._file.attrs.get("schema_version")
+        version = _text(self._file.attrs.get("schema_version"))
         version = int(version) if version is not None else None
         if version != SCHEMA_VERSION:
             self._file.close()
@@ -181,19 +190,19 @@ class ShardReader:
 
     @property
     def attrs(self) -> dict:
-        return dict(self._file.attrs)
+        return {k: _text(v) for k, v in self._file.attrs.items()}
 
     @property
     def config(self) -> dict:
-        return json.loads(self._file.attrs["config"])
+        return json.loads(_text(self._file.attrs["config"]))
 
     @property
     def rejects(self) -> list[dict]:
-        return json.loads(self._file.attrs.get("rejects", "[]"))
+        return json.loads(_text(self._file.attrs.get("rejects", "[]")))
 
     @property
     def ids(self) -> list[str]:
-        return [x.decode() if isinstance(x, bytes) else x for x in self._file["id"][...]]
+        return [_text(x) for x in self._file["id"][...]]
 
     def column(self, name: str) -> np.ndarray:
         """A whole per-sample column (``orig_shape``, ``no_lesion``, ``diag/<name>``)."""
@@ -206,8 +215,8 @@ class ShardReader:
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         f = self._file
         return {
-            "id": f["id"][i].decode() if isinstance(f["id"][i], bytes) else f["id"][i],
-            "path": f["path"][i].decode() if isinstance(f["path"][i], bytes) else f["path"][i],
+            "id": _text(f["id"][i]),
+            "path": _text(f["path"][i]),
             "orig_shape": f["orig_shape"][i],
             "image": f["image"][i],
             "hair_mask": f["hair_mask"][i],
