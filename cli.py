@@ -276,9 +276,10 @@ def evaluate(pred: Path, truth: Path, json_out: Path | None) -> None:
     if (truth / "masks").is_dir():
         truth = truth / "masks"
     try:
-        result = evaluate_folders(pred, truth)
+        result = evaluate_folders(pred, truth, allow_extra=True)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    click.echo(f"{len(result.rows)} image(s) scored")
     for name, value in result.means.items():
         click.echo(f"{name:>20}: {value:.4f}")
     if json_out:

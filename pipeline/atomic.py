@@ -6,9 +6,23 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish(tmp: str | os.PathLike, path: Path) -> None:
+    """Give the temporary file the permissions of a normally created file (mkstemp makes it 0600), rename."""
+    os.chmod(tmp, (stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IWGRP | stat.S_IROTH | stat.S_IWOTH)
+             & ~_umask())
+    os.replace(tmp, path)
 
 
 @contextlib.contextmanager
@@ -36,7 +50,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *, suffix: str = ".p
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -58,7 +72,7 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = ".partial") -> Iterato
         yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

@@ -83,6 +83,23 @@ def main_component(mask: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     return labels == best
 
 
+def segment(small: np.ndarray, *, config: PseudoMaskConfig = PseudoMaskConfig()
+            ) -> tuple[np.ndarray, np.ndarray, float, np.ndarray, np.ndarray, np.ndarray]:
+    """Seeds, walker and clean-up on a hair-free image at the walker resolution.
+
+    ``(h, w, 3) uint8 -> (fov, coarse, separation, labels, prob, mask)``: (h, w) bool field of view and
+    coarse map, the Otsu separation (float), (h, w) int8 seed labels, (h, w) float32 walker probability and
+    the (h, w) bool mask (all False when no lesion stands out).
+    """
+    fov = field_of_view(small, config=config.seeds)
+    coarse, separation = coarse_lesion_map(to_lab(small), fov, config=config.seeds)
+    labels = seed_labels(small, fov, config=config.seeds, coarse=coarse)
+    fg = labels == LESION
+    prob = walk(small, labels, config=config.walker)
+    mask = np.zeros(prob.shape, bool) if not fg.any() else main_component(prob > config.threshold, fg)
+    return fov, coarse, separation, labels, prob, mask
+
+
 def make_pseudo_mask(image: np.ndarray, *, size: int = 256, config: PseudoMaskConfig = PseudoMaskConfig()
                      ) -> PseudoMaskResult:
     """Edge-aware pseudo-mask of one dermoscopy image.
@@ -127,15 +144,11 @@ def make_pseudo_mask(image: np.ndarray, *, size: int = 256, config: PseudoMaskCo
     t1 = time.perf_counter()
     # Seeds and walker on the cleaned image.
     cleaned_small = _resize_long(hair.cleaned, config.walker_long_side)
-    fov = field_of_view(cleaned_small, config=config.seeds)
-    coarse, separation = coarse_lesion_map(to_lab(cleaned_small), fov, config=config.seeds)
-    labels = seed_labels(cleaned_small, fov, config=config.seeds, coarse=coarse)
+    seg = segment(cleaned_small, config=config)
+    fov, coarse, separation, labels, prob, mask = seg
     fg = labels == LESION
-    prob = walk(cleaned_small, labels, config=config.walker)
     t2 = time.perf_counter()
-    no_lesion = not fg.any()
-    mask = np.zeros(prob.shape, bool) if no_lesion else main_component(prob > config.threshold, fg)
-    no_lesion = no_lesion or not mask.any()
+    no_lesion = not mask.any()
     if no_lesion:
         prob = np.zeros_like(prob)
     diagnostics = {

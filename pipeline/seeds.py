@@ -4,6 +4,18 @@ METHOD.md section 3, steps 1-4. All functions are pure: numpy in, numpy out.
 
 Label convention (scikit-image ``random_walker``): ``0`` unlabelled, ``1`` lesion seed, ``2`` background
 seed, ``-1`` inactive (outside the field of view; removed from the graph).
+
+What real dermoscopy throws at a label-free lesion finder, and the answer here (all ours):
+
+- black or grey vignette corners and circular frames: :func:`field_of_view` removes dark, grey regions
+  connected to the corners, dark relative to the skin, not only absolutely black;
+- colour-calibration stickers, ink and specular flash: :func:`lesion_feature` scores how much darker than the
+  skin a pixel is, plus how far its colour is from the skin colour, and zeroes pixels that are brighter than
+  the skin or strongly saturated / green / cyan (no pigmented lesion has those colours);
+- several candidate regions: :func:`coarse_lesion_map` picks the component with the highest centre-weighted
+  contrast, penalising components that run along the image border far from the centre;
+- a skin estimate polluted by a large lesion: a second pass re-estimates the skin colour on the field of
+  view outside the (dilated) first coarse map.
 """
 from __future__ import annotations
 
@@ -17,6 +29,7 @@ __all__ = [
     "SeedConfig",
     "to_lab",
     "field_of_view",
+    "skin_colour",
     "lesion_feature",
     "coarse_lesion_map",
     "seed_labels",
@@ -33,28 +46,44 @@ INACTIVE, UNLABELLED, LESION, BACKGROUND = -1, 0, 1, 2
 class SeedConfig:
     """Parameters of the field of view, the coarse lesion map and the seeds (all ours).
 
-    Lengths are fractions of the image diagonal so the same config works at any working resolution.
+    Lengths are fractions of the image diagonal (or short side, where said) so the same config works at any
+    working resolution. Colours are CIE Lab units (L* 0-100).
 
     Attributes
     ----------
     fov_max_lightness : float
-        Pixels with CIE L* below this (0-100) and chroma below ``fov_max_chroma`` are "black frame"
-        candidates; candidates connected to an image corner are outside the field of view.
+        Pixels with L* below this and chroma below ``fov_max_chroma`` are "black frame" candidates.
+    fov_rel_lightness : float
+        Pixels darker than this fraction of the bright-skin L* (90th percentile of L* in the central region)
+        and greyer than ``fov_max_chroma`` are frame candidates too (grey vignette corners). 0 disables it.
     fov_max_chroma : float
-        Chroma sqrt(a*^2 + b*^2) bound of black-frame pixels (lesions are dark but coloured).
+        Chroma sqrt(a*^2 + b*^2) bound of frame pixels (lesions are dark but coloured).
     fov_corner_fraction : float
         Side of the square corner patches (fraction of the short side) that a frame component must touch.
     fov_min_fraction : float
         If the field of view would keep less than this fraction of the image, it is taken as the whole image.
     feature : {'skin_distance', 'blue', 'lightness'}
-        Lesion-likeness used for the coarse map: Lab distance from the skin colour (estimated on the border
-        ring of the field of view, darker-than-skin weighted), the inverted blue channel, or inverted L*.
+        Lesion-likeness used for the coarse map: darkness and colour distance from the skin with artefacts
+        suppressed (see :func:`lesion_feature`), the inverted blue channel, or inverted L*.
     dark_weight : float
-        In ``'skin_distance'``, extra weight on how much darker than skin a pixel is (L* drop).
+        In ``'skin_distance'``, weight of the L* drop below the skin.
+    colour_weight : float
+        In ``'skin_distance'``, weight of the a*b* distance from the skin.
+    bright_margin : float
+        Pixels brighter than the skin by more than this (L* units) are not lesion (flash, stickers, gel).
+    max_chroma_excess : float
+        Pixels whose chroma exceeds the skin's by more than this are not lesion (stickers, ink).
+    min_a, min_b : float
+        Pixels with a* below ``min_a`` (green) or b* below ``min_b`` (cyan, blue ink) are not lesion.
+    second_pass : bool
+        Re-estimate the skin colour outside the dilated first coarse map and redo the map.
     smooth_sigma : float
         Gaussian sigma (fraction of the diagonal) applied to the feature before thresholding.
     border_ring : float
         Width of the border ring (fraction of the short side) used to estimate the skin colour.
+    otsu_shift : float
+        The threshold is ``lo + otsu_shift * (t - lo)`` with t Otsu's threshold and lo the mean of the skin
+        class: below 1 it grows the coarse map towards the pale lesion periphery.
     min_separation : float
         Otsu between-class separation (difference of class means divided by the feature's std within the
         field of view) below which the image is declared lesion-free.
@@ -62,6 +91,10 @@ class SeedConfig:
         Smallest difference of class means of the feature (Lab units) for a lesion to exist.
     centre_sigma : float
         Width (fraction of the diagonal) of the Gaussian centre prior used to pick the lesion component.
+    border_penalty : float
+        Component score factor ``exp(-border_penalty * touch * offset)``: ``touch`` is the fraction of the
+        image border the component runs along, ``offset`` the distance of its centroid from the image centre
+        over half the diagonal. Corners and stickers hug the border far from the centre; lesions do not.
     min_component : float
         Components smaller than this fraction of the field of view are ignored.
     fg_erosion : float
@@ -80,16 +113,25 @@ class SeedConfig:
     """
 
     fov_max_lightness: float = 22.0
+    fov_rel_lightness: float = 0.0
     fov_max_chroma: float = 18.0
     fov_corner_fraction: float = 0.04
     fov_min_fraction: float = 0.2
     feature: str = "skin_distance"
     dark_weight: float = 1.0
+    colour_weight: float = 1.0
+    bright_margin: float = 100.0
+    max_chroma_excess: float = 1000.0
+    min_a: float = -1000.0
+    min_b: float = -1000.0
+    second_pass: bool = False
     smooth_sigma: float = 0.006
     border_ring: float = 0.06
+    otsu_shift: float = 1.0
     min_separation: float = 1.0
     min_contrast: float = 6.0
     centre_sigma: float = 0.35
+    border_penalty: float = 0.0
     min_component: float = 0.002
     fg_erosion: float = 0.45
     fg_min_radius: float = 0.01
@@ -104,6 +146,8 @@ class SeedConfig:
             )
         if not 0.0 <= self.fg_erosion < 1.0:
             raise ValueError(f"SeedConfig.fg_erosion must be in [0, 1), got {self.fg_erosion}")
+        if not 0.0 < self.otsu_shift <= 1.5:
+            raise ValueError(f"SeedConfig.otsu_shift must be in (0, 1.5], got {self.otsu_shift}")
 
 
 def _check_rgb(image: np.ndarray, name: str = "image") -> None:
@@ -128,15 +172,22 @@ def _corner_mask(shape: tuple[int, int], fraction: float) -> np.ndarray:
     return m
 
 
+def _border_band(shape: tuple[int, int], width: int) -> np.ndarray:
+    band = np.zeros(shape, bool)
+    band[:width] = band[-width:] = True
+    band[:, :width] = band[:, -width:] = True
+    return band
+
+
 def field_of_view(image: np.ndarray, *, config: SeedConfig = SeedConfig()) -> np.ndarray:
-    """Pixels that show skin or lesion, not the black vignette or circular frame of the dermatoscope.
+    """Pixels that show skin or lesion, not the vignette or circular frame of the dermatoscope.
 
     Parameters
     ----------
     image : (H, W, 3) uint8
         RGB image.
     config : SeedConfig
-        Uses ``fov_max_lightness``, ``fov_max_chroma``, ``fov_corner_fraction`` and ``fov_min_fraction``.
+        Uses the ``fov_*`` fields.
 
     Returns
     -------
@@ -145,20 +196,25 @@ def field_of_view(image: np.ndarray, *, config: SeedConfig = SeedConfig()) -> np
 
     Notes
     -----
-    A pixel is a frame candidate when it is dark (L* < ``fov_max_lightness``) and grey (chroma <
-    ``fov_max_chroma``); the frame is the union of candidate components that reach one of the four corner
-    patches. The frame is closed and its holes filled towards the corner, so a frame with speckle stays whole.
-    A dark lesion touching one border is kept because it is coloured or does not reach a corner.
+    A pixel is a frame candidate when it is grey (chroma < ``fov_max_chroma``) and dark: L* below
+    ``fov_max_lightness`` (black frame) or below ``fov_rel_lightness`` times the bright-skin L* (grey
+    vignette). The frame is the union of candidate components that reach one of the four corner patches,
+    slightly dilated; the field of view is the largest remaining component. A dark lesion touching one border
+    is kept because it is coloured or does not reach a corner.
     """
     _check_rgb(image)
-    lab = to_lab(image)
-    return _fov_from_lab(lab, config)
+    return _fov_from_lab(to_lab(image), config)
 
 
 def _fov_from_lab(lab: np.ndarray, config: SeedConfig) -> np.ndarray:
     h, w = lab.shape[:2]
     chroma = np.hypot(lab[..., 1], lab[..., 2])
-    dark = (lab[..., 0] < config.fov_max_lightness) & (chroma < config.fov_max_chroma)
+    limit = config.fov_max_lightness
+    if config.fov_rel_lightness > 0:
+        ch, cw = h // 4, w // 4
+        bright = float(np.percentile(lab[ch:h - ch, cw:w - cw, 0], 90))
+        limit = max(limit, config.fov_rel_lightness * bright)
+    dark = (lab[..., 0] < limit) & (chroma < config.fov_max_chroma)
     if not dark.any():
         return np.ones((h, w), bool)
     dark = cv2.morphologyEx(dark.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)
@@ -174,7 +230,6 @@ def _fov_from_lab(lab: np.ndarray, config: SeedConfig) -> np.ndarray:
     k = max(3, int(round(0.01 * min(h, w))) | 1)
     frame = cv2.dilate(frame.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))).astype(bool)
     fov = ~frame
-    # keep the largest inside component (the disc of the dermatoscope)
     lab_in, m = ndi.label(fov)
     if m > 1:
         sizes = np.bincount(lab_in.ravel())
@@ -185,7 +240,48 @@ def _fov_from_lab(lab: np.ndarray, config: SeedConfig) -> np.ndarray:
     return fov
 
 
-def lesion_feature(lab: np.ndarray, fov: np.ndarray, *, config: SeedConfig = SeedConfig()) -> np.ndarray:
+def _artefact(lab: np.ndarray, skin: np.ndarray, config: SeedConfig) -> np.ndarray:
+    """(H, W) bool: brighter than skin, over-saturated, green or cyan: not a pigmented lesion."""
+    chroma = np.hypot(lab[..., 1], lab[..., 2])
+    skin_chroma = float(np.hypot(skin[1], skin[2]))
+    return ((lab[..., 0] > skin[0] + config.bright_margin)
+            | (chroma > skin_chroma + config.max_chroma_excess)
+            | (lab[..., 1] < config.min_a) | (lab[..., 2] < config.min_b))
+
+
+def skin_colour(lab: np.ndarray, fov: np.ndarray, *, config: SeedConfig = SeedConfig(),
+                exclude: np.ndarray | None = None) -> np.ndarray:
+    """Robust skin colour: (H, W, 3) float32 Lab, (H, W) bool -> (3,) float32 Lab.
+
+    Without ``exclude``: the per-channel median of the lighter half of the field-of-view pixels in the border
+    ring (a lesion touching the border is darker than skin). With ``exclude`` (e.g. the dilated first coarse
+    map): the median of the lighter three quarters of the field-of-view pixels outside it. Pixels that are
+    artefacts against a first estimate (:func:`_artefact`) are left out.
+    """
+    h, w = lab.shape[:2]
+    if exclude is None:
+        ring = max(1, int(round(config.border_ring * min(h, w))))
+        inner = fov & _border_band((h, w), ring)
+        if inner.sum() < 16:
+            er = cv2.erode(fov.astype(np.uint8), np.ones((ring * 2 + 1, ring * 2 + 1), np.uint8)).astype(bool)
+            inner = fov & ~er
+        keep_quantile = 50.0
+    else:
+        inner = fov & ~exclude
+        keep_quantile = 25.0
+    if inner.sum() < 16:
+        inner = fov if fov.sum() >= 16 else np.ones((h, w), bool)
+    px = lab[inner]
+    first = np.median(px[px[:, 0] >= np.percentile(px[:, 0], keep_quantile)], axis=0)
+    clean = px[~_artefact(px[:, None, :], first, config)[:, 0]]
+    if len(clean) >= 16:
+        px = clean
+    light = px[px[:, 0] >= np.percentile(px[:, 0], keep_quantile)]
+    return np.median(light, axis=0).astype(np.float32)
+
+
+def lesion_feature(lab: np.ndarray, fov: np.ndarray, *, config: SeedConfig = SeedConfig(),
+                   skin: np.ndarray | None = None) -> np.ndarray:
     """Per-pixel lesion-likeness, higher on lesion.
 
     Parameters
@@ -195,7 +291,9 @@ def lesion_feature(lab: np.ndarray, fov: np.ndarray, *, config: SeedConfig = See
     fov : (H, W) bool
         Field of view.
     config : SeedConfig
-        Uses ``feature``, ``dark_weight``, ``border_ring`` and ``smooth_sigma``.
+        Uses ``feature``, the weights, the artefact bounds, ``border_ring`` and ``smooth_sigma``.
+    skin : (3,) float, optional
+        Skin colour in Lab; estimated with :func:`skin_colour` when omitted (``'skin_distance'`` only).
 
     Returns
     -------
@@ -204,35 +302,23 @@ def lesion_feature(lab: np.ndarray, fov: np.ndarray, *, config: SeedConfig = See
 
     Notes
     -----
-    ``'skin_distance'``: the skin colour s is the per-channel median of the field-of-view pixels in the
-    border ring, keeping the lighter half of those (a lesion touching the border is darker than skin).
-    The feature is ``||(L, a, b) - s|| + dark_weight * max(s_L - L, 0)``: pigmented lesions differ in colour
-    and are darker than the skin around them.
+    ``'skin_distance'``, with s the skin colour and d = (L, a, b) - s:
+    ``f = dark_weight * max(-d_L, 0) + colour_weight * sqrt(d_a^2 + d_b^2)``, set to 0 on artefacts
+    (brighter than skin by ``bright_margin``, chroma above the skin's by ``max_chroma_excess``, a* <
+    ``min_a`` or b* < ``min_b``): pigmented lesions are darker than the skin and brown, red or blue-grey.
     """
     h, w = lab.shape[:2]
     diag = float(np.hypot(h, w))
     if config.feature == "lightness":
         f = 100.0 - lab[..., 0]
     elif config.feature == "blue":
-        # sRGB blue is not kept, so rebuild it from Lab is wasteful; approximate with -(L + b)/2
         f = 100.0 - 0.5 * (lab[..., 0] + lab[..., 2] + 50.0)
     else:
-        ring = max(1, int(round(config.border_ring * min(h, w))))
-        band = np.zeros((h, w), bool)
-        band[:ring] = band[-ring:] = True
-        band[:, :ring] = band[:, -ring:] = True
-        inner = fov & band
-        if inner.sum() < 16:
-            # the FOV does not reach the border ring: use its outer rim instead
-            er = cv2.erode(fov.astype(np.uint8), np.ones((ring * 2 + 1, ring * 2 + 1), np.uint8)).astype(bool)
-            inner = fov & ~er
-        if inner.sum() < 16:
-            inner = fov
-        px = lab[inner]
-        light = px[px[:, 0] >= np.median(px[:, 0])]
-        skin = np.median(light, axis=0).astype(np.float32)
+        if skin is None:
+            skin = skin_colour(lab, fov, config=config)
         d = lab - skin
-        f = np.sqrt((d**2).sum(axis=2)) + config.dark_weight * np.maximum(-d[..., 0], 0.0)
+        f = config.dark_weight * np.maximum(-d[..., 0], 0.0) + config.colour_weight * np.hypot(d[..., 1], d[..., 2])
+        f[_artefact(lab, skin, config)] = 0.0
     sigma = config.smooth_sigma * diag
     if sigma > 0.3:
         f = cv2.GaussianBlur(f.astype(np.float32), (0, 0), sigma)
@@ -255,32 +341,61 @@ def _otsu(values: np.ndarray, bins: int = 256) -> float:
     return float(centres[int(np.argmax(between[:-1]))])
 
 
-def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    return ndi.binary_fill_holes(mask)
-
-
-def _pick_component(mask: np.ndarray, fov: np.ndarray, config: SeedConfig) -> np.ndarray:
+def _pick_component(mask: np.ndarray, fov: np.ndarray, excess: np.ndarray, config: SeedConfig) -> np.ndarray:
+    """The component with the highest centre-weighted feature excess, border huggers penalised."""
     h, w = mask.shape
     labels, n = ndi.label(mask)
     if n == 0:
         return mask
     idx = np.arange(1, n + 1)
-    areas = ndi.sum_labels(np.ones_like(mask, np.float64), labels, idx)
+    areas = ndi.sum_labels(np.ones(mask.shape, np.float64), labels, idx)
     cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
     yy, xx = np.mgrid[0:h, 0:w]
     sig = config.centre_sigma * np.hypot(h, w)
     prior = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sig**2))
-    score = ndi.sum_labels(prior, labels, idx)  # centre-weighted area
+    score = ndi.sum_labels(prior * np.maximum(excess, 0.0) if config.border_penalty > 0 else prior, labels, idx)
+    if config.border_penalty > 0:
+        band = _border_band((h, w), 2)
+        touch = ndi.sum_labels(band.astype(np.float64), labels, idx) / max(band.sum(), 1)
+        my = ndi.sum_labels(yy.astype(np.float64), labels, idx) / areas
+        mx = ndi.sum_labels(xx.astype(np.float64), labels, idx) / areas
+        offset = np.hypot(my - cy, mx - cx) / (0.5 * np.hypot(h, w))
+        score = score * np.exp(-config.border_penalty * touch * offset)
     score[areas < config.min_component * max(fov.sum(), 1)] = 0
     if score.max() <= 0:
         return np.zeros_like(mask)
     return labels == idx[int(np.argmax(score))]
 
 
+def _coarse_once(lab: np.ndarray, fov: np.ndarray, config: SeedConfig, skin: np.ndarray | None
+                 ) -> tuple[np.ndarray, float]:
+    f = lesion_feature(lab, fov, config=config, skin=skin)
+    vals = f[fov]
+    empty = np.zeros(fov.shape, bool)
+    if vals.size < 16:
+        return empty, 0.0
+    t = _otsu(vals)
+    hi, lo = vals[vals > t], vals[vals <= t]
+    if hi.size == 0 or lo.size == 0:
+        return empty, 0.0
+    contrast = float(hi.mean() - lo.mean())
+    separation = contrast / max(float(vals.std()), 1e-6)
+    if contrast < config.min_contrast or separation < config.min_separation:
+        return empty, separation
+    t = float(lo.mean()) + config.otsu_shift * (t - float(lo.mean()))
+    raw = (f > t) & fov
+    k = max(3, int(round(0.01 * float(np.hypot(*fov.shape)))) | 1)
+    se = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+    raw = cv2.morphologyEx(raw.astype(np.uint8), cv2.MORPH_OPEN, se).astype(bool)
+    raw = ndi.binary_fill_holes(raw)
+    coarse = _pick_component(raw, fov, f - t, config)
+    return ndi.binary_fill_holes(coarse), separation
+
+
 def coarse_lesion_map(
     lab: np.ndarray, fov: np.ndarray, *, config: SeedConfig = SeedConfig()
 ) -> tuple[np.ndarray, float]:
-    """Otsu on the lesion feature inside the field of view, holes filled, main central component.
+    """Otsu on the lesion feature inside the field of view, holes filled, the most lesion-like component.
 
     Parameters
     ----------
@@ -297,32 +412,29 @@ def coarse_lesion_map(
     separation : float
         Between-class separation (difference of the class means over the feature's std in the FOV); small
         values mean a uniform image.
+
+    Notes
+    -----
+    The threshold is Otsu's, moved towards the skin class mean by ``otsu_shift``. A morphological opening
+    removes specks, holes are filled, and one component is kept: the largest
+    ``sum(centre_prior * (f - t)) * exp(-border_penalty * touch * offset)`` (see :class:`SeedConfig`). With
+    ``second_pass`` the skin colour is re-estimated outside the first map dilated by a quarter of its
+    equivalent radius, and the map recomputed; the first map is kept if the second finds nothing.
     """
     if lab.ndim != 3 or lab.shape[2] != 3:
         raise ValueError(f"lab must have shape (H, W, 3), got {lab.shape}")
     if fov.shape != lab.shape[:2]:
         raise ValueError(f"fov must have shape {lab.shape[:2]}, got {fov.shape}")
-    f = lesion_feature(lab, fov, config=config)
-    vals = f[fov]
-    empty = np.zeros(fov.shape, bool)
-    if vals.size < 16:
-        return empty, 0.0
-    t = _otsu(vals)
-    hi, lo = vals[vals > t], vals[vals <= t]
-    if hi.size == 0 or lo.size == 0:
-        return empty, 0.0
-    contrast = float(hi.mean() - lo.mean())
-    separation = contrast / max(float(vals.std()), 1e-6)
-    if contrast < config.min_contrast or separation < config.min_separation:
-        return empty, separation
-    raw = (f > t) & fov
-    k = max(3, int(round(0.01 * float(np.hypot(*fov.shape)))) | 1)
-    se = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
-    raw = cv2.morphologyEx(raw.astype(np.uint8), cv2.MORPH_OPEN, se).astype(bool)
-    raw = _fill_holes(raw)
-    coarse = _pick_component(raw, fov, config)
-    coarse = _fill_holes(coarse)
-    return coarse, separation
+    coarse, separation = _coarse_once(lab, fov, config, None)
+    if not config.second_pass or not coarse.any() or config.feature != "skin_distance":
+        return coarse, separation
+    r = max(1, int(round(0.25 * np.sqrt(coarse.sum() / np.pi))))
+    grown = cv2.dilate(coarse.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2)) > 0
+    skin = skin_colour(lab, fov, config=config, exclude=grown)
+    second, sep2 = _coarse_once(lab, fov, config, skin)
+    if not second.any():
+        return coarse, separation
+    return second, sep2
 
 
 def seed_labels(
@@ -356,7 +468,7 @@ def seed_labels(
     the largest such distance (so thin and thick lesions both keep a core), plus a disc of radius
     ``fg_min_radius`` at the deepest point. Background seeds are the field-of-view pixels farther from the
     coarse map than ``bg_dilation * diag + bg_dilation_rel * r_eq`` (r_eq = equivalent radius of the coarse
-    map) plus the border frame outside that dilation; if that leaves nothing, the four corner patches.
+    map) plus the border frame outside half that margin; if that leaves nothing, the four corner patches.
     """
     _check_rgb(image)
     h, w = image.shape[:2]
@@ -376,7 +488,6 @@ def _labels_from_coarse(coarse: np.ndarray, fov: np.ndarray, config: SeedConfig)
     labels[~fov] = INACTIVE
     if not coarse.any():
         return labels
-    # foreground: the deep part of the coarse map
     inside = cv2.distanceTransform(np.pad(coarse, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
     dmax = float(inside.max())
     fg = inside > config.fg_erosion * dmax
@@ -384,21 +495,16 @@ def _labels_from_coarse(coarse: np.ndarray, fov: np.ndarray, config: SeedConfig)
     r = max(1.0, min(config.fg_min_radius * diag, dmax))
     yy, xx = np.ogrid[0:h, 0:w]
     fg |= ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & coarse
-    # background: far from the coarse map
     outside = cv2.distanceTransform((~coarse).astype(np.uint8), cv2.DIST_L2, 5)
     r_eq = np.sqrt(coarse.sum() / np.pi)
     margin = config.bg_dilation * diag + config.bg_dilation_rel * r_eq
     bg = outside > margin
     frame_w = max(1, int(round(config.border_frame * min(h, w))))
-    frame = np.zeros((h, w), bool)
-    frame[:frame_w] = frame[-frame_w:] = True
-    frame[:, :frame_w] = frame[:, -frame_w:] = True
-    bg |= frame & (outside > 0.5 * margin)
+    bg |= _border_band((h, w), frame_w) & (outside > 0.5 * margin)
     bg &= fov
     if not bg.any():
         bg = _corner_mask((h, w), 0.04) & fov & ~coarse
     if not bg.any():
-        # the lesion fills the whole field of view: no background to seed, keep a 1-px FOV rim
         rim = fov & ~cv2.erode(fov.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
         bg = rim & ~fg
     labels[bg] = BACKGROUND

@@ -1,21 +1,28 @@
 """Synthetic dermoscopy with known ground truth: the lesion mask, the hair mask and the hair-free image.
 
 The built-in data of ``make demo`` and the tests (nothing can be downloaded at run time), and the only source
-of ground truth for hair, which the hair-removal benchmark needs. Each image depends only on ``(seed, index)``.
+of ground truth for hair, which the hair-removal benchmark needs. Each image depends only on ``(seed, index)``
+(``np.random.default_rng([seed, index])``), so a dataset does not depend on the number of workers.
 
-What an image holds (every number drawn per image):
+What an image holds (every number drawn per image; lengths are given at 512 px width and scale with it):
 
-- skin: a tone from pink-beige to tan, low-frequency colour variation and fine texture;
-- optics: a dark vignette (some images) or a circular dermoscope frame with black corners (some others);
-- a lesion: an irregular blob (radial Fourier contour) covering 3-60 % of the image, sometimes off-centre
-  and touching the border; brown, dark brown or blue-grey; internal blotches and a pigment-network-like mesh;
-  edges from sharp to fuzzy (the mask is the 0.5 level of the blend);
-- hair: on most images dark hairs, on some light hairs — thin curved strokes (quadratic Bezier curves, 1-3 px
-  wide at 512 px, anti-aliased by supersampling); the hair mask is where a stroke covers >= 30 % of a pixel.
+- skin: a tone from pale pink through beige to tan, low-frequency illumination and redness, a faint reticular
+  furrow/capillary mesh, follicle dots and fine sensor noise;
+- a lesion: an irregular blob (radial Fourier contour plus a smooth noise displacement, sometimes with a second
+  lobe) covering about 3-60 % of the image, sometimes off-centre and cut by the border. Its colour follows
+  Beer-Lambert absorption by a pigment density (tan, brown, dark brown or blue-grey), so the skin texture shows
+  through pale lesions. Inside: variegated density, an eccentric dark blotch, a pigment-network mesh (dark lines
+  at the zero crossings of band-pass noise), dots and globules, sometimes a pale regression patch. The edge is
+  sharp or fuzzy; the mask is the 0.5 level of the blend weight;
+- hair: on most images dark hairs (a few long ones, a moderate number, or a dense pelt of short ones), on some
+  light hairs; thin cubic Bezier strokes 1-4 px wide that taper towards the tip, anti-aliased by supersampling.
+  The hair mask is where the strokes cover >= ``HAIR_COVERAGE`` of a pixel and the optics leave it visible;
+- optics (after the hair, as in a dermoscope): a dark vignette, a circular frame with black corners, or none;
+  then a slight blur and sensor noise, identical in ``image`` and ``clean`` so they differ only by the hair.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -24,11 +31,32 @@ import numpy as np
 from pipeline.atomic import write_bytes
 
 JPEG_QUALITY = 95
+PNG_COMPRESSION = 3
+HAIR_COVERAGE = 0.3       # a pixel is hair when strokes cover at least this fraction of it
+_SUPERSAMPLE = 3          # hair strokes are drawn at this scale and area-averaged down
+_MIN_SIZE = 32
+
+# Skin tones (RGB) the background is mixed from: pale pink, pink, beige, tan, reddish.
+_SKIN_TONES = np.array([(242, 212, 205), (232, 170, 160), (236, 200, 172), (214, 168, 128), (222, 140, 128)],
+                       np.float32)
+# Pigment absorption per channel (R, G, B) for Beer-Lambert darkening: epidermal melanin (brown) absorbs blue
+# most; dermal melanin (blue-grey, Tyndall effect) absorbs red most.
+_PIGMENTS = {
+    "tan": (np.array([0.50, 0.85, 1.25], np.float32), (0.30, 0.7)),
+    "brown": (np.array([0.70, 1.00, 1.35], np.float32), (0.6, 1.2)),
+    "dark": (np.array([0.95, 1.15, 1.25], np.float32), (1.1, 1.9)),
+    "bluegrey": (np.array([1.00, 0.85, 0.65], np.float32), (0.5, 1.0)),
+}
+_PIGMENT_P = {"tan": 0.25, "brown": 0.4, "dark": 0.25, "bluegrey": 0.1}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SynthSample:
-    """One synthetic image. Arrays are ``(H, W, 3) uint8`` RGB or ``(H, W) bool``."""
+    """One synthetic image and its ground truth.
+
+    ``image`` and ``clean`` are ``(H, W, 3) uint8`` RGB (with and without hair); ``lesion`` and ``hair`` are
+    ``(H, W) bool``. The arrays are read-only.
+    """
 
     image: np.ndarray
     clean: np.ndarray
@@ -37,153 +65,308 @@ class SynthSample:
     lesion_fraction: float
     n_dark_hairs: int
     n_light_hairs: int
-    optics: str  # 'none', 'vignette' or 'frame'
+    optics: str             # 'none', 'vignette' or 'frame'
+    pigment: str            # 'tan', 'brown', 'dark' or 'bluegrey'
+    edge_width: float       # width of the fuzzy lesion edge in px (0.5 sharp ... 10 very fuzzy)
+    touches_border: bool = field(default=False)
 
+    @property
+    def has_vignette(self) -> bool:
+        """True when the corners are darkened (a vignette or a circular frame)."""
+        return self.optics != "none"
+
+
+# ---------------------------------------------------------------------------------------------- noise fields
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int) -> np.ndarray:
     """Low-frequency noise in [-1, 1] of ``shape``: a ``cells``-wide random grid, bicubically upsampled."""
     h, w = shape
-    grid = rng.uniform(-1, 1, (max(2, round(cells * h / w)), cells)).astype(np.float32)
+    grid = rng.uniform(-1, 1, (max(2, round(cells * h / w)), max(2, cells))).astype(np.float32)
     return np.clip(cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC), -1, 1)
 
 
-def _skin(rng, shape) -> np.ndarray:
-    tone = np.array([rng.uniform(205, 240), rng.uniform(160, 205), rng.uniform(140, 190)], np.float32)
+def _band_noise(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
+    """Band-pass noise of unit standard deviation with structures about ``2 * scale`` px across."""
+    white = rng.standard_normal(shape, dtype=np.float32)
+    band = cv2.GaussianBlur(white, (0, 0), scale) - cv2.GaussianBlur(white, (0, 0), 2 * scale)
+    return band / (band.std() + 1e-6)
+
+
+def _mesh(band: np.ndarray, width: float) -> np.ndarray:
+    """Thin closed lines (the zero crossings of ``band``) as a weight in [0, 1]."""
+    return np.exp(-((band / width) ** 2))
+
+
+# ----------------------------------------------------------------------------------------------- the scene
+
+def _skin(rng: np.random.Generator, shape: tuple[int, int], px: float) -> np.ndarray:
+    """``(H, W, 3) float32`` skin in 0-255."""
+    i, j = rng.choice(len(_SKIN_TONES), 2, replace=False)
+    tone = _SKIN_TONES[i] + rng.uniform(0, 1) * (_SKIN_TONES[j] - _SKIN_TONES[i])
+    tone = (tone * rng.uniform(0.92, 1.04) + rng.normal(0, 4, 3)).astype(np.float32)
     image = np.broadcast_to(tone, (*shape, 3)).copy()
-    image *= 1 + 0.05 * _smooth_noise(rng, shape, 4)[..., None]                # uneven illumination
-    mottle = np.clip(_smooth_noise(rng, shape, 40), 0, 1) * rng.uniform(0, 0.08)  # reddish mottling
-    image[..., 1:] *= (1 - mottle)[..., None]
-    image += rng.normal(0, 3.0, (*shape, 3)).astype(np.float32)                # fine texture
+    image *= (1 + 0.05 * _smooth_noise(rng, shape, 3))[..., None]                   # uneven illumination
+    redness = np.clip(_smooth_noise(rng, shape, 6) + 0.2, 0, 1) * rng.uniform(0, 0.07)
+    image[..., 1] *= 1 - redness
+    image[..., 2] *= 1 - 0.6 * redness
+    # Reticular furrows / capillaries: a faint reddish-dark mesh.
+    mesh = _mesh(_band_noise(rng, shape, rng.uniform(2.5, 5) * px), 0.35)
+    strength = rng.uniform(0.02, 0.09)
+    image *= (1 - strength * mesh[..., None] * np.array([0.4, 1.0, 0.9], np.float32))
+    # Fine grain and a few pale follicle openings.
+    grain = cv2.GaussianBlur(rng.standard_normal(shape, dtype=np.float32), (0, 0), 0.8 * px)
+    image += (rng.uniform(2, 5) * grain / (grain.std() + 1e-6))[..., None]
+    h, w = shape
+    n_dots = int(rng.poisson(h * w / 512 ** 2 * rng.uniform(0, 40)))
+    dots = np.zeros(shape, np.float32)
+    for y, x in zip(rng.integers(0, h, n_dots), rng.integers(0, w, n_dots)):
+        cv2.circle(dots, (int(x), int(y)), max(1, round(rng.uniform(0.8, 2.2) * px)), 1.0, -1, cv2.LINE_AA)
+    image += (rng.uniform(8, 25) * cv2.GaussianBlur(dots, (0, 0), 0.7))[..., None]
     return image
 
 
-def _lesion_shape(rng, shape) -> tuple[np.ndarray, float]:
-    """Signed distance to an irregular lesion contour (> 0 inside), in px, and its target area fraction."""
-    h, w = shape
-    fraction = float(np.exp(rng.uniform(np.log(0.03), np.log(0.6))))
-    radius = np.sqrt(fraction * h * w / np.pi)
-    if rng.random() < 0.25:  # off-centre, often through the border
-        cy, cx = rng.uniform(0.15, 0.85) * h, rng.uniform(0.15, 0.85) * w
-    else:
-        cy, cx = h / 2 + rng.normal(0, 0.06) * h, w / 2 + rng.normal(0, 0.06) * w
+def _blob(rng: np.random.Generator, shape: tuple[int, int], centre: tuple[float, float], radius: float,
+          px: float) -> np.ndarray:
+    """Signed distance in px (> 0 inside) to an irregular closed contour around ``centre`` (x, y)."""
     theta = np.linspace(0, 2 * np.pi, 720, endpoint=False)
     r = np.ones_like(theta)
+    roughness = rng.uniform(0.08, 0.22)
     for k in range(2, 24):  # large lobes plus a ragged fine border
-        r += rng.normal(0, 0.14 / k ** 1.1) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
-    stretch = rng.uniform(0.75, 1.3)
-    pts = np.stack([cx + radius * r * np.cos(theta) * stretch, cy + radius * r * np.sin(theta) / stretch], 1)
+        r += rng.normal(0, roughness / k ** 1.15) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+    r = np.clip(r, 0.35, None)
+    stretch, tilt = rng.uniform(0.75, 1.3), rng.uniform(0, np.pi)
+    x = radius * r * np.cos(theta) * stretch
+    y = radius * r * np.sin(theta) / stretch
+    pts = np.stack([centre[0] + x * np.cos(tilt) - y * np.sin(tilt),
+                    centre[1] + x * np.sin(tilt) + y * np.cos(tilt)], 1)
     inside = np.zeros(shape, np.uint8)
     cv2.fillPoly(inside, [np.round(pts * 4).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=2)
+    if not inside.any():
+        return np.full(shape, -1e3, np.float32)
     d_in = cv2.distanceTransform(inside, cv2.DIST_L2, 5)
     d_out = cv2.distanceTransform(1 - inside, cv2.DIST_L2, 5)
-    signed = d_in - d_out + rng.uniform(0, 4) * w / 512 * _smooth_noise(rng, shape, 30)
-    return signed, fraction
+    return d_in - d_out + rng.uniform(0.5, 4) * px * _smooth_noise(rng, shape, 30)
 
 
-def _lesion_colour(rng, shape, signed: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Lesion RGB (float), blend weight alpha in [0, 1] (0.5 on the contour) and the contrast."""
-    kind = rng.choice(["brown", "dark", "bluegrey", "pink"], p=[0.5, 0.3, 0.1, 0.1])
-    base = {"brown": (150, 95, 60), "dark": (85, 55, 42), "bluegrey": (110, 95, 125), "pink": (190, 120, 110)}[kind]
-    colour = np.array(base, np.float32) * rng.uniform(0.85, 1.15, 3).astype(np.float32)
-    second = colour * rng.uniform(0.45, 0.75)  # darker brown areas
-    contrast = rng.uniform(0.55, 1.0)
+def _lesion_shape(rng: np.random.Generator, shape: tuple[int, int], px: float) -> np.ndarray:
+    """Signed distance (px, > 0 inside) to the lesion: one blob, sometimes with an overlapping second lobe."""
     h, w = shape
-    mix = np.clip(_smooth_noise(rng, shape, int(rng.integers(4, 10))) * 1.5 + rng.uniform(-0.5, 0.5), 0, 1)
-    lesion = colour * (1 - mix[..., None]) + second * mix[..., None]
-    # Granular texture: dots and globules at a few pixels' scale.
-    grain = cv2.GaussianBlur(rng.normal(0, 1, shape).astype(np.float32), (0, 0), rng.uniform(0.8, 2.0) * w / 512)
-    grain /= grain.std() + 1e-6
-    lesion *= (1 - rng.uniform(0.03, 0.12) * np.clip(grain, -1.5, 2.5))[..., None]
-    # A pigment-network-like mesh: dark lines where two rotated gratings meet, faded by noise.
-    yy, xx = np.mgrid[:h, :w].astype(np.float32)
-    period = rng.uniform(7, 14) * w / 512
-    a = rng.uniform(0, np.pi)
-    g1 = np.sin((xx * np.cos(a) + yy * np.sin(a)) * 2 * np.pi / period)
-    g2 = np.sin((-xx * np.sin(a) + yy * np.cos(a)) * 2 * np.pi / period)
-    mesh = np.clip(np.maximum(g1, g2) - 0.6, 0, None) * np.clip(_smooth_noise(rng, shape, 5) + 0.3, 0, 1)
-    lesion *= 1 - rng.uniform(0.0, 0.6) * mesh[..., None]
-    edge = float(np.exp(rng.uniform(np.log(0.6), np.log(8.0)))) * w / 512  # edge width in px
-    alpha = 0.5 * (1 + np.tanh(signed / (2 * edge)))  # logistic blend, overflow-free
-    core = np.clip(signed / (signed.max() + 1e-6), 0, 1)  # darker core, paler rim
-    lesion *= (1 - 0.2 * core)[..., None]
-    return lesion, alpha, contrast
+    fraction = float(rng.uniform(np.sqrt(0.03), np.sqrt(0.6))) ** 2   # median about 22 %, like ISIC
+    radius = np.sqrt(fraction * h * w / np.pi)
+    if rng.random() < 0.25:  # off-centre, often through the border
+        cx, cy = rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h
+    else:
+        cx, cy = w / 2 + rng.normal(0, 0.07) * w, h / 2 + rng.normal(0, 0.07) * h
+    signed = _blob(rng, shape, (cx, cy), radius, px)
+    if rng.random() < 0.25:
+        a = rng.uniform(0, 2 * np.pi)
+        off = radius * rng.uniform(0.5, 0.9)
+        second = _blob(rng, shape, (cx + off * np.cos(a), cy + off * np.sin(a)), radius * rng.uniform(0.4, 0.7), px)
+        signed = np.maximum(signed, second)
+    return signed
 
 
-def _optics(rng, image: np.ndarray) -> str:
-    h, w = image.shape[:2]
+def _pigment_density(rng: np.random.Generator, signed: np.ndarray, px: float,
+                     base: float) -> tuple[np.ndarray, float]:
+    """Pigment density ``(H, W) float32`` (0 on skin) and the edge width in px; the mask is ``signed > 0``."""
+    shape = signed.shape
+    edge = float(np.exp(rng.uniform(np.log(0.5), np.log(10.0)))) * px
+    alpha = 0.5 * (1 + np.tanh(signed / (2 * edge)))                       # logistic blend, 0.5 on the contour
+    depth = np.clip(signed / (0.7 * signed.max() + 1e-6), 0, 1)
+    density = base * (0.75 + 0.35 * depth)                                  # darker core, paler rim
+    density = density * (1 + rng.uniform(0.2, 0.55) * _smooth_noise(rng, shape, int(rng.integers(3, 9)))
+                         + rng.uniform(0.1, 0.3) * _smooth_noise(rng, shape, int(rng.integers(12, 24))))
+    if rng.random() < 0.5:  # an eccentric dark blotch
+        blotch = np.clip(_smooth_noise(rng, shape, 4) * 2 - 0.8, 0, 1)
+        density = density + rng.uniform(0.3, 0.9) * base * blotch
+    if rng.random() < 0.7:  # pigment network, faded in and out
+        net = _mesh(_band_noise(rng, shape, rng.uniform(2.0, 4.0) * px), rng.uniform(0.3, 0.6))
+        fade = np.clip(_smooth_noise(rng, shape, 5) + rng.uniform(0.2, 0.8), 0, 1)
+        density = density + rng.uniform(0.2, 0.6) * base * net * fade
+    grain = _band_noise(rng, shape, rng.uniform(0.7, 1.6) * px)             # granularity
+    density = density * (1 + rng.uniform(0.04, 0.15) * np.clip(grain, -2, 3))
+    if rng.random() < 0.5:  # dots and globules
+        dots = np.clip(_band_noise(rng, shape, rng.uniform(1.2, 2.5) * px) - rng.uniform(2.0, 2.8), 0, None)
+        density = density + rng.uniform(0.5, 1.5) * dots * (depth > 0.1)
+    if rng.random() < 0.2:  # a pale regression patch
+        patch = np.clip(_smooth_noise(rng, shape, 5) * 2 - 1.2, 0, 1) * depth
+        density = density * (1 - 0.7 * patch)
+    return np.clip(density, 0, None).astype(np.float32) * alpha, edge
+
+
+def _optics(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.ndarray, str]:
+    """Transmission ``(H, W) float32`` in (0, 1] of the dermoscope optics, and its kind."""
+    h, w = shape
     yy, xx = np.mgrid[:h, :w].astype(np.float32)
-    rr = np.sqrt(((yy - h / 2) / (h / 2)) ** 2 + ((xx - w / 2) / (w / 2)) ** 2)
+    half_diag = np.hypot(h, w) / 2
+    cx, cy = w / 2 + rng.normal(0, 0.03) * w, h / 2 + rng.normal(0, 0.03) * h
+    rr = np.hypot(xx - cx, yy - cy) / half_diag                               # 1 at the corners
     u = rng.random()
     if u < 0.3:
-        image *= np.clip(1 - rng.uniform(0.6, 1.2) * np.clip(rr - 0.7, 0, None) ** 1.2, 0.03, 1)[..., None]
-        return "vignette"
+        start, power = rng.uniform(0.45, 0.7), rng.uniform(1.5, 2.5)
+        fall = np.clip((rr - start) / (1 - start), 0, None) ** power
+        return np.clip(1 - rng.uniform(0.4, 0.85) * fall, 0.05, 1).astype(np.float32), "vignette"
     if u < 0.5:
-        radius = np.hypot(h, w) / 2 * rng.uniform(0.8, 0.95) / (np.hypot(h, w) / 2)
-        rc = np.sqrt(((yy - h / 2)) ** 2 + ((xx - w / 2)) ** 2) / (np.hypot(h, w) / 2)
-        frame = np.clip((rc - radius) / 0.02, 0, 1)
-        image *= (1 - 0.93 * frame)[..., None]
-        return "frame"
-    return "none"
+        radius = rng.uniform(0.72, 0.95)
+        soft = rng.uniform(0.005, 0.03)
+        frame = 0.5 * (1 + np.tanh((rr - radius) / soft))
+        shade = 1 - 0.25 * np.clip((rr - radius + 0.25) / 0.25, 0, 1) ** 2  # darker towards the rim
+        return (shade * (1 - rng.uniform(0.96, 0.99) * frame)).astype(np.float32), "frame"
+    return np.ones(shape, np.float32), "none"
 
 
-def _hairs(rng, shape, n: int, scale: int = 3) -> np.ndarray:
-    """Coverage in [0, 1] of ``n`` curved strokes, drawn at ``scale`` x and area-averaged down."""
+def _bezier(p: np.ndarray, n: int) -> np.ndarray:
+    """``n`` points of the cubic Bezier curve with control points ``p`` (4, 2)."""
+    t = np.linspace(0, 1, n)[:, None]
+    return (1 - t) ** 3 * p[0] + 3 * (1 - t) ** 2 * t * p[1] + 3 * (1 - t) * t ** 2 * p[2] + t ** 3 * p[3]
+
+
+def _hair_stroke(rng: np.random.Generator, shape: tuple[int, int], length: float,
+                 width: float) -> tuple[tuple[int, int], np.ndarray] | None:
+    """One tapered curved stroke: the top-left (y, x) of its box and its pixel coverage in [0, 1] there."""
     h, w = shape
-    canvas = np.zeros((h * scale, w * scale), np.uint8)
+    start = rng.uniform([-0.1 * w, -0.1 * h], [1.1 * w, 1.1 * h])
+    angle = rng.uniform(0, 2 * np.pi)
+    direction = np.array([np.cos(angle), np.sin(angle)])
+    normal = np.array([-direction[1], direction[0]])
+    ctrl = np.stack([start + f * length * direction + rng.normal(0, 0.15) * length * normal
+                     for f in (0, 1 / 3, 2 / 3, 1)])
+    ctrl[0] = start
+    curve = _bezier(ctrl, max(16, int(length / 2)))
+    lo = np.floor(curve.min(0) - width - 2).astype(int)
+    hi = np.ceil(curve.max(0) + width + 2).astype(int)
+    lo = np.maximum(lo, 0)
+    hi = np.minimum(hi, [w, h])
+    if (hi <= lo).any():
+        return None
+    s = _SUPERSAMPLE
+    canvas = np.zeros(((hi[1] - lo[1]) * s, (hi[0] - lo[0]) * s), np.uint8)
+    pts = np.round((curve - lo) * s * 16).astype(np.int32)                   # 4 fractional bits (shift=4)
+    pieces = 6
+    bounds = np.linspace(0, len(pts) - 1, pieces + 1).astype(int)
+    taper = rng.uniform(0.3, 0.8)                                             # tip width / root width
+    for k in range(pieces):
+        # At least 1 px wide, so every drawn stroke reaches HAIR_COVERAGE along its centre line.
+        thickness = max(s, int(round(width * s * (1 - (1 - taper) * k / (pieces - 1)))))
+        cv2.polylines(canvas, [pts[bounds[k]:bounds[k + 1] + 1]], False, 255, thickness, cv2.LINE_AA, shift=4)
+    cover = cv2.resize(canvas, (hi[0] - lo[0], hi[1] - lo[1]), interpolation=cv2.INTER_AREA)
+    return (int(lo[1]), int(lo[0])), cover.astype(np.float32) / 255.0
+
+
+def _draw_hairs(rng: np.random.Generator, image: np.ndarray, coverage: np.ndarray, n: int, light: bool,
+                skin_tone: np.ndarray, px: float) -> None:
+    """Composite ``n`` hairs over ``image`` in place and raise ``coverage`` to their coverage."""
+    h, w = coverage.shape
+    short = n > 25
     for _ in range(n):
-        p0 = rng.uniform([0, 0], [w, h])
-        angle = rng.uniform(0, 2 * np.pi)
-        length = (rng.uniform(0.03, 0.12) if rng.random() < 0.3 else rng.uniform(0.25, 1.0)) * max(h, w)
-        p2 = p0 + length * np.array([np.cos(angle), np.sin(angle)])
-        bend = rng.normal(0, 0.2) * length
-        p1 = (p0 + p2) / 2 + bend * np.array([-np.sin(angle), np.cos(angle)])
-        t = np.linspace(0, 1, 64)[:, None]
-        curve = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t ** 2 * p2
-        width = rng.uniform(1.0, 3.0) * w / 512
-        thickness = max(1, int(round(width * scale)))
-        cv2.polylines(canvas, [np.round(curve * scale).astype(np.int32)], False, 255, thickness, cv2.LINE_AA)
-    return cv2.resize(canvas, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+        if short:
+            length = rng.uniform(0.04, 0.3) * max(h, w)
+        else:
+            length = rng.uniform(0.15, 1.0) * max(h, w)
+        if light:
+            width = rng.uniform(0.9, 2.2) * px
+            colour = np.minimum(255, skin_tone + rng.uniform(35, 70)) * rng.uniform(0.95, 1.0, 3)
+            opacity = rng.uniform(0.6, 0.9)
+        else:
+            width = float(np.exp(rng.uniform(np.log(1.0), np.log(4.0)))) * px
+            colour = np.array([rng.uniform(22, 70), 0, 0], np.float32)
+            colour[1:] = colour[0] * rng.uniform([0.6, 0.5], [0.85, 0.8])
+            opacity = rng.uniform(0.8, 1.0)
+        stroke = _hair_stroke(rng, (h, w), length, width)
+        if stroke is None:
+            continue
+        (y, x), cover = stroke
+        ys, xs = slice(y, y + cover.shape[0]), slice(x, x + cover.shape[1])
+        a = (cover * opacity)[..., None]
+        under = image[ys, xs]
+        # Dark hair is never lighter than 0.6x what it covers (it absorbs), so it stays visible on dark lesions.
+        ink = np.minimum(colour.astype(np.float32), 0.6 * under) if not light else colour.astype(np.float32)
+        image[ys, xs] = under * (1 - a) + ink * a
+        np.maximum(coverage[ys, xs], cover, out=coverage[ys, xs])
+
+
+def _hair_counts(rng: np.random.Generator) -> tuple[int, int]:
+    u = rng.random()
+    if u < 0.2:
+        n_dark = 0
+    elif u < 0.5:
+        n_dark = int(rng.integers(1, 6))          # a few stray hairs
+    elif u < 0.85:
+        n_dark = int(rng.integers(6, 25))         # moderately hairy
+    else:
+        n_dark = int(rng.integers(26, 70))        # a dense pelt of short hairs
+    n_light = int(rng.integers(2, 12)) if rng.random() < 0.3 else 0
+    return n_dark, n_light
 
 
 def generate_sample(seed: int, index: int, *, size: tuple[int, int] = (512, 384)) -> SynthSample:
-    """Make synthetic image ``index`` of dataset ``seed``; ``size`` is ``(width, height)``.
+    """Make synthetic image ``index`` of dataset ``seed``.
 
-    Deterministic: the same ``(seed, index, size)`` always gives the same arrays.
+    Parameters
+    ----------
+    seed, index : int
+        Non-negative; the sample depends only on ``(seed, index, size)``.
+    size : (int, int)
+        ``(width, height)`` in px, each at least 32. Lengths (hair width, texture scale) scale with the width.
+
+    Returns
+    -------
+    SynthSample
+        ``image``/``clean`` ``(H, W, 3) uint8`` RGB, ``lesion``/``hair`` ``(H, W) bool`` and the drawn parameters.
     """
+    if int(seed) < 0 or int(index) < 0:
+        raise ValueError(f"seed and index must be non-negative, got seed={seed}, index={index}")
     w, h = int(size[0]), int(size[1])
-    if w < 32 or h < 32:
-        raise ValueError(f"size must be at least 32x32, got {w}x{h}")
+    if w < _MIN_SIZE or h < _MIN_SIZE:
+        raise ValueError(f"size must be at least {_MIN_SIZE}x{_MIN_SIZE} (width, height), got {w}x{h}")
     rng = np.random.default_rng([int(seed), int(index)])
-    shape = (h, w)
-    skin = _skin(rng, shape)
-    signed, _ = _lesion_shape(rng, shape)
-    lesion_rgb, alpha, contrast = _lesion_colour(rng, shape, signed)
-    clean = skin * (1 - alpha[..., None] * contrast) + lesion_rgb * (alpha[..., None] * contrast)
-    optics = _optics(rng, clean)
-    clean = cv2.GaussianBlur(clean, (0, 0), 0.6)
-    lesion = signed > 0
-    n_dark = int(rng.integers(3, 26)) if rng.random() < 0.75 else 0
-    n_light = int(rng.integers(2, 10)) if rng.random() < 0.25 else 0
-    image = clean.copy()
-    hair = np.zeros(shape, bool)
-    for n, colour in ((n_dark, (rng.uniform(25, 60), rng.uniform(18, 40), rng.uniform(15, 35))),
-                      (n_light, (rng.uniform(215, 240), rng.uniform(205, 230), rng.uniform(195, 220)))):
-        if n:
-            cover = _hairs(rng, shape, n)
-            image = image * (1 - cover[..., None]) + np.array(colour, np.float32) * cover[..., None]
-            hair |= cover >= 0.3
-    as_u8 = lambda a: np.clip(np.rint(a), 0, 255).astype(np.uint8)  # noqa: E731
-    return SynthSample(image=as_u8(image), clean=as_u8(clean), lesion=lesion, hair=hair,
-                       lesion_fraction=float(lesion.mean()), n_dark_hairs=n_dark, n_light_hairs=n_light,
-                       optics=optics)
+    shape, px = (h, w), w / 512
 
+    skin = _skin(rng, shape, px)
+    skin_tone = skin[::8, ::8].reshape(-1, 3).mean(axis=0)
+    signed = _lesion_shape(rng, shape, px)
+    pigment = str(rng.choice(list(_PIGMENT_P), p=list(_PIGMENT_P.values())))
+    absorb, (lo, hi) = _PIGMENTS[pigment]
+    density, edge = _pigment_density(rng, signed, px, rng.uniform(lo, hi))
+    absorb = absorb * rng.uniform(0.9, 1.1, 3).astype(np.float32)
+    clean = skin * np.exp(-density[..., None] * absorb)
+
+    n_dark, n_light = _hair_counts(rng)
+    image = clean.copy()
+    coverage = np.zeros(shape, np.float32)
+    _draw_hairs(rng, image, coverage, n_dark, False, skin_tone, px)
+    _draw_hairs(rng, image, coverage, n_light, True, skin_tone, px)
+
+    transmission, optics = _optics(rng, shape)
+    sigma = rng.uniform(0.4, 0.8) * max(px, 0.5)
+    noise = rng.standard_normal((*shape, 3), dtype=np.float32) * np.float32(rng.uniform(1.0, 2.5))
+
+    def finish(a: np.ndarray) -> np.ndarray:
+        a = cv2.GaussianBlur(a * transmission[..., None], (0, 0), sigma) + noise
+        out = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+        out.setflags(write=False)
+        return out
+
+    lesion = (signed > 0) & (transmission > 0.15)
+    hair = (coverage >= HAIR_COVERAGE) & (transmission > 0.15)
+    lesion.setflags(write=False)
+    hair.setflags(write=False)
+    touches = bool(lesion[0].any() or lesion[-1].any() or lesion[:, 0].any() or lesion[:, -1].any())
+    return SynthSample(image=finish(image), clean=finish(clean), lesion=lesion, hair=hair,
+                       lesion_fraction=float(lesion.mean()), n_dark_hairs=n_dark, n_light_hairs=n_light,
+                       optics=optics, pigment=pigment, edge_width=edge, touches_border=touches)
+
+
+# -------------------------------------------------------------------------------------------------- writing
 
 def sample_id(index: int) -> str:
+    """``SYN_0000042`` for index 42."""
     return f"SYN_{index:07d}"
 
 
 def _encode(array: np.ndarray, ext: str) -> bytes:
-    params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if ext == ".jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 3]
+    params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if ext == ".jpg" else [cv2.IMWRITE_PNG_COMPRESSION,
+                                                                              PNG_COMPRESSION]
     ok, buf = cv2.imencode(ext, array, params)
     if not ok:
         raise RuntimeError(f"encoding {ext} failed")
@@ -202,8 +385,12 @@ def _write_one(out_dir: Path, seed: int, index: int, size: tuple[int, int]) -> s
 
 def write_synthetic_dataset(out_dir: str | Path, n: int, *, seed: int = 0, size: tuple[int, int] = (512, 384),
                             jobs: int = 1, progress: bool = True) -> list[str]:
-    """Write ``n`` samples as ``images/<ID>.jpg``, ``masks/<ID>_segmentation.png``, ``hair/<ID>_hair.png``
-    and ``clean/<ID>.png`` under ``out_dir``; byte-identical on a rerun with the same arguments."""
+    """Write ``n`` samples under ``out_dir`` and return their ids (``SYN_0000000`` ...).
+
+    Layout: ``images/<ID>.jpg`` (JPEG quality 95), ``masks/<ID>_segmentation.png`` and ``hair/<ID>_hair.png``
+    (0/255) and ``clean/<ID>.png`` (the image without hair). Every file is written atomically, and a rerun with
+    the same ``seed`` and ``size`` writes byte-identical files whatever ``jobs`` is.
+    """
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
@@ -220,8 +407,12 @@ def write_synthetic_dataset(out_dir: str | Path, n: int, *, seed: int = 0, size:
     return ids
 
 
-def contact_sheet(samples: list[SynthSample], path: str | Path, *, titles: list[str] | None = None) -> Path:
-    """PNG grid: image with the lesion contour (green) | hair mask | hair-free image, one row per sample."""
+def contact_sheet(samples: list[SynthSample], path: str | Path, *, titles: list[str] | None = None,
+                  per_row: int = 1, dpi: int = 60) -> Path:
+    """Write a PNG grid to ``path``: per sample, image | lesion contour (green) on the image | hair mask.
+
+    ``per_row`` samples share a row of the grid; ``titles`` (one per sample) label the first panel.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -229,23 +420,29 @@ def contact_sheet(samples: list[SynthSample], path: str | Path, *, titles: list[
 
     from pipeline.atomic import atomic_path
 
-    fig, axes = plt.subplots(len(samples), 3, figsize=(9, 2.5 * len(samples)), squeeze=False)
-    for r, s in enumerate(samples):
+    if not samples:
+        raise ValueError("contact_sheet: samples is empty")
+    rows = -(-len(samples) // per_row)
+    aspect = samples[0].image.shape[0] / samples[0].image.shape[1]
+    fig, axes = plt.subplots(rows, 3 * per_row, figsize=(3 * 3 * per_row, 3 * aspect * rows + 0.3),
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for k, s in enumerate(samples):
+        r, c0 = divmod(k, per_row)
         overlay = s.image.copy()
         contours, _ = cv2.findContours(s.lesion.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        cv2.drawContours(overlay, contours, -1, (40, 230, 40), 2)
-        for c, (panel, name) in enumerate(((overlay, "image + lesion"), (s.hair, "hair mask"),
-                                           (s.clean, "without hair"))):
-            ax = axes[r, c]
-            ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None)
-            ax.set_xticks([]), ax.set_yticks([])
+        cv2.drawContours(overlay, contours, -1, (40, 230, 40), max(1, s.image.shape[1] // 256))
+        for c, (panel, name) in enumerate(((s.image, "image"), (overlay, "lesion mask"), (s.hair, "hair mask"))):
+            ax = axes[r, 3 * c0 + c]
+            ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None, interpolation="antialiased")
             if r == 0:
                 ax.set_title(name, fontsize=9)
         if titles:
-            axes[r, 0].set_ylabel(titles[r], fontsize=7)
-    fig.tight_layout()
+            axes[r, 3 * c0].set_title(titles[k], fontsize=7)
+    fig.tight_layout(pad=0.3)
     path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=60, format="png")
+        fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
     return path

@@ -90,7 +90,7 @@ def test_checkpoint_of_another_architecture_is_a_clear_error(synth, export, tmp_
     assert result.exit_code != 0 and "frac must be in (0, 1]" in result.output
 
 
-def test_leakage_guard_excludes_test_ids_and_warns_about_near_duplicates(synth, tmp_path, caplog):
+def test_leakage_guard_excludes_test_ids_and_warns_about_near_duplicates(synth, tmp_path):
     test = tmp_path / "test"
     (test / "images").mkdir(parents=True)
     (test / "masks").mkdir()

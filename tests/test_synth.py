@@ -3,58 +3,101 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 
-from pipeline.synth import contact_sheet, generate_sample, write_synthetic_dataset
+from pipeline.synth import SynthSample, contact_sheet, generate_sample, sample_id, write_synthetic_dataset
 
 SIZE = (256, 192)
+
+
+@pytest.fixture(scope="module")
+def samples() -> list[SynthSample]:
+    return [generate_sample(0, i, size=SIZE) for i in range(40)]
 
 
 def test_same_seed_and_index_give_the_same_arrays():
     a, b = generate_sample(3, 7, size=SIZE), generate_sample(3, 7, size=SIZE)
     for name in ("image", "clean", "lesion", "hair"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert (a.lesion_fraction, a.n_dark_hairs, a.optics) == (b.lesion_fraction, b.n_dark_hairs, b.optics)
     assert not np.array_equal(a.image, generate_sample(4, 7, size=SIZE).image)
     assert not np.array_equal(a.image, generate_sample(3, 8, size=SIZE).image)
 
 
-def test_spread_of_lesions_hair_and_optics():
-    samples = [generate_sample(0, i, size=SIZE) for i in range(40)]
+@pytest.mark.parametrize("size", [(512, 384), (256, 192), (96, 72), (64, 96)])
+def test_shapes_dtypes_and_binary_masks(size):
+    s = generate_sample(0, 1, size=size)
+    w, h = size
+    assert s.image.shape == s.clean.shape == (h, w, 3) and s.image.dtype == s.clean.dtype == np.uint8
+    assert s.lesion.shape == s.hair.shape == (h, w) and s.lesion.dtype == s.hair.dtype == bool
+    assert s.lesion_fraction == pytest.approx(s.lesion.mean())
+    assert not s.image.flags.writeable
+
+
+@pytest.mark.parametrize("bad", [dict(seed=-1, index=0), dict(seed=0, index=0, size=(16, 100))])
+def test_bad_arguments_are_named(bad):
+    with pytest.raises(ValueError, match="seed|size"):
+        generate_sample(**bad)
+
+
+def test_spread_of_lesions_hair_and_optics(samples):
     fractions = np.array([s.lesion_fraction for s in samples])
-    assert fractions.min() < 0.08 and fractions.max() > 0.35 and ((fractions > 0.01) & (fractions < 0.75)).all()
-    assert np.mean([s.hair.any() for s in samples]) > 0.6
-    assert any(s.n_light_hairs for s in samples)
+    assert fractions.min() < 0.08 and fractions.max() > 0.35
+    assert ((fractions > 0.01) & (fractions < 0.75)).all()
+    assert np.mean([s.hair.any() for s in samples]) > 0.6           # dark hair on most images
+    assert 0 < sum(s.n_light_hairs > 0 for s in samples) < len(samples) / 2
     assert {s.optics for s in samples} == {"none", "vignette", "frame"}
-    touching = [s.lesion[0].any() or s.lesion[-1].any() or s.lesion[:, 0].any() or s.lesion[:, -1].any()
-                for s in samples]
-    assert 0 < sum(touching) < len(samples)
+    assert 0 < sum(s.has_vignette for s in samples) < len(samples)
+    assert 0 < sum(s.touches_border for s in samples) < len(samples)
+    assert len({s.pigment for s in samples}) >= 3
+    edges = [s.edge_width for s in samples]
+    assert min(edges) < 1.0 and max(edges) > 3.0                       # sharp and fuzzy borders
 
 
-def test_ground_truth_matches_the_pixels():
-    for i in range(6):
-        s = generate_sample(1, i, size=SIZE)
-        assert s.lesion.dtype == bool and s.hair.dtype == bool
+def test_touches_border_flag_matches_the_mask(samples):
+    for s in samples:
+        border = s.lesion[0].any() or s.lesion[-1].any() or s.lesion[:, 0].any() or s.lesion[:, -1].any()
+        assert s.touches_border == border
+
+
+def test_ground_truth_matches_the_pixels(samples):
+    for s in samples[:12]:
         diff = np.abs(s.image.astype(int) - s.clean.astype(int)).max(axis=2)
         if s.hair.any():
-            assert diff[s.hair].mean() > 25                        # hair pixels really differ from clean
-        assert np.percentile(diff[~s.hair], 99) < 25             # elsewhere the image is the clean image
-        inside = s.clean[s.lesion].mean(axis=0).sum()
-        outside = s.clean[~s.lesion].mean(axis=0).sum()
-        assert inside < outside - 30                              # the lesion is darker than the skin
+            off_lesion = s.hair & ~s.lesion                             # (dark hair on a dark lesion is faint)
+            assert np.mean(diff[off_lesion] > 5) > 0.9                   # hair pixels really differ from clean
+            assert diff[s.hair].mean() > 20
+        near_hair = cv2.dilate(s.hair.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        assert np.percentile(diff[~near_hair], 99.5) <= 5                # elsewhere the image is the clean image
+        if not s.n_dark_hairs + s.n_light_hairs:
+            assert diff.max() == 0
+        lum = s.clean.astype(float).sum(axis=2)
+        ring = cv2.dilate(s.lesion.astype(np.uint8), np.ones((15, 15), np.uint8)).astype(bool) & ~s.lesion
+        assert lum[s.lesion].mean() < lum[ring].mean() - 20             # darker than the skin around it
 
 
 def test_written_dataset_is_byte_identical_on_rerun(tmp_path):
     ids = write_synthetic_dataset(tmp_path / "a", 4, seed=5, size=SIZE, progress=False)
     write_synthetic_dataset(tmp_path / "b", 4, seed=5, size=SIZE, jobs=2, progress=False)
-    assert ids == [f"SYN_{i:07d}" for i in range(4)]
+    assert ids == [sample_id(i) for i in range(4)] == [f"SYN_{i:07d}" for i in range(4)]
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     assert len(files) == 16
     for f in files:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    sample = generate_sample(5, 0, size=SIZE)
     mask = cv2.imread(str(tmp_path / "a" / "masks" / "SYN_0000000_segmentation.png"), cv2.IMREAD_UNCHANGED)
+    hair = cv2.imread(str(tmp_path / "a" / "hair" / "SYN_0000000_hair.png"), cv2.IMREAD_UNCHANGED)
+    clean = cv2.imread(str(tmp_path / "a" / "clean" / "SYN_0000000.png"))
     assert mask.shape == (192, 256) and set(np.unique(mask)) <= {0, 255}
+    np.testing.assert_array_equal(mask > 0, sample.lesion)
+    np.testing.assert_array_equal(hair > 0, sample.hair)
+    np.testing.assert_array_equal(clean[:, :, ::-1], sample.clean)
+    jpeg = cv2.imread(str(tmp_path / "a" / "images" / "SYN_0000000.jpg"))[:, :, ::-1]
+    assert np.abs(jpeg.astype(int) - sample.image).mean() < 3       # quality-95 JPEG of the image
 
 
-def test_contact_sheet_is_written(tmp_path):
-    path = contact_sheet([generate_sample(0, i, size=SIZE) for i in range(3)], tmp_path / "sheet.png")
+def test_contact_sheet_is_written(tmp_path, samples):
+    path = contact_sheet(samples[:4], tmp_path / "sheet.png", per_row=2)
     sheet = cv2.imread(str(path))
-    assert sheet.shape[0] > 300 and sheet.std() > 20
+    assert path.stat().st_size > 20_000
+    assert sheet.shape[0] > 200 and sheet.shape[1] > 600 and sheet.std() > 20
