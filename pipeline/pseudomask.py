@@ -34,7 +34,9 @@ class PseudoMaskConfig:
     walker_long_side : int
         Long side (px) of the Random Walker's grid.
     threshold : float
-        Walker probability above which a pixel is lesion.
+        Walker probability above which a pixel is lesion. 0.3, not 0.5: expert ISIC masks include the pale
+        lesion periphery, and the walker's probability falls below 0.5 there (tuned on isic2017_256 outside
+        isic_sample: mean Jaccard 0.73 at 0.3 vs 0.62 at 0.5, 0.72 at 0.15).
     """
 
     hair: HairConfig = field(default_factory=HairConfig)
@@ -42,7 +44,7 @@ class PseudoMaskConfig:
     walker: WalkerConfig = field(default_factory=WalkerConfig)
     hair_long_side: int = 768
     walker_long_side: int = 256
-    threshold: float = 0.5
+    threshold: float = 0.3
 
 
 @dataclass(frozen=True)

@@ -113,30 +113,30 @@ class SeedConfig:
     """
 
     fov_max_lightness: float = 22.0
-    fov_rel_lightness: float = 0.0
+    fov_rel_lightness: float = 0.6
     fov_max_chroma: float = 18.0
     fov_corner_fraction: float = 0.04
     fov_min_fraction: float = 0.2
     feature: str = "skin_distance"
     dark_weight: float = 1.0
     colour_weight: float = 1.0
-    bright_margin: float = 100.0
-    max_chroma_excess: float = 1000.0
-    min_a: float = -1000.0
-    min_b: float = -1000.0
-    second_pass: bool = False
+    bright_margin: float = 5.0
+    max_chroma_excess: float = 30.0
+    min_a: float = -8.0
+    min_b: float = -12.0
+    second_pass: bool = True
     smooth_sigma: float = 0.006
     border_ring: float = 0.06
     otsu_shift: float = 1.0
     min_separation: float = 1.0
     min_contrast: float = 6.0
     centre_sigma: float = 0.35
-    border_penalty: float = 0.0
+    border_penalty: float = 16.0
     min_component: float = 0.002
-    fg_erosion: float = 0.45
+    fg_erosion: float = 0.3
     fg_min_radius: float = 0.01
     bg_dilation: float = 0.02
-    bg_dilation_rel: float = 0.25
+    bg_dilation_rel: float = 0.1
     border_frame: float = 0.02
 
     def __post_init__(self) -> None:

@@ -21,10 +21,11 @@ class WalkerConfig:
     ----------
     beta : float
         Edge penalisation of scikit-image's ``random_walker`` (weights ``exp(-beta / (10 std) * |grad|^2)``).
-        Larger values make the diffusion stop at weaker edges.
+        Larger values make the diffusion stop at weaker edges. 60 (tuned on isic2017_256; 130, scikit-image's
+        default, stops at the texture inside lesions).
     smooth_sigma : float
         Gaussian sigma in pixels applied to each Lab channel before standardisation (removes JPEG and
-        texture noise so weak texture edges do not stop the walk).
+        texture noise so weak texture edges do not stop the walk). Sized for a 256 px working grid.
     lightness_weight : float
         Multiplier of the standardised L* channel relative to a* and b* (L* carries most lesion borders).
     mode : {'cg_mg', 'cg_j', 'cg', 'bf'}
@@ -33,8 +34,8 @@ class WalkerConfig:
         Solver tolerance.
     """
 
-    beta: float = 130.0
-    smooth_sigma: float = 1.0
+    beta: float = 60.0
+    smooth_sigma: float = 2.0
     lightness_weight: float = 1.0
     mode: str = "cg_mg"
     tol: float = 1e-3

@@ -126,3 +126,23 @@ def test_cli_contract_and_torchrun_ddp_on_cpu(shards, tmp_path):
                            timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resumed from step 3" in again.stdout
+
+
+def test_works_with_distributed_sampler_and_names_a_bad_shard(shards, tmp_path):
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from pipeline.shards import ShardError
+
+    ds = ShardDataset(shards)
+    seen = []
+    for rank in range(2):
+        sampler = DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=True, seed=1)
+        seen += [int(i) for b in DataLoader(ds, batch_size=3, sampler=sampler) for i in b["index"]]
+    assert sorted(seen) == list(range(12))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "shard-00000.h5").write_bytes(b"truncated")
+    with pytest.raises(ShardError, match=r"shard-00000\.h5: not a readable HDF5 shard"):
+        ShardDataset(bad)
+    with pytest.raises(ShardError, match="no shard files"):
+        ShardDataset(tmp_path)  # holds a folder, but no shard files

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -192,16 +193,22 @@ def _train(model, train_x, train_y, val_x, val_y, *, config, size, device, progr
     return best_state, best_iter, best_val
 
 
+@functools.lru_cache(maxsize=4096)
+def _test_input(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """A test image squashed to ``size`` and its original (H, W); cached across the cells of a table run."""
+    image = cv2.resize(datasets.read_image(path, min_long_side=2 * size), (size, size), interpolation=cv2.INTER_AREA)
+    image.flags.writeable = False
+    return image, datasets.image_size(Path(path))
+
+
 def _predict_test(model, splits: Splits, out_dir: Path, *, size, device, progress):
     from tqdm.auto import tqdm
 
     pred_dir = out_dir / "predictions"
     rows = []
     for s in tqdm(splits.test, desc="predict test", unit="img", disable=not progress, leave=False):
-        height, width = datasets.image_size(s.image)
-        image = cv2.resize(datasets.read_image(s.image, min_long_side=2 * size), (size, size),
-                           interpolation=cv2.INTER_AREA)
-        prob = predict_probability(model, torch.from_numpy(image).permute(2, 0, 1)[None], size=size,
+        image, (height, width) = _test_input(str(s.image), size)
+        prob = predict_probability(model, torch.from_numpy(image.copy()).permute(2, 0, 1)[None], size=size,
                                    device=device)[0]
         full = cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR) >= 0.5
         write_mask_png(pred_dir / f"{s.id}_segmentation.png", full.astype(np.uint8) * 255)

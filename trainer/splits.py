@@ -1,6 +1,7 @@
 """Who trains, who selects, who tests: deterministic splits, the FRAC label subset and the leakage guard."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import warnings
@@ -108,6 +109,11 @@ def dhash(image: np.ndarray, size: int = 16) -> int:
     return int.from_bytes(np.packbits(bits).tobytes(), "big")
 
 
+@functools.lru_cache(maxsize=100_000)
+def _file_dhash(path: str) -> int:
+    return dhash(read_image(path, min_long_side=64))
+
+
 def near_duplicates(a: Sequence[Sample], b: Sequence[Sample], *, max_distance: int = 16,
                     hashes: dict[str, int] | None = None) -> list[tuple[str, str, int]]:
     """Pairs ``(id_a, id_b, distance)`` of different ids whose dHashes differ in at most ``max_distance`` bits."""
@@ -115,7 +121,7 @@ def near_duplicates(a: Sequence[Sample], b: Sequence[Sample], *, max_distance: i
 
     def h(s: Sample) -> int:
         if s.id not in hashes:
-            hashes[s.id] = dhash(read_image(s.image, min_long_side=64))
+            hashes[s.id] = _file_dhash(str(s.image))  # cached: a table run checks the same files per cell
         return hashes[s.id]
 
     hb = [(s.id, h(s)) for s in b]
