@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import datasets
-from pipeline.shards import REJECTS, ShardReader, find_shards, read_manifest
+from pipeline.shards import ShardReader, find_shards
 
 UNCERTAIN_BAND = (0.1, 0.9)
 
@@ -147,14 +147,3 @@ def _draw_contour(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, i
 
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     cv2.drawContours(image, contours, -1, colour, 1)
-
-
-def rejects_of(out_dir: str | Path) -> list[dict]:
-    path = Path(out_dir) / REJECTS
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def manifest_rows(out_dir: str | Path) -> int:
-    return sum(e["rows"] for e in read_manifest(Path(out_dir)).get("shards", []))

@@ -5,7 +5,12 @@ a higher base learning rate (5e-3 per 256 images: short runs on small data) and 
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from trainer.pretrain import PretrainConfig
+
+if TYPE_CHECKING:
+    from trainer.finetune import FinetuneConfig
 
 PRESETS = ("auto", "cpu", "paper")
 
