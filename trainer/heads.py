@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-__all__ = ["DINOHead", "SegDecoder"]
+__all__ = ["DINOHead", "SegDecoder", "DECODERS", "build_decoder"]
 
 
 def _init_linear(m: nn.Module) -> None:
@@ -175,3 +175,18 @@ class SegDecoder(nn.Module):
         if x.shape[-2:] != (h_img, w_img):
             x = F.interpolate(x, size=(h_img, w_img), mode="bilinear", align_corners=False)
         return x
+
+
+DECODERS = ("conv", "ilka")
+
+
+def build_decoder(kind: str, embed_dim: int, patch_size: int, hidden: int = 128) -> nn.Module:
+    """The segmentation decoder by name: ``conv`` (:class:`SegDecoder`) or ``ilka`` (S^3-Net blocks,
+    :class:`trainer.s3net_blocks.ILKADecoder`). Both map ``(tokens (B, N, D), (H, W)) -> (B, 1, H, W)``."""
+    if kind == "conv":
+        return SegDecoder(embed_dim, patch_size, hidden=hidden)
+    if kind == "ilka":
+        from trainer.s3net_blocks import ILKADecoder
+
+        return ILKADecoder(embed_dim, patch_size, hidden=hidden)
+    raise ValueError(f"decoder: expected one of {DECODERS}, got {kind!r}")
