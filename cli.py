@@ -84,10 +84,18 @@ def synth(out: Path, n: int, seed: int, size: str, jobs: int) -> None:
               help="Leave out every id found in this data folder (e.g. your external test set). Repeatable.")
 @click.option("--overwrite", is_flag=True,
               help="Replace shards made with another configuration instead of refusing to mix them.")
+@click.option("--method", type=click.Choice(["walker", "s3net"]), default="walker", show_default=True,
+              help="walker: seeds + edge-aware Random Walker (about 0.2 s/image; the better masks on ISIC). "
+                   "s3net: per-image unsupervised clustering after S^3-Net, lesion clusters chosen from the "
+                   "coarse lesion map (label-free, several times slower). A different method needs a new --out.")
+@click.option("--seed", default=0, show_default=True,
+              help="Seeds --method s3net per image from (seed, image id); the walker does not use it.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
-def pseudomasks(data, out, jobs, size, shard_size, backend, scheduler, exclude_from, overwrite, no_progress):
+def pseudomasks(data, out, jobs, size, shard_size, backend, scheduler, exclude_from, overwrite, method, seed,
+                no_progress):
     """Remove hair and make edge-aware pseudo-masks into HDF5 shards (stage 1)."""
     from pipeline import datasets
+    from pipeline.pseudomask import PseudoMaskConfig
     from pipeline.run import RunConfig, run_pseudomasks
 
     if scheduler and backend != "dask":
@@ -96,7 +104,8 @@ def pseudomasks(data, out, jobs, size, shard_size, backend, scheduler, exclude_f
     for folder in exclude_from:
         exclude |= set(datasets.open_dataset(folder).ids)
     try:
-        summary = run_pseudomasks(list(data), out, config=RunConfig(size=size, shard_size=shard_size),
+        config = RunConfig(size=size, shard_size=shard_size, seed=seed, pseudo=PseudoMaskConfig(method=method))
+        summary = run_pseudomasks(list(data), out, config=config,
                                   jobs=jobs, backend=backend, scheduler=scheduler, overwrite=overwrite,
                                   progress=not no_progress, exclude_ids=exclude)
     except (datasets.DatasetError, ValueError) as exc:
@@ -178,6 +187,32 @@ def verify(path: Path) -> None:
               help="Local backbone checkpoint (DINO/DINOv2/DINOv3 file you have); keys checked strictly.")
 @click.option("--lambda-seg", type=click.FloatRange(min=0), help="Weight of the pseudo-mask loss (0: plain DINO).")
 @click.option("--no-distill", is_flag=True, help="Ablation: pseudo-mask supervision only, no DINO.")
+@click.option("--decoder", type=click.Choice(["conv", "ilka"]),
+              help="Auxiliary decoder (preset: conv). conv = the light conv decoder; ilka = S^3-Net's Inception "
+                   "Large Kernel Attention + deformable conv (larger receptive field, borders that bend; slower "
+                   "on CPU). Fine-tuning rebuilds the same kind from export.pt.")
+@click.option("--affine-weight", type=click.FloatRange(min=0),
+              help="S^3-Net's rotation-equivariance term, relative to the pseudo-mask loss (0: off). Costs one "
+                   "more student forward on the global views. Needs --lambda-seg > 0; start at 1 and check in "
+                   "log.jsonl that 'affine' falls while 'seg' does not rise.")
+@click.option("--spatial-weight", type=click.FloatRange(min=0),
+              help="Edge-aware smoothness of the predicted mask, relative to the pseudo-mask loss (0: off). "
+                   "Pulls neighbours of similar colour to one label: for ragged predicted borders. Needs "
+                   "--lambda-seg > 0; start at 1 and check in log.jsonl that 'spatial' falls while 'seg' does not "
+                   "rise.")
+@click.option("--fkd-weight", type=click.FloatRange(min=0),
+              help="DINO-Mix foundation distillation (FKD), 0 = off: adds W x mean(1 - cos) between the "
+                   "student's projected patch tokens and a frozen foundation ViT's, on the global views. Use it "
+                   "when you have a strong pretrained ViT on disk and little data; start with 1.0. Needs "
+                   "--fkd-teacher and/or --fkd-weights. Costs one frozen forward per step.")
+@click.option("--fkd-teacher", metavar="NAME",
+              help="timm name of the frozen foundation ViT, e.g. vit_small_patch14_dinov2 or "
+                   "vit_base_patch16_224 (patch 14 or 16 both work: its input is resized to the student's "
+                   "token grid). May be left out when --fkd-weights is an edgedino export.pt.")
+@click.option("--fkd-weights", type=click.Path(exists=True, dir_okay=False),
+              help="Local checkpoint of that foundation ViT (a DINOv2/DINOv3/timm file you have, or an "
+                   "earlier run's export.pt); keys checked strictly, nothing is downloaded. Without it the "
+                   "teacher is random (tests only). Rerun with the same file to resume.")
 @click.option("--num-workers", type=click.IntRange(min=0), help="DataLoader workers per process.")
 @click.option("--seed", type=int, help="Seed of the crops, sampler and init.")
 @click.option("--exclude-from", multiple=True, type=click.Path(exists=True, path_type=Path),
@@ -224,6 +259,10 @@ def pretrain(shards, out, preset, exclude_from, no_progress, device, no_distill,
                    "backbone file: the same init pretraining started from).")
 @click.option("--decoder", type=click.Choice(["aux", "fresh"]), default="aux", show_default=True,
               help="Start the decoder from the pretrained auxiliary head, or from scratch.")
+@click.option("--decoder-arch", type=click.Choice(["conv", "ilka"]), default=None,
+              help="Decoder kind for scratch/weights inits (default conv): conv = the light conv decoder; ilka = "
+                   "S^3-Net's I-LKA + deformable conv (slower on CPU). With --init pretrain the export's kind "
+                   "is used.")
 @click.option("--arch", default=None, help="timm ViT for scratch/weights inits; with pretrain it must match.")
 @click.option("--img-size", type=click.IntRange(min=16), default=None,
               help="Input size (default: the pretraining crop size, else 224).")
@@ -234,9 +273,17 @@ def pretrain(shards, out, preset, exclude_from, no_progress, device, no_distill,
                    "present, else cpu.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: CUDA when present, else CPU.")
+@click.option("--pic", is_flag=True,
+              help="Progressive imbalance-aware CutMix (DINO-Mix's PIC): mix each batch with boxes centred first "
+                   "on the minority class (lesion or skin, by area), annealing to plain CutMix. Try it when "
+                   "lesions are very small or very large.")
+@click.option("--pic-prob", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="With --pic: chance that a batch is mixed.")
+@click.option("--pic-anneal", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
+              help="With --pic: fraction of the iterations over which the minority bias falls to uniform.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
-def finetune(data, frac, checkpoint, out, test_data, seed, init, decoder, arch, img_size, iters, preset, device,
-             no_progress):
+def finetune(data, frac, checkpoint, out, test_data, seed, init, decoder, decoder_arch, arch, img_size, iters, preset,
+             device, pic, pic_prob, pic_anneal, no_progress):
     """Fine-tune with a fraction of the expert labels and report ISIC metrics."""
     import dataclasses
 
@@ -247,7 +294,12 @@ def finetune(data, frac, checkpoint, out, test_data, seed, init, decoder, arch, 
     if init == "pretrain" and checkpoint is None:
         raise click.BadParameter("--init pretrain needs --checkpoint PATH (the export.pt of 'pretrain')",
                                  param_hint="--checkpoint")
-    overrides = {"seed": seed, "init": init, "decoder": decoder, "arch": arch, "img_size": img_size, "iters": iters}
+    overrides = {"seed": seed, "init": init, "decoder": decoder, "arch": arch, "img_size": img_size, "iters": iters,
+                 "decoder_arch": decoder_arch}
+    if pic:
+        from trainer.cutmix import PICConfig
+
+        overrides["pic"] = PICConfig(prob=pic_prob, anneal=pic_anneal)
     config = dataclasses.replace(finetune_preset(preset), **{k: v for k, v in overrides.items() if v is not None})
     try:
         result = run_finetune(list(data), frac, out, checkpoint=checkpoint, test_data=list(test_data) or None,
@@ -311,7 +363,9 @@ def _floats(value: str) -> tuple[float, ...]:
 @click.option("--seeds", default=3, show_default=True, type=click.IntRange(min=1),
               help="Labelled subsets / seeds per cell (mean +- std over them).")
 @click.option("--methods", default=",".join(["scratch", "same-init", "dino", "pseudo-only", "ours", "pseudo-masks"]),
-              show_default=True, help="Rows to run (comma-separated).")
+              show_default=True,
+              help="Rows to run (comma-separated). Also: ours+fkd (needs --fkd-weights), ours+pic (ours' "
+                   "pretraining fine-tuned with PIC CutMix), ours+ilka (the I-LKA + deformable decoder).")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Local backbone checkpoint every pretraining and the same-init row start from.")
 @click.option("--pretrain-epochs", type=click.IntRange(min=1), default=None, help="Override the preset's epochs.")
@@ -322,9 +376,15 @@ def _floats(value: str) -> tuple[float, ...]:
               help="Reuse these pseudo-mask shards (made without the test ids) instead of making them.")
 @click.option("--pretrained", multiple=True, metavar="METHOD=DIR",
               help="Reuse a finished pretraining run for a row, e.g. ours=artifacts/pretrain. Repeatable.")
+@click.option("--fkd-weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="For the ours+fkd row: local checkpoint of the frozen teacher (a DINOv2/DINOv3 ViT file, or an "
+                   "export.pt of another run).")
+@click.option("--fkd-teacher", default=None, help="timm name of that teacher (not needed for an export.pt).")
+@click.option("--fkd-weight", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Weight of the FKD term in the ours+fkd row.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (for logs).")
 def table(data, unlabelled, test_data, out, preset, fracs, seeds, methods, weights, pretrain_epochs, finetune_iters,
-          jobs, device, shards, pretrained, no_progress):
+          jobs, device, shards, pretrained, fkd_weights, fkd_teacher, fkd_weight, no_progress):
     """Run the comparison grid (methods x label fractions x seeds) and write results.md/csv/png."""
     from trainer.table import TableSpec, run_table
 
@@ -332,7 +392,8 @@ def table(data, unlabelled, test_data, out, preset, fracs, seeds, methods, weigh
                      unlabelled=tuple(map(str, unlabelled)), fracs=fracs, seeds=tuple(range(seeds)),
                      methods=tuple(m.strip() for m in methods.split(",") if m.strip()), preset=preset,
                      weights=weights, pretrain_epochs=pretrain_epochs, finetune_iters=finetune_iters, jobs=jobs,
-                     device=device, shards=shards,
+                     device=device, shards=shards, fkd_weights=fkd_weights, fkd_teacher=fkd_teacher,
+                     fkd_weight=fkd_weight,
                      pretrained=tuple(tuple(p.split("=", 1)) for p in pretrained if "=" in p))
     bad = [p for p in pretrained if "=" not in p]
     if bad:

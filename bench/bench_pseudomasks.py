@@ -7,7 +7,9 @@ Segmentation (label-free methods; per-image Jaccard, Dice, thresholded Jaccard (
   ``cv2.inpaint`` radius 6 Telea), then Otsu on grey;
 - ``naive_rw``: scikit-image Random Walker (beta 130) on grey with Otsu-derived seeds (darker than the dark
   class mean: lesion; brighter than the bright class mean: skin), probability > 0.5;
-- ``ours``: ``pipeline.pseudomask.make_pseudo_mask`` at its defaults.
+- ``ours``: ``pipeline.pseudomask.make_pseudo_mask`` at its defaults (hair removal, seeds, Random Walker);
+- ``s3net``: the same with ``method='s3net'`` (per-image unsupervised clustering after S^3-Net, lesion clusters
+  chosen from the coarse lesion map, seeded from ``(0, image id)`` as ``pseudomasks --method s3net`` does).
 
 Data: ``isic_sample`` (all 99; read with ``read_image(path, min_long_side=1024)``) and ``isic2017_256`` (every
 4th id, excluding the ids in ``isic_sample``: defaults were tuned on the isic2017 ids outside isic_sample,
@@ -22,6 +24,7 @@ mean absolute error (grey levels, mean over RGB) of the cleaned image against ``
     python bench/bench_pseudomasks.py            # everything (~5 min on 2 cores)
     python bench/bench_pseudomasks.py --quick    # 20 images per set, 10 hair samples
     python bench/bench_pseudomasks.py --limit 40
+    python bench/bench_pseudomasks.py --methods ours,s3net --no-hair --sets isic_sample
 """
 from __future__ import annotations
 
@@ -40,13 +43,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.datasets import read_image  # noqa: E402
 from pipeline.hair import remove_hair  # noqa: E402
-from pipeline.pseudomask import make_pseudo_mask  # noqa: E402
+from pipeline.pseudomask import PseudoMaskConfig, make_pseudo_mask  # noqa: E402
+from pipeline.run import sample_seed  # noqa: E402
 from pipeline.synth import generate_sample  # noqa: E402
 from trainer.metrics import binary_scores  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SIZE = 256
-METHODS = ("otsu", "dullrazor+otsu", "naive_rw", "ours")
+METHODS = ("otsu", "dullrazor+otsu", "naive_rw", "ours", "s3net")
+LABELS = {"ours": "ours (walker)", "s3net": "S^3-Net (label-free)"}
+SETS = ("isic_sample", "isic2017_256")
 
 
 def _squash(image: np.ndarray) -> np.ndarray:
@@ -67,10 +73,12 @@ def dullrazor(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return cv2.inpaint(image, mask, 6, cv2.INPAINT_TELEA), mask > 0
 
 
-def segment(method: str, image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 -> (256, 256) bool lesion mask by ``method``."""
+def segment(method: str, image: np.ndarray, seed: int = 0) -> np.ndarray:
+    """(H, W, 3) uint8 -> (256, 256) bool lesion mask by ``method`` (``seed``: s3net only)."""
     if method == "ours":
         return make_pseudo_mask(image, size=SIZE).mask
+    if method == "s3net":
+        return make_pseudo_mask(image, size=SIZE, config=PseudoMaskConfig(method="s3net"), seed=seed).mask
     if method == "dullrazor+otsu":
         image = dullrazor(image)[0]
     grey = cv2.cvtColor(_squash(image), cv2.COLOR_RGB2GRAY)
@@ -95,26 +103,28 @@ def _truth(path: Path) -> np.ndarray:
     return cv2.resize(mask.astype(np.float32), (SIZE, SIZE), interpolation=cv2.INTER_AREA) >= 0.5
 
 
-def _score_one(image_path: Path, mask_path: Path, min_long_side: int | None) -> dict[str, tuple]:
+def _score_one(image_path: Path, mask_path: Path, min_long_side: int | None,
+               methods: tuple[str, ...] = METHODS) -> dict[str, tuple]:
     image = read_image(image_path, min_long_side=min_long_side)
     truth = _truth(mask_path)
     out = {}
-    for method in METHODS:
+    for method in methods:
         t0 = time.perf_counter()
-        pred = segment(method, image)
+        pred = segment(method, image, seed=sample_seed(0, image_path.stem))
         dt = time.perf_counter() - t0
         s = binary_scores(pred, truth)
         out[method] = (s["jaccard"], s["dice"], s["thresholded_jaccard"], dt)
     return out
 
 
-def bench_dataset(name: str, pairs: list[tuple[Path, Path]], min_long_side: int | None, jobs: int) -> None:
-    rows = Parallel(n_jobs=jobs)(delayed(_score_one)(i, m, min_long_side) for i, m in pairs)
+def bench_dataset(name: str, pairs: list[tuple[Path, Path]], min_long_side: int | None, jobs: int,
+                  methods: tuple[str, ...] = METHODS) -> None:
+    rows = Parallel(n_jobs=jobs)(delayed(_score_one)(i, m, min_long_side, methods) for i, m in pairs)
     print(f"\n{name} (n={len(pairs)}, scored at {SIZE}x{SIZE} squashed)")
-    print(f"{'method':<16} {'Jaccard':>8} {'Dice':>8} {'thr-Jacc':>8} {'s/image':>8}")
-    for method in METHODS:
+    print(f"{'method':<22} {'Jaccard':>8} {'Dice':>8} {'thr-Jacc':>8} {'s/image':>8}")
+    for method in methods:
         a = np.array([r[method] for r in rows])
-        print(f"{method:<16} {a[:, 0].mean():8.3f} {a[:, 1].mean():8.3f} {a[:, 2].mean():8.3f} {a[:, 3].mean():8.3f}")
+        print(f"{LABELS.get(method, method):<22} " + " ".join(f"{v:8.3f}" for v in a.mean(axis=0)))
     sys.stdout.flush()
 
 
@@ -156,22 +166,37 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="20 images per data set and 10 hair samples.")
     parser.add_argument("--jobs", type=int, default=2, help="joblib workers (the machine has 2 cores).")
     parser.add_argument("--data", type=Path, default=DATA, help="Folder holding isic_sample and isic2017_256.")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help=f"Comma-separated segmentation rows to run, of {','.join(METHODS)}. s3net takes "
+                             "several seconds per image on a busy 2-core machine.")
+    parser.add_argument("--sets", default=",".join(SETS), help=f"Comma-separated real data sets, of {','.join(SETS)}.")
+    parser.add_argument("--no-hair", action="store_true", help="Skip the synthetic hair-removal benchmark.")
     args = parser.parse_args()
+    methods = tuple(m for m in args.methods.split(",") if m)
+    sets = tuple(s for s in args.sets.split(",") if s)
+    for value, allowed, flag in ((methods, METHODS, "--methods"), (sets, SETS, "--sets")):
+        unknown = sorted(set(value) - set(allowed))
+        if unknown:
+            parser.error(f"{flag}: unknown {unknown}; choose from {', '.join(allowed)}")
     limit = 20 if args.quick and args.limit is None else args.limit
     n_hair = 10 if args.quick else 40
 
     sample = args.data / "isic_sample"
     sample_ids = sorted(p.stem for p in (sample / "images").glob("*.jpg"))
     pairs = [(sample / "images" / f"{i}.jpg", sample / "masks" / f"{i}_segmentation.png") for i in sample_ids]
-    bench_dataset("isic_sample (held out)", pairs[:limit], 1024, args.jobs)
+    if "isic_sample" in sets:
+        bench_dataset("isic_sample (held out)", pairs[:limit], 1024, args.jobs, methods)
 
     d17 = args.data / "isic2017_256"
     excluded = set(sample_ids)
     ids = sorted(p.stem for p in (d17 / "images").glob("*.jpg") if p.stem not in excluded)[::4]
     pairs = [(d17 / "images" / f"{i}.jpg", d17 / "masks" / f"{i}_segmentation.png") for i in ids]
-    bench_dataset("isic2017_256 (every 4th id outside isic_sample; tuning data)", pairs[:limit], None, args.jobs)
+    if "isic2017_256" in sets:
+        bench_dataset("isic2017_256 (every 4th id outside isic_sample; tuning data)", pairs[:limit], None,
+                      args.jobs, methods)
 
-    bench_hair(n_hair, args.jobs)
+    if not args.no_hair:
+        bench_hair(n_hair, args.jobs)
 
 
 if __name__ == "__main__":

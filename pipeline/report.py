@@ -89,7 +89,7 @@ def contact_sheet(path: str | Path, png: str | Path, *, n: int = 8) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipeline.atomic import atomic_path
+    from pipeline.atomic import save_figure
 
     paths = find_shards(path)
     index = [(p, i) for p in paths for i in range(_rows(p))]
@@ -130,11 +130,7 @@ def contact_sheet(path: str | Path, png: str | Path, *, n: int = 8) -> Path:
             if col == 0:
                 ax.set_ylabel(s["id"] + (" (no lesion)" if s["no_lesion"] else ""), fontsize=7)
     fig.tight_layout()
-    png = Path(png)
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
-    return png
+    return save_figure(fig, png, dpi=80)
 
 
 def _rows(path: Path) -> int:

@@ -43,7 +43,8 @@ class RunConfig:
         JPEGs larger than this are decoded at 1/2, 1/4 or 1/8 size (keeping at least this long side),
         which keeps 8000 x 6000 images cheap in memory.
     seed : int
-        Recorded for per-sample randomness ``(seed, id)``; the current pseudo-mask method is deterministic.
+        Per-sample randomness comes from ``(seed, id)`` (:func:`sample_seed`): it seeds ``--method s3net``;
+        the walker is deterministic.
     pseudo : PseudoMaskConfig
         Hair removal, seeding and walker parameters.
     """
@@ -61,7 +62,11 @@ class RunConfig:
             raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        config = dataclasses.asdict(self)
+        if self.pseudo.method == "walker":
+            # Walker runs keep the config (and hash) they had before --method existed, so they still resume.
+            del config["pseudo"]["method"], config["pseudo"]["s3net"]
+        return json.dumps(config, sort_keys=True)
 
     @property
     def hash(self) -> str:
@@ -117,6 +122,12 @@ def library_versions() -> dict[str, str]:
             "schema": "1"}
 
 
+def sample_seed(seed: int, sample_id: str) -> int:
+    """A 31-bit seed that depends only on the run seed and the sample id (not on workers or order)."""
+    digest = hashlib.sha256(f"{int(seed)}:{sample_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
 def process_sample(sample: datasets.Sample, config: RunConfig) -> ShardRecord:
     """Read one image and make its pseudo-mask. Raises ``ImageReadError`` for unusable input."""
     import cv2
@@ -128,7 +139,8 @@ def process_sample(sample: datasets.Sample, config: RunConfig) -> ShardRecord:
             raise datasets.ImageReadError(f"{sample.mask}: mask size {mw}x{mh} differs from image size "
                                           f"{width}x{height}")
     image = datasets.read_image(sample.image, min_long_side=config.decode_long_side)
-    result = make_pseudo_mask(image, size=config.size, config=config.pseudo)
+    result = make_pseudo_mask(image, size=config.size, config=config.pseudo,
+                              seed=sample_seed(config.seed, sample.id))
     stored_image = result.cleaned
     if stored_image.shape[:2] != (config.size, config.size):
         stored_image = cv2.resize(stored_image, (config.size, config.size), interpolation=cv2.INTER_AREA)

@@ -418,7 +418,7 @@ def contact_sheet(samples: list[SynthSample], path: str | Path, *, titles: list[
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipeline.atomic import atomic_path
+    from pipeline.atomic import save_figure
 
     if not samples:
         raise ValueError("contact_sheet: samples is empty")
@@ -441,8 +441,4 @@ def contact_sheet(samples: list[SynthSample], path: str | Path, *, titles: list[
         if titles:
             axes[r, 3 * c0].set_title(titles[k], fontsize=7)
     fig.tight_layout(pad=0.3)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=dpi)

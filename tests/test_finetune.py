@@ -131,3 +131,27 @@ def test_table_runs_skips_finished_cells_and_writes_results(synth, export, tmp_p
     monkeypatch.setattr("trainer.finetune.finetune", lambda *a, **k: calls.append(1))
     run_table(spec, progress=False)
     assert calls == []  # every cell was finished: nothing re-run
+
+
+def test_table_variant_rows_reuse_ours_and_check_their_inputs(synth, export, tmp_path, monkeypatch):
+    import trainer.presets as presets
+
+    monkeypatch.setattr(presets, "pretrain_preset", lambda name: TINY_PRE)
+    monkeypatch.setattr(presets, "finetune_preset", lambda name: TINY_FT)
+    calls = []
+
+    def fake_finetune(data, frac, cell, *, checkpoint, config, **kwargs):
+        calls.append((Path(cell).name, checkpoint, config.pic))
+        cell.mkdir(parents=True, exist_ok=True)
+        (cell / "metrics.json").write_text(json.dumps({"n_labelled": 1, "mean": {"jaccard": 0.5,
+                                                                               "thresholded_jaccard": 0.0}}))
+
+    monkeypatch.setattr("trainer.finetune.finetune", fake_finetune)
+    spec = TableSpec(data=(str(synth),), out=str(tmp_path / "table"), fracs=(0.1,), seeds=(0,),
+                     methods=("ours+pic",), preset="cpu", device="cpu", pretrained=(("ours", str(export.parent)),))
+    run_table(spec, progress=False)
+    [(name, checkpoint, pic)] = calls
+    assert name == "ours+pic-frac0.1-seed0" and checkpoint == export and pic is not None and pic.prob == 0.5
+    with pytest.raises(ValueError, match="fkd-weights"):
+        run_table(dataclasses.replace(spec, methods=("ours+fkd",), out=str(tmp_path / "t2")), progress=False)
+    assert not (tmp_path / "t2" / "shards").exists()  # refused before any long work

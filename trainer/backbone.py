@@ -33,7 +33,7 @@ __all__ = [
 
 #: Checkpoint containers tried in this order when the file is a dict of dicts (DINO: 'teacher', timm/DeiT:
 #: 'model', Lightning: 'state_dict').
-CHECKPOINT_KEYS = ("teacher", "model", "state_dict", "student")
+CHECKPOINT_KEYS = ("teacher", "model", "state_dict", "student", "backbone")
 #: Wrapper prefixes removed from every key (DDP, torch.compile).
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 #: Keys under these prefixes may be present in a checkpoint and absent from the backbone (projection heads).
@@ -129,7 +129,8 @@ def _torch_load(path: Path) -> Any:
 def extract_state_dict(obj: Any, *, key: str | None = None) -> tuple[dict[str, torch.Tensor], str | None, list[str]]:
     """The backbone state dict inside a loaded checkpoint.
 
-    Picks ``obj[key]`` (or the first of ``'teacher'``, ``'model'``, ``'state_dict'``, ``'student'`` present),
+    Picks ``obj[key]`` (or the first of ``'teacher'``, ``'model'``, ``'state_dict'``, ``'student'``, ``'backbone'``
+    (an edgedino export.pt) present),
     strips ``module.``/``_orig_mod.`` prefixes, and when keys live under ``backbone.`` keeps only those
     (stripped); the others are returned as ignored.
 

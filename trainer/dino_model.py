@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from trainer.backbone import create_backbone, forward_tokens, patch_size
-from trainer.heads import DINOHead, SegDecoder
+from trainer.fkd import FKDProjector
+from trainer.heads import DINOHead, build_decoder
 
 
 class DINOModel(nn.Module):
@@ -25,29 +26,39 @@ class DINOModel(nn.Module):
         DINO head output width K.
     decoder_hidden : int
         Decoder channels after its projection.
+    decoder : {'conv', 'ilka'}
+        Decoder kind (:func:`trainer.heads.build_decoder`): the light conv decoder or S^3-Net's I-LKA +
+        deformable-conv blocks.
     weights : str, optional
         Local checkpoint for the backbone.
     drop_path_rate : float
         Stochastic depth of the backbone.
+    fkd_dim : int, optional
+        Width ``D_t`` of a frozen foundation model's features: adds ``fkd_proj``, the
+        :class:`~trainer.fkd.FKDProjector` ``D -> D_t`` on the patch tokens used by ``forward(..., fkd=True)``.
     """
 
-    def __init__(self, arch: str, *, img_size: int, out_dim: int, decoder_hidden: int = 128,
+    def __init__(self, arch: str, *, img_size: int, out_dim: int, decoder_hidden: int = 128, decoder: str = "conv",
                  weights: str | None = None, drop_path_rate: float = 0.1, head_hidden: int = 2048,
-                 bottleneck_dim: int = 256):
+                 bottleneck_dim: int = 256, fkd_dim: int | None = None):
         super().__init__()
         self.backbone = create_backbone(arch, img_size=img_size, weights=weights, drop_path_rate=drop_path_rate)
         dim = self.backbone.embed_dim
         self.head = DINOHead(dim, out_dim, hidden_dim=head_hidden, bottleneck_dim=bottleneck_dim)
-        self.decoder = SegDecoder(dim, patch_size(self.backbone), hidden=decoder_hidden)
+        self.fkd_proj = FKDProjector(dim, fkd_dim) if fkd_dim else None
+        self.decoder = build_decoder(decoder, dim, patch_size(self.backbone), hidden=decoder_hidden)
 
     def forward(self, global_views: list[torch.Tensor], local_views: list[torch.Tensor] = (), *,
-                segment: bool = True, project: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Run every view; return ``(head_out, seg_logits)``.
+                segment: bool = True, project: bool = True, fkd: bool = False) -> tuple[torch.Tensor | None, ...]:
+        """Run every view; return ``(head_out, seg_logits)``, or ``(head_out, seg_logits, fkd_feats)`` with ``fkd``.
 
         ``head_out`` is ``(V * B, K)`` view-major (globals first, then locals), or None when ``project`` is
         False; ``seg_logits`` is ``(G * B, 1, g, g)`` for the global views, or None when ``segment`` is False.
-        Views of one size go through the backbone as one batch.
+        Views of one size go through the backbone as one batch. ``fkd_feats`` (``fkd=True``, which needs
+        ``fkd_dim``) is ``(G * B, N, D_t)``: the global views' patch tokens through ``fkd_proj``.
         """
+        if fkd and self.fkd_proj is None:
+            raise ValueError("fkd: this model has no fkd_proj; build it with fkd_dim")
         cls_g, patches_g = forward_tokens(self.backbone, torch.cat(global_views))
         cls = [cls_g]
         if project and local_views:
@@ -57,6 +68,8 @@ class DINOModel(nn.Module):
         if segment:
             size = global_views[0].shape[-2:]
             seg = self.decoder(patches_g, (int(size[0]), int(size[1])))
+        if fkd:
+            return head_out, seg, self.fkd_proj(patches_g)
         return head_out, seg
 
 

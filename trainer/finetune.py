@@ -25,7 +25,9 @@ from pipeline import datasets
 from pipeline.atomic import write_text
 from pipeline.export import write_mask_png
 from trainer.augment import MultiCropConfig, multi_crop
+from trainer.cutmix import PICConfig, pic_bias, pic_cutmix
 from trainer.distributed import resolve_device
+from trainer.heads import DECODERS
 from trainer.metrics import binary_scores
 from trainer.pictures import _normalise
 from trainer.schedules import cosine_schedule
@@ -43,6 +45,9 @@ class FinetuneConfig:
     ``iters`` optimiser steps of ``batch_size`` images drawn with replacement from the labelled subset, each a
     random-resized crop (scale ``crop_scale``) with flips, 90-degree rotations and mild colour jitter; the
     backbone learns at ``lr * backbone_lr_scale``. Validation every ``eval_every`` steps picks the weights.
+    ``pic`` turns on progressive imbalance-aware CutMix on the augmented batch (:mod:`trainer.cutmix`).
+    ``decoder`` ('aux' or 'fresh') says where the decoder's weights start; ``decoder_arch`` ('conv' or 'ilka')
+    is its kind for runs without an export (an export rebuilds its own kind).
     """
 
     init: str = "pretrain"
@@ -58,7 +63,13 @@ class FinetuneConfig:
     crop_scale: tuple[float, float] = (0.5, 1.0)
     eval_every: int = 50
     decoder_hidden: int = 128
+    decoder_arch: str = "conv"  # decoder kind without an export; with one, the export's kind is used
     seed: int = 0
+    pic: PICConfig | None = None
+
+    def __post_init__(self):
+        if self.decoder_arch not in DECODERS:
+            raise ValueError(f"decoder_arch: expected one of {DECODERS}, got {self.decoder_arch!r}")
 
 
 @dataclass
@@ -129,7 +140,8 @@ def finetune(data: Sequence[str | Path] | str | Path, frac: float, out_dir: str 
         for a, b, d in dupes:
             log.warning("near-duplicate images across ids: %s (training) and %s (test), dHash distance %d", a, b, d)
     model, info = build_seg_model(config.init, checkpoint=checkpoint, arch=config.arch, img_size=config.img_size,
-                                  decoder=config.decoder, decoder_hidden=config.decoder_hidden)
+                                  decoder=config.decoder, decoder_hidden=config.decoder_hidden,
+                                  decoder_arch=config.decoder_arch)
     size = int(info["img_size"])
     model.to(dev)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -173,11 +185,15 @@ def _train(model, train_x, train_y, val_x, val_y, *, config, size, device, progr
         idx = torch.from_numpy(rng.integers(0, len(train_x), config.batch_size))
         images, masks = train_x[idx].to(device), train_y[idx].to(device)
         view = multi_crop(images, masks, config=crops, generator=generator, binary_channels=(0,))
+        inputs, targets = view.global_views[0], view.global_maps[0]
+        if config.pic is not None and float(torch.rand((), generator=generator, device=device)) < config.pic.prob:
+            bias = pic_bias(it / config.iters, config.pic.anneal)
+            inputs, targets, _ = pic_cutmix(inputs, targets, bias=bias, generator=generator, area=config.pic.area)
         for group in optimizer.param_groups:
             group["lr"] = float(lr[it]) * group["scale"]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(view.global_views[0])
-        loss = seg_loss(logits.float(), view.global_maps[0])
+            logits = model(inputs)
+        loss = seg_loss(logits.float(), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
@@ -227,7 +243,7 @@ def _best_worst_sheet(rows: list[dict], splits: Splits, out_dir: Path, n: int = 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipeline.atomic import atomic_path
+    from pipeline.atomic import save_figure
 
     ranked = sorted(rows, key=lambda r: r["jaccard"], reverse=True)
     picks = ranked[:n] + [r for r in ranked[-n:] if r not in ranked[:n]]
@@ -249,8 +265,4 @@ def _best_worst_sheet(rows: list[dict], splits: Splits, out_dir: Path, n: int = 
         ax.set_title(f"{'best' if k < n else 'worst'}: {r['id']}\nJaccard {r['jaccard']:.3f}", fontsize=8)
     fig.suptitle("expert (green) vs prediction (red)", fontsize=10)
     fig.tight_layout()
-    path = out_dir / "best_worst.png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=72, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, out_dir / "best_worst.png", dpi=72)

@@ -26,7 +26,7 @@ def pretrain_picture(model, dataset, path: str | Path, *, img_size: int, device:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipeline.atomic import atomic_path
+    from pipeline.atomic import save_figure
     from trainer.backbone import forward_tokens
     from trainer.dino_model import cls_attention
 
@@ -53,8 +53,4 @@ def pretrain_picture(model, dataset, path: str | Path, *, img_size: int, device:
             if r == 0:
                 ax.set_title(cols[c], fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=72, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=72)

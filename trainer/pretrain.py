@@ -5,6 +5,8 @@ device from the shard images (``trainer.augment``); the EMA teacher sees the glo
 student's patch tokens is trained against each global view's pseudo-mask, transformed with the same grid.
 Schedules are precomputed per global step (as in facebookresearch/dino), so resuming needs only the step.
 Ablations: ``lambda_seg=0`` is plain DINO; ``distill=False`` is pseudo-mask supervision only.
+Option ``fkd_weight > 0`` (DINO-Mix FKD, ``trainer.fkd``) adds ``fkd_weight * L_FKD``: the student's projected
+patch tokens of the global views aligned to a frozen foundation ViT's (``fkd_teacher``/``fkd_weights``).
 """
 from __future__ import annotations
 
@@ -22,15 +24,20 @@ import numpy as np
 import torch
 
 from trainer import distributed as dist_utils
+from trainer.affine_loss import affine_loss, rot90
 from trainer.augment import MultiCropConfig, multi_crop
+from trainer.backbone import patch_grid
 from trainer.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from trainer.dino_loss import DINOLoss
 from trainer.dino_model import DINOModel
+from trainer.fkd import FoundationTeacher, fkd_loss
+from trainer.heads import DECODERS
 from trainer.run_log import RunLog
 from trainer.schedules import (cancel_last_layer_grads, clip_gradients, cosine_schedule, lambda_ramp,
                                param_groups, set_lr_wd, update_momentum)
 from trainer.seg_loss import seg_loss
 from trainer.shard_dataset import ShardAwareSampler, ShardDataset
+from trainer.spatial_loss import spatial_loss
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +45,9 @@ LATEST = "checkpoint-latest.pt"
 EXPORT = "export.pt"
 EXPORT_FORMAT = "edgedino-export/1"
 # Fields that must match to resume a run (the rest, e.g. epochs, may change between runs).
-ARCHITECTURE_FIELDS = ("arch", "img_size", "out_dim", "decoder_hidden", "head_hidden", "bottleneck_dim")
+# A field missing from an older checkpoint's config counts as its default here (e.g. decoder: "conv").
+ARCHITECTURE_FIELDS = ("arch", "img_size", "out_dim", "decoder_hidden", "head_hidden", "bottleneck_dim", "decoder",
+                       "fkd_teacher")
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -50,7 +59,9 @@ class PretrainConfig:
     """Pretraining hyper-parameters (facebookresearch/dino defaults for ViT-S/16 unless marked ours).
 
     ``lr`` is the base rate for a total batch of 256 (scaled linearly, DINO). Warm-ups longer than the run are
-    shortened to fit it.
+    shortened to fit it. ``decoder`` picks the auxiliary decoder (:func:`trainer.heads.build_decoder`);
+    ``affine_weight`` and ``spatial_weight`` add S^3-Net's label-free terms on the decoder's output
+    (:mod:`trainer.affine_loss`, :mod:`trainer.spatial_loss`), weighted like ``L_seg`` times these factors.
     """
 
     arch: str = "vit_small_patch16_224"
@@ -82,7 +93,13 @@ class PretrainConfig:
     band: tuple[float, float] = (0.1, 0.9)  # ours: the walker's uncertain band
     band_weight: float = 0.0                # ours: weight of the band pixels in L_seg
     decoder_hidden: int = 128
+    decoder: str = "conv"             # ours: "conv" (SegDecoder) or "ilka" (S^3-Net blocks)
+    affine_weight: float = 0.0        # ours: S^3-Net rotation-equivariance term, relative to L_seg
+    spatial_weight: float = 0.0       # ours: edge-aware spatial-consistency term, relative to L_seg
     weights: str | None = None
+    fkd_teacher: str | None = None   # DINO-Mix FKD: timm name of the frozen foundation ViT (resolved)
+    fkd_weights: str | None = None   # its local checkpoint; an edgedino export.pt also gives the name
+    fkd_weight: float = 0.0          # weight of L_FKD (0: off)
     seed: int = 0
     num_workers: int = 2
     picture_every: int = 10
@@ -93,19 +110,39 @@ class PretrainConfig:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
         if self.lambda_seg < 0:
             raise ValueError(f"lambda_seg must be >= 0, got {self.lambda_seg}")
-        if not self.distill and self.lambda_seg == 0:
+        if not self.distill and self.lambda_seg == 0 and self.fkd_weight == 0:
             raise ValueError("no_distill with lambda_seg 0 leaves nothing to train: give --lambda-seg > 0")
+        self._check_fkd()
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder: expected one of {DECODERS}, got {self.decoder!r}")
+        for name in ("affine_weight", "spatial_weight"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name}: expected >= 0, got {getattr(self, name)}")
+        if self.lambda_seg == 0 and (self.affine_weight > 0 or self.spatial_weight > 0):
+            log.warning("affine_weight/spatial_weight act on the decoder, which lambda_seg 0 turns off: ignored")
         if self.img_size % 16 and self.img_size % 14:
             log.warning("img_size %d is not a multiple of the usual patch sizes (14, 16)", self.img_size)
+
+    def _check_fkd(self) -> None:
+        if not self.fkd_weight >= 0:
+            raise ValueError(f"fkd_weight: expected >= 0 (0: FKD off), got {self.fkd_weight}")
+        if self.fkd_weight > 0 and self.fkd_teacher is None and self.fkd_weights is None:
+            raise ValueError("fkd_weight > 0 needs fkd_teacher (a timm ViT name such as "
+                             "'vit_small_patch14_dinov2', with fkd_weights its local checkpoint) or fkd_weights "
+                             "(an edgedino export.pt, whose arch is used)")
+        if self.fkd_weight == 0 and (self.fkd_teacher is not None or self.fkd_weights is not None):
+            raise ValueError(f"fkd_teacher/fkd_weights given ({self.fkd_teacher!r}, {self.fkd_weights!r}) but "
+                             "fkd_weight is 0, which turns FKD off: give fkd_weight > 0 (e.g. 1.0) or drop them")
 
     def crops(self) -> MultiCropConfig:
         return MultiCropConfig(global_size=self.img_size, local_size=self.local_size, n_local=self.n_local,
                                global_scale=self.global_scale, local_scale=self.local_scale)
 
-    def build_model(self) -> DINOModel:
+    def build_model(self, *, fkd_dim: int | None = None) -> DINOModel:
+        """The student network; ``fkd_dim`` (the foundation teacher's width) adds its FKD projector."""
         return DINOModel(self.arch, img_size=self.img_size, out_dim=self.out_dim, decoder_hidden=self.decoder_hidden,
-                         weights=self.weights, drop_path_rate=self.drop_path, head_hidden=self.head_hidden,
-                         bottleneck_dim=self.bottleneck_dim)
+                         decoder=self.decoder, weights=self.weights, drop_path_rate=self.drop_path,
+                         head_hidden=self.head_hidden, bottleneck_dim=self.bottleneck_dim, fkd_dim=fkd_dim)
 
 
 @dataclass
@@ -168,7 +205,15 @@ def pretrain(shards: str | Path | Iterable[str | Path], out_dir: str | Path, con
     steps_per_epoch = len(loader)
     sched = Schedules.build(config, steps_per_epoch, batch * info.world_size)
 
-    student = config.build_model().to(info.device)
+    fkd_teacher = None
+    if config.fkd_weight > 0:
+        fkd_teacher = FoundationTeacher(config.fkd_teacher, weights=config.fkd_weights,
+                                        img_size=config.img_size).to(info.device)
+        config = dataclasses.replace(config, fkd_teacher=fkd_teacher.arch)  # recorded, and checked on resume
+        log.info("FKD: frozen %s (%s), %d-d features, patch %d, weight %g", fkd_teacher.arch,
+                 fkd_teacher.weights or "random init", fkd_teacher.embed_dim, fkd_teacher.patch_size,
+                 config.fkd_weight)
+    student = config.build_model(fkd_dim=fkd_teacher.embed_dim if fkd_teacher else None).to(info.device)
     teacher = copy.deepcopy(student).eval().requires_grad_(False)
     ddp_student = dist_utils.wrap_ddp(student, info, find_unused_parameters=not config.distill
                                       or config.lambda_seg == 0)
@@ -213,7 +258,8 @@ def pretrain(shards: str | Path | Iterable[str | Path], out_dir: str | Path, con
         for batch_data in bar:
             last = _train_step(batch_data, step=step, epoch=epoch, config=config, sched=sched, crops=crops,
                                student=student, ddp_student=ddp_student, teacher=teacher, optimizer=optimizer,
-                               dino_loss=dino_loss, generator=generator, device=info.device)
+                               dino_loss=dino_loss, generator=generator, device=info.device,
+                               fkd_teacher=fkd_teacher)
             for k, v in last.items():
                 sums[k] = sums.get(k, 0.0) + v
             if step % config.log_every == 0:
@@ -224,8 +270,9 @@ def pretrain(shards: str | Path | Iterable[str | Path], out_dir: str | Path, con
         run_log.write({"event": "epoch", "epoch": epoch + 1, "step": step,
                        "seconds": round(time.perf_counter() - tic, 2), **means})
         if info.is_main:
+            shown = ("loss", "dino", "seg", "fkd", "affine", "spatial")
             log.info("epoch %d/%d: %s", epoch + 1, config.epochs,
-                     "  ".join(f"{k} {v:.4f}" for k, v in means.items() if k in ("loss", "dino", "seg")))
+                     "  ".join(f"{k} {v:.4f}" for k, v in means.items() if k in shown))
             save_checkpoint(latest, {
                 "student": student.state_dict(), "teacher": teacher.state_dict(),
                 "optimizer": optimizer.state_dict(), "scaler": {}, "center": dino_loss.center,
@@ -246,36 +293,47 @@ def pretrain(shards: str | Path | Iterable[str | Path], out_dir: str | Path, con
 
 def _check_resumable(state: dict, config: PretrainConfig, path: Path) -> None:
     old = state.get("config", {})
-    diff = {k: (old.get(k), getattr(config, k)) for k in ARCHITECTURE_FIELDS if old.get(k) != getattr(config, k)}
+    defaults = {f.name: f.default for f in dataclasses.fields(PretrainConfig)}
+    old = {k: old.get(k, defaults[k]) for k in ARCHITECTURE_FIELDS}
+    diff = {k: (old[k], getattr(config, k)) for k in ARCHITECTURE_FIELDS if old[k] != getattr(config, k)}
     if diff:
         shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
         raise ValueError(f"{path}: cannot resume a run of another architecture ({shown}); use a new --out")
 
 
 def _train_step(batch_data, *, step, epoch, config, sched, crops, student, ddp_student, teacher, optimizer,
-                dino_loss, generator, device) -> dict[str, float]:
+                dino_loss, generator, device, fkd_teacher=None) -> dict[str, float]:
     images = batch_data["image"].to(device, non_blocking=True)
     maps = batch_data["maps"].to(device, non_blocking=True).float().div_(255.0)
     valid = batch_data["valid"].to(device, non_blocking=True)
     views = multi_crop(images, maps, config=crops, generator=generator, binary_channels=(0, 2))
     return train_step(views, valid, step=step, epoch=epoch, config=config, sched=sched, student=student,
-                      ddp_student=ddp_student, teacher=teacher, optimizer=optimizer, dino_loss=dino_loss)
+                      ddp_student=ddp_student, teacher=teacher, optimizer=optimizer, dino_loss=dino_loss,
+                      fkd_teacher=fkd_teacher)
 
 
 def train_step(views, valid, *, step, epoch, config, sched, student, ddp_student, teacher, optimizer,
-               dino_loss) -> dict[str, float]:
+               dino_loss, fkd_teacher=None) -> dict[str, float]:
     """One optimisation step on ready-made views (``MultiCropOutput``); returns the logged numbers.
 
-    ``valid`` (B,) weights each sample's segmentation loss (0 when no lesion was seeded).
+    ``valid`` (B,) weights each sample's segmentation loss (0 when no lesion was seeded); the label-free
+    ``affine`` and ``spatial`` terms (when their weights are > 0) use every sample. ``fkd_teacher`` (a
+    :class:`~trainer.fkd.FoundationTeacher`, needed when ``config.fkd_weight > 0``) adds
+    ``fkd_weight * L_FKD`` on the global views (not ramped; with or without ``distill``).
     """
+    if (fkd_teacher is not None) != (config.fkd_weight > 0):
+        raise ValueError(f"fkd_teacher: needed exactly when config.fkd_weight > 0 (fkd_weight "
+                         f"{config.fkd_weight}, fkd_teacher {'given' if fkd_teacher is not None else 'None'})")
     device = valid.device
     cuda = device.type == "cuda"
     lam = float(sched.lam[step])
     segment = config.lambda_seg > 0
     set_lr_wd(optimizer, float(sched.lr[step]), float(sched.wd[step]))
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-        head_out, seg_logits = ddp_student(views.global_views, views.local_views if config.distill else [],
-                                           segment=segment, project=config.distill)
+        head_out, seg_logits, *fkd_feats = ddp_student(views.global_views,
+                                                       views.local_views if config.distill else [],
+                                                       segment=segment, project=config.distill,
+                                                       fkd=fkd_teacher is not None)
         parts = {}
         loss = torch.zeros((), device=device)
         if config.distill:
@@ -290,6 +348,12 @@ def train_step(views, valid, *, step, epoch, config, sched, student, ddp_student
             parts["seg"] = seg_loss(seg_logits.float(), target, prob, band=config.band,
                                     band_weight=config.band_weight, sample_weight=weight)
             loss = loss + (lam if config.distill else 1.0) * parts["seg"]
+            loss = loss + _s3net_terms(views, seg_logits, parts, step=step, config=config, student=student,
+                                       scale=lam if config.distill else 1.0)
+        if fkd_teacher is not None:
+            grid = patch_grid(student.backbone, tuple(views.global_views[0].shape[-2:]))
+            parts["fkd"] = fkd_loss(fkd_feats[0], fkd_teacher(torch.cat(views.global_views), grid))
+            loss = loss + config.fkd_weight * parts["fkd"]
     loss_value = float(loss.detach())
     if not math.isfinite(loss_value):
         raise NonFiniteLoss(f"the loss became {loss_value} at step {step} (epoch {epoch + 1}): "
@@ -306,11 +370,33 @@ def train_step(views, valid, *, step, epoch, config, sched, student, ddp_student
             "grad_norm": float(grad_norm)}
 
 
+def _s3net_terms(views, seg_logits, parts, *, step, config, student, scale) -> torch.Tensor:
+    """S^3-Net's label-free terms on the global views' logits, stored in ``parts``; returns their weighted sum.
+
+    ``spatial``: :func:`trainer.spatial_loss.spatial_loss` against the (normalised) global views. ``affine``: the
+    student runs once more, backbone + decoder only, on the global views rotated by ``k = 1 + step % 3`` quarter
+    turns (deterministic, the same on every rank), and :func:`trainer.affine_loss.affine_loss` compares. That
+    forward goes through the unwrapped ``student``: DDP expects one forward per backward through the wrapper,
+    and the gradients of this one still land on the same parameters, which DDP all-reduces in the one backward.
+    Each term is multiplied by ``scale`` (the ``L_seg`` ramp) and its weight.
+    """
+    total = torch.zeros((), device=seg_logits.device)
+    if config.spatial_weight > 0:
+        parts["spatial"] = spatial_loss(seg_logits.float(), torch.cat(views.global_views))
+        total = total + scale * config.spatial_weight * parts["spatial"]
+    if config.affine_weight > 0:
+        k = 1 + step % 3
+        _, rotated = student([rot90(v, k) for v in views.global_views], segment=True, project=False)
+        parts["affine"] = affine_loss(seg_logits.float(), rotated.float(), k)
+        total = total + scale * config.affine_weight * parts["affine"]
+    return total
+
+
 def export_model(teacher: DINOModel, config: PretrainConfig, path: Path, *, step: int) -> Path:
     """Write the teacher backbone + decoder and what is needed to rebuild them: the file ``finetune`` takes."""
     return save_checkpoint(path, {
         "format": EXPORT_FORMAT, "arch": config.arch, "img_size": config.img_size,
-        "decoder_hidden": config.decoder_hidden, "step": step,
+        "decoder_hidden": config.decoder_hidden, "decoder_arch": config.decoder, "step": step,
         "backbone": {k: v.detach().cpu() for k, v in teacher.backbone.state_dict().items()},
         "decoder": {k: v.detach().cpu() for k, v in teacher.decoder.state_dict().items()},
         "config": json.loads(json.dumps(dataclasses.asdict(config)))})

@@ -1,21 +1,25 @@
 """The fine-tuned segmenter: a ViT backbone and the segmentation decoder, from a pretraining export or not."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from trainer.backbone import create_backbone, forward_tokens, patch_size
-from trainer.heads import SegDecoder
+from trainer.heads import DECODERS, build_decoder
 
 INITS = ("pretrain", "scratch", "weights:PATH")
 
+log = logging.getLogger(__name__)
+
 
 class SegModel(nn.Module):
-    """``(B, 3, H, W) -> (B, 1, H, W)`` lesion logits: backbone patch tokens through ``SegDecoder``."""
+    """``(B, 3, H, W) -> (B, 1, H, W)`` lesion logits: backbone patch tokens through the decoder
+    (:func:`trainer.heads.build_decoder`: ``SegDecoder`` or ``ILKADecoder``)."""
 
-    def __init__(self, backbone: nn.Module, decoder: SegDecoder):
+    def __init__(self, backbone: nn.Module, decoder: nn.Module):
         super().__init__()
         self.backbone = backbone
         self.decoder = decoder
@@ -26,8 +30,8 @@ class SegModel(nn.Module):
 
 
 def build_seg_model(init: str, *, checkpoint: str | Path | None = None, arch: str | None = None,
-                    img_size: int | None = None, decoder: str = "aux", decoder_hidden: int = 128
-                    ) -> tuple[SegModel, dict]:
+                    img_size: int | None = None, decoder: str = "aux", decoder_hidden: int = 128,
+                    decoder_arch: str = "conv") -> tuple[SegModel, dict]:
     """Build the segmenter to fine-tune.
 
     Parameters
@@ -44,6 +48,11 @@ def build_seg_model(init: str, *, checkpoint: str | Path | None = None, arch: st
         Input size; defaults to the export's global crop size, else 224.
     decoder : {'aux', 'fresh'}
         With ``pretrain``: start the decoder from the auxiliary head or from scratch.
+    decoder_hidden : int
+        Decoder width of a fresh decoder without an export (with one, the export's).
+    decoder_arch : {'conv', 'ilka'}
+        Decoder kind without an export (:func:`trainer.heads.build_decoder`). With ``pretrain`` the export's
+        ``decoder_arch`` wins (``conv`` for exports written before it was recorded), with ``aux`` or ``fresh``.
 
     Returns
     -------
@@ -52,6 +61,8 @@ def build_seg_model(init: str, *, checkpoint: str | Path | None = None, arch: st
     """
     if decoder not in ("aux", "fresh"):
         raise ValueError(f"decoder must be 'aux' or 'fresh', got {decoder!r}")
+    if decoder_arch not in DECODERS:
+        raise ValueError(f"decoder_arch: expected one of {DECODERS}, got {decoder_arch!r}")
     if init == "pretrain":
         from trainer.pretrain import read_export
 
@@ -67,18 +78,25 @@ def build_seg_model(init: str, *, checkpoint: str | Path | None = None, arch: st
             backbone.load_state_dict(export["backbone"], strict=True)
         except RuntimeError as exc:
             raise ValueError(f"{checkpoint}: backbone weights do not fit {export['arch']!r}: {exc}") from None
-        dec = SegDecoder(backbone.embed_dim, patch_size(backbone), hidden=int(export["decoder_hidden"]))
+        kind = export.get("decoder_arch", "conv")
+        if kind != decoder_arch:
+            log.info("decoder architecture %r from %s (decoder_arch %r applies to runs without an export)",
+                     kind, checkpoint, decoder_arch)
+        dec = build_decoder(kind, backbone.embed_dim, patch_size(backbone), hidden=int(export["decoder_hidden"]))
         if decoder == "aux":
-            dec.load_state_dict(export["decoder"], strict=True)
+            try:
+                dec.load_state_dict(export["decoder"], strict=True)
+            except RuntimeError as exc:
+                raise ValueError(f"{checkpoint}: decoder weights do not fit a {kind!r} decoder: {exc}") from None
         info = {"init": "pretrain", "checkpoint": str(checkpoint), "arch": export["arch"], "img_size": size,
-                "decoder": decoder, "pretrain_step": int(export["step"])}
+                "decoder": decoder, "decoder_arch": kind, "pretrain_step": int(export["step"])}
         return SegModel(backbone, dec), info
     if init == "scratch" or init.startswith("weights:"):
         weights = init.split(":", 1)[1] if init.startswith("weights:") else None
         name = arch or "vit_small_patch16_224"
         size = img_size or 224
         backbone = create_backbone(name, img_size=size, weights=weights, drop_path_rate=0.1)
-        dec = SegDecoder(backbone.embed_dim, patch_size(backbone), hidden=decoder_hidden)
-        info = {"init": init, "arch": name, "img_size": size, "decoder": "fresh"}
+        dec = build_decoder(decoder_arch, backbone.embed_dim, patch_size(backbone), hidden=decoder_hidden)
+        info = {"init": init, "arch": name, "img_size": size, "decoder": "fresh", "decoder_arch": decoder_arch}
         return SegModel(backbone, dec), info
     raise ValueError(f"init must be one of {INITS}, got {init!r}")

@@ -8,6 +8,10 @@ Rows (METHOD.md section 6):
 - ``dino``: plain DINO pretraining (``lambda_seg=0``) + fine-tune;
 - ``pseudo-only``: pseudo-mask supervision without distillation + fine-tune;
 - ``ours``: DINO + auxiliary pseudo-mask loss + fine-tune;
+- ``ours+fkd``: ours plus foundation knowledge distillation from a frozen model (DINO-Mix's FKD; needs
+  ``fkd_weights``, a local checkpoint: nothing is downloaded);
+- ``ours+pic``: ours' pretraining, fine-tuned with progressive imbalance-aware CutMix (DINO-Mix's PIC);
+- ``ours+ilka``: ours with S^3-Net's I-LKA + deformable-conv decoder (pretraining and fine-tuning);
 - ``pseudo-masks``: the test images' own pseudo-masks scored as predictions (no label used at all).
 
 Every cell writes its own folder; a rerun skips finished cells. Outputs: ``results.csv`` (one line per cell),
@@ -30,8 +34,11 @@ from pipeline.atomic import write_text
 
 log = logging.getLogger(__name__)
 
-PRETRAINED = {"dino": {"lambda_seg": 0.0}, "pseudo-only": {"distill": False}, "ours": {}}
-METHODS = ("scratch", "same-init", "dino", "pseudo-only", "ours", "pseudo-masks")
+PRETRAINED = {"dino": {"lambda_seg": 0.0}, "pseudo-only": {"distill": False}, "ours": {}, "ours+fkd": {},
+              "ours+ilka": {"decoder": "ilka"}}
+FINETUNE_VARIANTS = {"ours+pic": "ours"}  # rows that fine-tune another row's pretraining differently
+METHODS = ("scratch", "same-init", "dino", "pseudo-only", "ours", "ours+fkd", "ours+pic", "ours+ilka",
+           "pseudo-masks")
 METRICS = ("jaccard", "dice", "thresholded_jaccard", "accuracy", "sensitivity", "specificity")
 
 
@@ -52,6 +59,26 @@ class TableSpec:
     device: str = "auto"
     shards: str | None = None                  # reuse these pseudo-mask shards instead of making them
     pretrained: tuple[tuple[str, str], ...] = ()  # (method, run dir holding export.pt) to reuse
+    fkd_teacher: str | None = None             # timm name of the frozen FKD teacher (inferred from an export)
+    fkd_weights: str | None = None             # its local checkpoint (the ours+fkd row needs one)
+    fkd_weight: float = 1.0
+
+
+def _pretrain_overrides(method: str, spec: TableSpec) -> dict:
+    if method != "ours+fkd":
+        return PRETRAINED[method]
+    if not spec.fkd_weights:
+        raise ValueError("method 'ours+fkd' needs --fkd-weights: a local checkpoint of the frozen teacher (e.g. a "
+                         "DINOv2 ViT file you have, or another run's export.pt); nothing is downloaded")
+    return {"fkd_teacher": spec.fkd_teacher, "fkd_weights": spec.fkd_weights, "fkd_weight": spec.fkd_weight}
+
+
+def _finetune_overrides(method: str) -> dict:
+    if method == "ours+pic":
+        from trainer.cutmix import PICConfig
+
+        return {"pic": PICConfig()}
+    return {}
 
 
 def _cell_dir(out: Path, method: str, frac: float, seed: int) -> Path:
@@ -74,7 +101,9 @@ def run_table(spec: TableSpec, *, progress: bool = True) -> Path:
         test_ids |= set(datasets.open_dataset(folder).ids)
     shard_dir = Path(spec.shards) if spec.shards else out / "shards"
     reused = {m: Path(d) / "export.pt" for m, d in spec.pretrained}
-    pretrain_needed = [m for m in spec.methods if m in PRETRAINED]
+    wanted = list(spec.methods) + [FINETUNE_VARIANTS[m] for m in spec.methods if m in FINETUNE_VARIANTS]
+    pretrain_needed = [m for m in PRETRAINED if m in wanted]
+    overrides = {m: _pretrain_overrides(m, spec) for m in pretrain_needed}  # errors before any long work
     if any(m not in reused for m in pretrain_needed) and not spec.shards:
         log.info("table: pseudo-masks for %s", ", ".join(spec.data + spec.unlabelled))
         summary = run_pseudomasks(list(spec.data + spec.unlabelled), shard_dir, config=RunConfig(), jobs=spec.jobs,
@@ -91,7 +120,7 @@ def run_table(spec: TableSpec, *, progress: bool = True) -> Path:
             exports[method] = reused[method]
             continue
         run_dir = out / f"pretrain-{method}"
-        config = dataclasses.replace(base_pre, **PRETRAINED[method])
+        config = dataclasses.replace(base_pre, **overrides[method])
         if not (run_dir / "export.pt").exists():
             log.info("table: pretraining '%s' into %s", method, run_dir)
             pretrain(shard_dir, run_dir, config, device=spec.device, exclude_ids=test_ids, progress=progress)
@@ -109,9 +138,9 @@ def run_table(spec: TableSpec, *, progress: bool = True) -> Path:
                 cell = _cell_dir(out, method, frac, seed)
                 metrics_path = cell / "metrics.json"
                 if not metrics_path.exists():
-                    if method in exports:
-                        ft = dataclasses.replace(base_ft, init="pretrain", seed=seed)
-                        checkpoint = exports[method]
+                    if method in exports or method in FINETUNE_VARIANTS:
+                        ft = dataclasses.replace(base_ft, init="pretrain", seed=seed, **_finetune_overrides(method))
+                        checkpoint = exports[FINETUNE_VARIANTS.get(method, method)]
                     else:
                         init = f"weights:{spec.weights}" if method == "same-init" else "scratch"
                         ft = dataclasses.replace(base_ft, init=init, arch=arch, img_size=size, seed=seed,
@@ -199,7 +228,7 @@ def _plot(rows, methods, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipeline.atomic import atomic_path
+    from pipeline.atomic import save_figure
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for m in methods:
@@ -214,9 +243,7 @@ def _plot(rows, methods, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 def read_results(path: str | Path) -> list[dict]:
