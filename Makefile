@@ -14,6 +14,8 @@ SHARDS   ?= $(OUT)/shards
 PRETRAIN ?= $(OUT)/pretrain
 PRESET   ?= auto
 SHARD_SIZE ?= 64
+METHOD   ?= walker
+ARGS     ?=
 PYTHON   ?= python3
 VENV     := .venv
 PY       := $(VENV)/bin/python
@@ -46,7 +48,7 @@ synth: $(SYNTH)/.done  ## generate the built-in synthetic dermoscopy set
 
 # The synthetic set is made only when DATA is left at its default.
 pseudomasks: $(STAMP) $(if $(filter $(SYNTH),$(DATA)),$(SYNTH)/.done)  ## stage 1: hair removal + Random Walker -> HDF5 shards
-	$(PY) cli.py pseudomasks $(foreach d,$(DATA),--data $(d)) --out $(SHARDS) --jobs $(JOBS) --shard-size $(SHARD_SIZE)
+	$(PY) cli.py pseudomasks $(foreach d,$(DATA),--data $(d)) --out $(SHARDS) --jobs $(JOBS) --shard-size $(SHARD_SIZE) --method $(METHOD)
 
 inspect: $(STAMP)  ## summary and contact sheet of the shards
 	$(PY) cli.py inspect $(SHARDS) --png $(OUT)/shards_sheet.png
@@ -58,15 +60,15 @@ export: $(STAMP)  ## pseudo-masks at original size as <ID>_segmentation.png
 	$(PY) cli.py export --shards $(SHARDS) --out $(OUT)/pseudomask_png
 
 pretrain: $(STAMP)  ## stage 2: DINO + auxiliary pseudo-mask segmentation
-	$(PY) cli.py pretrain --shards $(SHARDS) --out $(PRETRAIN) --device $(DEVICE) --preset $(PRESET)
+	$(PY) cli.py pretrain --shards $(SHARDS) --out $(PRETRAIN) --device $(DEVICE) --preset $(PRESET) $(ARGS)
 
 finetune: $(STAMP)  ## fine-tune with FRAC of the labels (default 0.01) and report metrics
 	@test -f $(PRETRAIN)/export.pt || { echo "no pretrained checkpoint at $(PRETRAIN)/export.pt: run 'make pretrain' first"; exit 1; }
 	@echo ">> using the latest pretraining export: $(PRETRAIN)/export.pt"
-	$(PY) cli.py finetune $(foreach d,$(DATA),--data $(d)) --frac $(FRAC) --checkpoint $(PRETRAIN)/export.pt --out $(OUT)/finetune-$(FRAC) --device $(DEVICE) --preset $(PRESET)
+	$(PY) cli.py finetune $(foreach d,$(DATA),--data $(d)) --frac $(FRAC) --checkpoint $(PRETRAIN)/export.pt --out $(OUT)/finetune-$(FRAC) --device $(DEVICE) --preset $(PRESET) $(ARGS)
 
 table: $(STAMP)  ## the comparison grid on DATA (add TEST=folder for an external test set)
-	$(PY) cli.py table $(foreach d,$(DATA),--data $(d)) $(foreach t,$(TEST),--test-data $(t)) --out $(OUT)/table --preset $(PRESET) --jobs $(JOBS) --device $(DEVICE)
+	$(PY) cli.py table $(foreach d,$(DATA),--data $(d)) $(foreach t,$(TEST),--test-data $(t)) --out $(OUT)/table --preset $(PRESET) --jobs $(JOBS) --device $(DEVICE) $(ARGS)
 
 demo: $(STAMP)  ## the whole main job on built-in synthetic data (a few minutes on 2 cores)
 	@echo ">> 1/6 synthetic dermoscopy ($(SYNTH_N) images)"; $(MAKE) --no-print-directory synth

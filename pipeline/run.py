@@ -184,16 +184,20 @@ def _entry(path: Path, rows: int, rejects: list[dict], *, seconds: float | None,
             "rejects": rejects}
 
 
-def _existing_entry(path: Path, plan: ShardPlan, config: RunConfig, old: dict) -> dict | None:
-    """The manifest entry of a finished shard that can be kept, or None if it must be redone."""
+def _existing_entry(path: Path, plan: ShardPlan, config: RunConfig, old: dict, *, overwrite: bool) -> dict | None:
+    """The manifest entry of a finished shard that can be kept, or None if it must be redone.
+
+    A shard of another configuration is an error, or deleted (and redone) with ``overwrite``.
+    """
     try:
         with ShardReader(path) as shard:
             attrs = shard.attrs
-            if attrs.get("config_hash") != config.hash:
+            stale = attrs.get("config_hash") != config.hash
+            if stale and not overwrite:
                 raise ShardError(f"{path}: made with another configuration (config_hash "
                                  f"{attrs.get('config_hash')} != {config.hash}); use a new --out folder or "
                                  "--overwrite")
-            if attrs.get("ids_hash") != ids_hash(plan.ids):
+            if not stale and attrs.get("ids_hash") != ids_hash(plan.ids):
                 log.info("%s: the data changed since it was written; redoing it", path)
                 return None
             rows, rejects = len(shard), shard.rejects
@@ -202,6 +206,9 @@ def _existing_entry(path: Path, plan: ShardPlan, config: RunConfig, old: dict) -
         if "another configuration" in str(exc):
             raise
         log.warning("%s; redoing it", exc)
+        return None
+    if stale:  # --overwrite: remove it now, so a failed redo cannot leave the old configuration's shard behind
+        path.unlink()
         return None
     seconds = old.get(path.name, {}).get("seconds")
     return _entry(path, rows, rejects, seconds=seconds, n_no_lesion=n_no_lesion)
@@ -258,14 +265,7 @@ def run_pseudomasks(data: Sequence[str | Path] | str | Path, out_dir: str | Path
     entries, todo = {}, []
     for plan in plans:
         path = out_dir / plan.name
-        entry = None
-        if path.exists():
-            if overwrite:
-                with_config = _config_hash_of(path)
-                if with_config != config.hash:
-                    path.unlink()
-            if path.exists():
-                entry = _existing_entry(path, plan, config, old)
+        entry = _existing_entry(path, plan, config, old, overwrite=overwrite) if path.exists() else None
         if entry is None:
             todo.append(plan)
         else:
@@ -294,14 +294,6 @@ def run_pseudomasks(data: Sequence[str | Path] | str | Path, out_dir: str | Path
                       n_rejected=len(rejects), n_resumed_shards=n_resumed,
                       n_no_lesion=sum(e.get("no_lesion", 0) for e in entries.values()),
                       seconds=time.perf_counter() - start, rejects=rejects)
-
-
-def _config_hash_of(path: Path) -> str | None:
-    try:
-        with ShardReader(path) as shard:
-            return shard.attrs.get("config_hash")
-    except ShardError:
-        return None
 
 
 def _write_outputs(out_dir: Path, entries: dict[str, dict], extra: dict) -> None:

@@ -140,8 +140,14 @@ def test_result_does_not_depend_on_jobs_and_resumes(tmp_path):
     assert again.n_resumed_shards == 2
     assert shard_hashes(tmp_path / "one") == shard_hashes(tmp_path / "two")
     assert verify(tmp_path / "two") == []
+    other = RunConfig(size=48, shard_size=3)
     with pytest.raises(ValueError, match="another configuration"):
-        run_pseudomasks(data, tmp_path / "two", config=RunConfig(size=48, shard_size=3), progress=False)
+        run_pseudomasks(data, tmp_path / "two", config=other, progress=False)
+    redone = run_pseudomasks(data, tmp_path / "two", config=other, overwrite=True, progress=False)
+    assert redone.n_resumed_shards == 0 and verify(tmp_path / "two") == []
+    for path in sorted((tmp_path / "two").glob("shard-*.h5")):
+        with ShardReader(path) as shard:
+            assert shard.attrs["config_hash"] == other.hash and shard.column("image").shape[1:3] == (48, 48)
 
 
 def test_dask_backend_gives_the_same_shards(tmp_path):
