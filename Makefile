@@ -10,11 +10,12 @@ JOBS     ?= 2
 DEVICE   ?= auto
 FRAC     ?= 0.01
 SYNTH_N  ?= 64
-SHARDS   ?= $(OUT)/shards
+METHOD   ?= walker
+# Each pseudo-mask method gets its own shard folder (a folder never mixes configurations).
+SHARDS   ?= $(OUT)/shards$(if $(filter-out walker,$(METHOD)),-$(METHOD))
 PRETRAIN ?= $(OUT)/pretrain
 PRESET   ?= auto
 SHARD_SIZE ?= 64
-METHOD   ?= walker
 ARGS     ?=
 PYTHON   ?= python3
 VENV     := .venv

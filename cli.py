@@ -170,7 +170,7 @@ def verify(path: Path) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Run folder: checkpoint-latest.pt, export.pt, log.jsonl, pictures/. Rerunning resumes.")
 @click.option("--preset", type=click.Choice(["auto", "cpu", "paper"]), default="auto", show_default=True,
-              help="paper: ViT-S/16, 224/96 px crops, DINO's sizes (a GPU). cpu: ViT-Ti/16 at 64/32 px with "
+              help="paper: ViT-S/16, 224/96 px crops, DINO's sizes (a GPU). cpu: ViT-Ti/16 at 96/48 px with "
                    "small heads, minutes on a laptop. auto: paper when CUDA is present, else cpu. "
                    "Options below override the preset.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Epochs in total; rerun with more to continue a run.")
@@ -356,7 +356,7 @@ def _floats(value: str) -> tuple[float, ...]:
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Table folder: shards, pretrain-*, cells/, results.md/csv/png. Rerunning skips finished cells.")
 @click.option("--preset", type=click.Choice(["auto", "cpu", "paper"]), default="auto", show_default=True,
-              help="cpu: ViT-Ti at 64 px, minutes per cell on 2 cores. paper: ViT-S/16 at 224 px (a GPU). "
+              help="cpu: ViT-Ti/16 at 96 px, minutes per cell on 2 cores. paper: ViT-S/16 at 224 px (a GPU). "
                    "auto: paper when CUDA is present, else cpu.")
 @click.option("--fracs", default="0.002,0.005,0.01,0.05", show_default=True, callback=lambda c, p, v: _floats(v),
               help="Label fractions (columns).")

@@ -117,7 +117,7 @@ def lesion_clusters(labels: np.ndarray, coarse: np.ndarray, fov: np.ndarray, *, 
                     ) -> np.ndarray:
     """Which cluster ids are lesion, by majority vote of the coarse lesion map.
 
-    ``labels (h, w) int, coarse (h, w) bool, fov (h, w) bool -> (n,) int64`` sorted cluster ids whose
+    ``labels (h, w) non-negative int, coarse (h, w) bool, fov (h, w) bool -> (n,) int64`` sorted cluster ids whose
     field-of-view pixels lie in ``coarse`` for more than ``overlap`` of their count. Empty when ``coarse`` is
     empty. The rule depends on the cluster ids only through the partition they make: relabelling the clusters
     relabels the answer and selects the same pixels.
@@ -125,12 +125,12 @@ def lesion_clusters(labels: np.ndarray, coarse: np.ndarray, fov: np.ndarray, *, 
     if labels.shape != coarse.shape or labels.shape != fov.shape:
         raise ValueError(f"labels, coarse and fov must share one shape, got {labels.shape}, {coarse.shape}, "
                          f"{fov.shape}")
-    inside = labels[fov]
-    if inside.size == 0 or not coarse[fov].any():
+    inside, in_coarse = labels[fov], coarse[fov]
+    if not in_coarse.any():
         return np.zeros(0, np.int64)
-    ids, counts = np.unique(inside, return_counts=True)
-    hits = np.array([np.count_nonzero(coarse[fov][inside == i]) for i in ids])
-    return ids[hits > overlap * counts].astype(np.int64)
+    counts = np.bincount(inside)
+    hits = np.bincount(inside, weights=in_coarse)
+    return np.flatnonzero((counts > 0) & (hits > overlap * counts)).astype(np.int64)
 
 
 def _features(image: np.ndarray, fov: np.ndarray, coord_weight: float) -> np.ndarray:

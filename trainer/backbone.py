@@ -116,14 +116,18 @@ def create_backbone(
     return model
 
 
-def _torch_load(path: Path) -> Any:
+def torch_load(path: Path, *, mmap: bool = False) -> Any:
+    """A checkpoint file's contents on the CPU (``.safetensors`` or a torch file, ``weights_only``).
+
+    ``mmap`` maps a (zip-format) torch file instead of reading it: cheap when only a few keys are looked at.
+    """
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(path), device="cpu")
     # weights_only: no arbitrary code from a downloaded file; DINO's checkpoints also hold an argparse.Namespace.
     with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 
 def extract_state_dict(obj: Any, *, key: str | None = None) -> tuple[dict[str, torch.Tensor], str | None, list[str]]:
@@ -196,7 +200,7 @@ def load_weights(model: nn.Module, path: str | Path, *, key: str | None = None,
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights: no file at {path}")
-    sd, source, ignored = extract_state_dict(_torch_load(path), key=key)
+    sd, source, ignored = extract_state_dict(torch_load(path), key=key)
     filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
     if filter_fn is not None:
         sd = filter_fn(sd, model)

@@ -15,7 +15,6 @@ Three pieces, used by ``trainer.pretrain`` when ``fkd_weight > 0``:
 """
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.backbone import create_backbone, load_weights, patch_size, patch_tokens
+from trainer.backbone import create_backbone, patch_size, patch_tokens, torch_load
 
 log = logging.getLogger(__name__)
 
@@ -133,12 +132,7 @@ class FoundationTeacher(nn.Module):
             raise ValueError("name: a timm ViT name is needed (e.g. 'vit_small_patch14_dinov2') unless weights "
                              "is an edgedino export.pt, whose arch is used"
                              + (f"; {weights} is not one" if weights is not None else ""))
-        img_size = img_size or 224
-        if export is not None:
-            self.model = create_backbone(name, img_size=img_size, drop_path_rate=0.0)
-            log.info("FKD teacher: %s", load_weights(self.model, weights, key="backbone"))
-        else:
-            self.model = create_backbone(name, img_size=img_size, weights=weights, drop_path_rate=0.0)
+        self.model = create_backbone(name, img_size=img_size or 224, weights=weights, drop_path_rate=0.0)
         if weights is None:
             log.warning("FKD teacher %s has random weights (no fkd_weights): only meaningful for tests and "
                         "benchmarks; give a foundation checkpoint for real runs", name)
@@ -180,8 +174,7 @@ def _read_export(path: str | Path) -> Mapping[str, Any] | None:
     if path.suffix == ".safetensors":
         return None
     # mmap: a multi-GB foundation checkpoint is not read into memory just to look at one key.
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    obj = torch_load(path, mmap=True)
     if isinstance(obj, Mapping) and obj.get("format") == EXPORT_FORMAT:
         return {"arch": obj["arch"], "img_size": obj["img_size"]}
     return None

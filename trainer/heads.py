@@ -97,7 +97,56 @@ def _norm_act(c: int) -> list[nn.Module]:
     return [nn.GroupNorm(_groups(c), c), nn.GELU()]
 
 
-class SegDecoder(nn.Module):
+def _up_stages(channels: int, n_up: int, min_channels: int) -> tuple[list[list[nn.Module]], int]:
+    """``n_up`` stages of 2x transposed conv (kernel 2, stride 2) + GroupNorm + GELU, halving the channels (not
+    below ``min_channels``); returns the stages' modules and the channels they end with."""
+    stages, c = [], channels
+    for _ in range(n_up):
+        c_out = max(c // 2, min(min_channels, c))
+        stages.append([nn.ConvTranspose2d(c, c_out, kernel_size=2, stride=2, bias=False), *_norm_act(c_out)])
+        c = c_out
+    return stages, c
+
+
+class _TokenDecoder(nn.Module):
+    """What every decoder on ViT patch tokens shares: argument checks, the number of 2x upsamplings
+    ``n_up = floor(log2(patch_size / out_stride))``, tokens -> grid, and the final resize of the logits."""
+
+    def __init__(self, embed_dim: int, patch_size: int, hidden: int, *, out_stride: int, min_channels: int) -> None:
+        super().__init__()
+        if patch_size < 1 or embed_dim < 1 or hidden < 1 or min_channels < 1:
+            raise ValueError(
+                f"embed_dim={embed_dim}, patch_size={patch_size}, hidden={hidden}, min_channels={min_channels}: "
+                "expected positive integers"
+            )
+        if out_stride < 1:
+            raise ValueError(f"out_stride: expected >= 1, got {out_stride}")
+        self.embed_dim, self.patch_size, self.out_stride = embed_dim, patch_size, out_stride
+        self.n_up = max(0, int(math.floor(math.log2(patch_size / out_stride)))) if patch_size > out_stride else 0
+
+    def _grid(self, tokens: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+        """``(B, N, D)`` patch tokens of an ``out_size`` crop -> ``(B, D, H // p, W // p)``."""
+        if tokens.ndim != 3 or tokens.shape[2] != self.embed_dim:
+            raise ValueError(f"tokens: expected (B, N, {self.embed_dim}), got {tuple(tokens.shape)}")
+        h_img, w_img = int(out_size[0]), int(out_size[1])
+        h, w = h_img // self.patch_size, w_img // self.patch_size
+        b, n, d = tokens.shape
+        if n != h * w:
+            raise ValueError(
+                f"tokens: {n} patch tokens do not form the {h} x {w} grid of a {h_img} x {w_img} crop with "
+                f"patch size {self.patch_size} (pass patch tokens only, without class/register tokens)"
+            )
+        return tokens.transpose(1, 2).reshape(b, d, h, w)
+
+    @staticmethod
+    def _to_size(logits: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+        size = (int(out_size[0]), int(out_size[1]))
+        if logits.shape[-2:] != size:
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return logits
+
+
+class SegDecoder(_TokenDecoder):
     """Light segmentation decoder on ViT patch tokens (the auxiliary head; ours).
 
     ``(B, N, D)`` patch tokens -> ``(B, D, h, w)`` grid -> 1x1 conv to ``hidden`` channels and a 3x3 conv (mixing
@@ -135,46 +184,18 @@ class SegDecoder(nn.Module):
         out_stride: int = 4,
         min_channels: int = 16,
     ) -> None:
-        super().__init__()
-        if patch_size < 1 or embed_dim < 1 or hidden < 1 or min_channels < 1:
-            raise ValueError(
-                f"embed_dim={embed_dim}, patch_size={patch_size}, hidden={hidden}, min_channels={min_channels}: "
-                "expected positive integers"
-            )
-        if out_stride < 1:
-            raise ValueError(f"out_stride: expected >= 1, got {out_stride}")
-        self.embed_dim, self.patch_size, self.out_stride = embed_dim, patch_size, out_stride
-        self.n_up = max(0, int(math.floor(math.log2(patch_size / out_stride)))) if patch_size > out_stride else 0
+        super().__init__(embed_dim, patch_size, hidden, out_stride=out_stride, min_channels=min_channels)
         self.proj = nn.Sequential(
             nn.Conv2d(embed_dim, hidden, kernel_size=1, bias=False), *_norm_act(hidden),
             nn.Conv2d(hidden, hidden, kernel_size=3, padding=1, bias=False), *_norm_act(hidden),
         )
-        stages: list[nn.Module] = []
-        c = hidden
-        for _ in range(self.n_up):
-            c_out = max(c // 2, min(min_channels, c))
-            stages += [nn.ConvTranspose2d(c, c_out, kernel_size=2, stride=2, bias=False), *_norm_act(c_out)]
-            c = c_out
-        stages += [nn.Conv2d(c, c, kernel_size=3, padding=1, bias=False), *_norm_act(c)]
-        self.stages = nn.Sequential(*stages)
+        stages, c = _up_stages(hidden, self.n_up, min_channels)
+        self.stages = nn.Sequential(*[m for stage in stages for m in stage],
+                                    nn.Conv2d(c, c, kernel_size=3, padding=1, bias=False), *_norm_act(c))
         self.out = nn.Conv2d(c, 1, kernel_size=1)
 
     def forward(self, tokens: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
-        if tokens.ndim != 3 or tokens.shape[2] != self.embed_dim:
-            raise ValueError(f"tokens: expected (B, N, {self.embed_dim}), got {tuple(tokens.shape)}")
-        h_img, w_img = int(out_size[0]), int(out_size[1])
-        h, w = h_img // self.patch_size, w_img // self.patch_size
-        b, n, d = tokens.shape
-        if n != h * w:
-            raise ValueError(
-                f"tokens: {n} patch tokens do not form the {h} x {w} grid of a {h_img} x {w_img} crop with "
-                f"patch size {self.patch_size} (pass patch tokens only, without class/register tokens)"
-            )
-        x = tokens.transpose(1, 2).reshape(b, d, h, w)
-        x = self.out(self.stages(self.proj(x)))
-        if x.shape[-2:] != (h_img, w_img):
-            x = F.interpolate(x, size=(h_img, w_img), mode="bilinear", align_corners=False)
-        return x
+        return self._to_size(self.out(self.stages(self.proj(self._grid(tokens, out_size)))), out_size)
 
 
 DECODERS = ("conv", "ilka")

@@ -13,11 +13,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import deform_conv2d
 
-from trainer.heads import _norm_act
+from trainer.heads import _norm_act, _TokenDecoder, _up_stages
 
 __all__ = ["ILKA", "DeformConv2d", "ILKADecoder"]
 
@@ -86,7 +85,7 @@ class DeformConv2d(nn.Module):
         return deform_conv2d(x, offset.to(x.dtype), weight, bias, padding=(pad, pad), mask=modulation.to(x.dtype))
 
 
-class ILKADecoder(nn.Module):
+class ILKADecoder(_TokenDecoder):
     """Segmentation decoder of S^3-Net blocks, a drop-in for :class:`trainer.heads.SegDecoder` (``--decoder ilka``).
 
     ``(B, N, D)`` patch tokens -> grid -> 1x1 conv to ``hidden`` -> residual I-LKA at the token grid -> 2x
@@ -102,44 +101,22 @@ class ILKADecoder(nn.Module):
 
     def __init__(self, embed_dim: int, patch_size: int, hidden: int = 128, *, out_stride: int = 4,
                  min_channels: int = 16) -> None:
-        super().__init__()
-        if patch_size < 1 or embed_dim < 1 or hidden < 1 or min_channels < 1 or out_stride < 1:
-            raise ValueError(f"embed_dim={embed_dim}, patch_size={patch_size}, hidden={hidden}, "
-                             f"out_stride={out_stride}, min_channels={min_channels}: expected positive integers")
-        self.embed_dim, self.patch_size, self.out_stride = embed_dim, patch_size, out_stride
-        self.n_up = max(0, int(math.floor(math.log2(patch_size / out_stride)))) if patch_size > out_stride else 0
+        super().__init__(embed_dim, patch_size, hidden, out_stride=out_stride, min_channels=min_channels)
         self.proj = nn.Sequential(nn.Conv2d(embed_dim, hidden, 1, bias=False), *_norm_act(hidden))
         self.ilka = ILKA(hidden)
         self.ilka_norm = nn.Sequential(*_norm_act(hidden))
-        stages: list[nn.Module] = []
-        c = c_deform = hidden
-        for i in range(self.n_up):
-            c_out = max(c // 2, min(min_channels, c))
-            stages.append(nn.Sequential(nn.ConvTranspose2d(c, c_out, kernel_size=2, stride=2, bias=False),
-                                        *_norm_act(c_out)))
-            c = c_out
-            if i == 0:
-                c_deform = c
+        stages, c = _up_stages(hidden, self.n_up, min_channels)
+        stages = [nn.Sequential(*stage) for stage in stages]
         self.first = stages[0] if stages else nn.Identity()
         self.rest = nn.Sequential(*stages[1:])
+        c_deform = stages[0][0].out_channels if stages else hidden
         self.deform = DeformConv2d(c_deform, c_deform)
         self.deform_norm = nn.Sequential(*_norm_act(c_deform))
         self.out = nn.Conv2d(c, 1, kernel_size=1)
 
     def forward(self, tokens: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
-        if tokens.ndim != 3 or tokens.shape[2] != self.embed_dim:
-            raise ValueError(f"tokens: expected (B, N, {self.embed_dim}), got {tuple(tokens.shape)}")
-        h_img, w_img = int(out_size[0]), int(out_size[1])
-        h, w = h_img // self.patch_size, w_img // self.patch_size
-        b, n, d = tokens.shape
-        if n != h * w:
-            raise ValueError(f"tokens: {n} patch tokens do not form the {h} x {w} grid of a {h_img} x {w_img} "
-                             f"crop with patch size {self.patch_size}")
-        x = self.proj(tokens.transpose(1, 2).reshape(b, d, h, w))
+        x = self.proj(self._grid(tokens, out_size))
         x = self.ilka_norm(x + self.ilka(x))
         x = self.first(x)
         x = self.deform_norm(x + self.deform(x))
-        x = self.out(self.rest(x))
-        if x.shape[-2:] != (h_img, w_img):
-            x = F.interpolate(x, size=(h_img, w_img), mode="bilinear", align_corners=False)
-        return x
+        return self._to_size(self.out(self.rest(x)), out_size)

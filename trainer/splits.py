@@ -97,7 +97,8 @@ def labelled_subset(train: Sequence[Sample], frac: float, *, seed: int) -> tuple
 
 
 def dhash(image: np.ndarray, size: int = 16) -> int:
-    """Difference hash of an ``(H, W, 3) uint8`` image: ``size**2`` bits comparing neighbours on a 9x8 grey thumbnail.
+    """Difference hash of an ``(H, W, 3) uint8`` image: ``size**2`` bits comparing horizontal neighbours on a
+    ``(size + 1) x size`` grey thumbnail.
 
     Robust to resizing and JPEG re-compression; used to warn about the same photo under two ids. Measured on
     real ISIC images at 16 x 16 (256 bits): the same photo at full size vs its 256 px thumbnail differs in at
@@ -114,20 +115,15 @@ def _file_dhash(path: str) -> int:
     return dhash(read_image(path, min_long_side=64))
 
 
-def near_duplicates(a: Sequence[Sample], b: Sequence[Sample], *, max_distance: int = 16,
-                    hashes: dict[str, int] | None = None) -> list[tuple[str, str, int]]:
-    """Pairs ``(id_a, id_b, distance)`` of different ids whose dHashes differ in at most ``max_distance`` bits."""
-    hashes = {} if hashes is None else hashes
+def near_duplicates(a: Sequence[Sample], b: Sequence[Sample], *, max_distance: int = 16
+                    ) -> list[tuple[str, str, int]]:
+    """Pairs ``(id_a, id_b, distance)`` of different ids whose dHashes differ in at most ``max_distance`` bits.
 
-    def h(s: Sample) -> int:
-        if s.id not in hashes:
-            hashes[s.id] = _file_dhash(str(s.image))  # cached: a table run checks the same files per cell
-        return hashes[s.id]
-
-    hb = [(s.id, h(s)) for s in b]
+    Each file is hashed once per process (a table run checks the same files for every cell)."""
+    hb = [(s.id, _file_dhash(str(s.image))) for s in b]
     pairs = []
     for s in a:
-        ha = h(s)
+        ha = _file_dhash(str(s.image))
         for idb, hv in hb:
             d = bin(ha ^ hv).count("1")
             if d <= max_distance and idb != s.id:
