@@ -95,7 +95,7 @@ def pseudomasks(data, out, jobs, size, shard_size, backend, scheduler, exclude_f
                 no_progress):
     """Remove hair and make edge-aware pseudo-masks into HDF5 shards (stage 1)."""
     from pipeline import datasets
-    from pipeline.pseudomask import PseudoMaskConfig
+    from pipeline.pseudomask.per_image import PseudoMaskConfig
     from pipeline.run import RunConfig, run_pseudomasks
 
     if scheduler and backend != "dask":
@@ -224,7 +224,8 @@ def pretrain(shards, out, preset, exclude_from, no_progress, device, no_distill,
 
     from pipeline import datasets
     from trainer.presets import pretrain_preset
-    from trainer.pretrain import NonFiniteLoss, pretrain as run_pretrain
+    from trainer.pretrain import NonFiniteLoss
+    from trainer.pretrain import pretrain as run_pretrain
 
     overrides = {k: v for k, v in options.items() if v is not None}
     if no_distill:
@@ -297,7 +298,7 @@ def finetune(data, frac, checkpoint, out, test_data, seed, init, decoder, decode
     overrides = {"seed": seed, "init": init, "decoder": decoder, "arch": arch, "img_size": img_size, "iters": iters,
                  "decoder_arch": decoder_arch}
     if pic:
-        from trainer.cutmix import PICConfig
+        from trainer.data.cutmix import PICConfig
 
         overrides["pic"] = PICConfig(prob=pic_prob, anneal=pic_anneal)
     config = dataclasses.replace(finetune_preset(preset), **{k: v for k, v in overrides.items() if v is not None})

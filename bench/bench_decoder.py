@@ -5,10 +5,10 @@ the segmentation branch, with the pseudo-mask loss), side by side in one run, in
 
 - decoder only: patch tokens (from the backbone, computed once) -> decoder -> ``seg_loss`` -> backward;
 - backbone + decoder: the images through the backbone and the decoder, backward through both;
-- ``spatial``: :func:`trainer.spatial_loss.spatial_loss` forward + backward on its own, on logits of the same
+- ``spatial``: :func:`trainer.losses.spatial.spatial_loss` forward + backward on its own, on logits of the same
   size (timed alone: it is a few elementwise passes, smaller than the noise of a whole step);
 - ``+ affine``: backbone + conv decoder plus the second forward on the views rotated by a quarter turn and
-  :func:`trainer.affine_loss.affine_loss` (what ``train_step`` adds with ``--affine-weight``).
+  :func:`trainer.losses.affine.affine_loss` (what ``train_step`` adds with ``--affine-weight``).
 
 Median times in ms and the ratios. A whole pretraining step also runs the local crops, the DINO head and the
 teacher (``bench/bench_step.py``), so these ratios are upper bounds for the whole step. Two cases by default:
@@ -30,12 +30,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainer.affine_loss import affine_loss, rot90  # noqa: E402
-from trainer.backbone import create_backbone, forward_tokens, patch_size  # noqa: E402
-from trainer.distributed import resolve_device  # noqa: E402
-from trainer.heads import DECODERS, build_decoder  # noqa: E402
-from trainer.seg_loss import seg_loss  # noqa: E402
-from trainer.spatial_loss import spatial_loss  # noqa: E402
+from trainer.engine.distributed import resolve_device  # noqa: E402
+from trainer.losses.affine import affine_loss, rot90  # noqa: E402
+from trainer.losses.seg import seg_loss  # noqa: E402
+from trainer.losses.spatial import spatial_loss  # noqa: E402
+from trainer.models.backbone import create_backbone, forward_tokens, patch_size  # noqa: E402
+from trainer.models.decoders import DECODERS, build_decoder  # noqa: E402
 
 CASES = {"vit-ti": ("vit_tiny_patch16_224", 96, 32), "vit-s": ("vit_small_patch16_224", 224, 16)}
 

@@ -1,4 +1,4 @@
-"""Benchmark: batched multi-crop (trainer.augment) vs the official DINO torchvision/PIL recipe, per CPU core.
+"""Benchmark: batched multi-crop (trainer.data.multicrop) vs the official DINO torchvision/PIL recipe, per CPU core.
 
 Both run side by side in one process on the same 256 x 256 uint8 inputs, pinned to one thread
 (``torch.set_num_threads(1)``; PIL is single-threaded), with the same crop counts and sizes (2 x 224 + 8 x 96).
@@ -35,7 +35,7 @@ from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms as T
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from trainer.augment import MultiCropConfig, multi_crop  # noqa: E402
+from trainer.data.multicrop import MultiCropConfig, multi_crop  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -165,7 +165,7 @@ def _shard_from(paths: list[Path], out: Path, size: int = 256) -> Path:
 
 def time_ours_from_shard(shard_dir: Path, batch: int, repeats: int, config: MultiCropConfig) -> float:
     """Seconds per sample of ours: ShardDataset reads (image + 3 maps) + multi_crop on the batch."""
-    from trainer.shard_dataset import ShardDataset
+    from trainer.data.shard_dataset import ShardDataset
 
     ds = ShardDataset(shard_dir)
     gen = torch.Generator().manual_seed(0)
@@ -183,7 +183,7 @@ def time_ours_from_shard(shard_dir: Path, batch: int, repeats: int, config: Mult
 
 def time_shard_reads(shard_dir: Path, repeats: int) -> float:
     """Seconds per sample of the CPU side alone when the crops run on a GPU: ShardDataset reads + collate."""
-    from trainer.shard_dataset import ShardDataset
+    from trainer.data.shard_dataset import ShardDataset
 
     ds = ShardDataset(shard_dir)
     best = float("inf")

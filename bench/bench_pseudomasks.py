@@ -7,7 +7,7 @@ Segmentation (label-free methods; per-image Jaccard, Dice, thresholded Jaccard (
   ``cv2.inpaint`` radius 6 Telea), then Otsu on grey;
 - ``naive_rw``: scikit-image Random Walker (beta 130) on grey with Otsu-derived seeds (darker than the dark
   class mean: lesion; brighter than the bright class mean: skin), probability > 0.5;
-- ``ours``: ``pipeline.pseudomask.make_pseudo_mask`` at its defaults (hair removal, seeds, Random Walker);
+- ``ours``: ``pipeline.pseudomask.per_image.make_pseudo_mask`` at its defaults (hair removal, seeds, Random Walker);
 - ``s3net``: the same with ``method='s3net'`` (per-image unsupervised clustering after S^3-Net, lesion clusters
   chosen from the coarse lesion map, seeded from ``(0, image id)`` as ``pseudomasks --method s3net`` does).
 
@@ -42,8 +42,8 @@ from skimage.segmentation import random_walker
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.datasets import read_image  # noqa: E402
-from pipeline.hair import remove_hair  # noqa: E402
-from pipeline.pseudomask import PseudoMaskConfig, make_pseudo_mask  # noqa: E402
+from pipeline.pseudomask.hair import remove_hair  # noqa: E402
+from pipeline.pseudomask.per_image import PseudoMaskConfig, make_pseudo_mask  # noqa: E402
 from pipeline.run import sample_seed  # noqa: E402
 from pipeline.synth import generate_sample  # noqa: E402
 from trainer.metrics import binary_scores  # noqa: E402

@@ -27,8 +27,8 @@ import copy
 import dataclasses
 import json
 import resource
-import subprocess
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,13 +37,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainer.augment import multi_crop  # noqa: E402
-from trainer.backbone import forward_tokens  # noqa: E402
-from trainer.dino_loss import DINOLoss  # noqa: E402
-from trainer.distributed import resolve_device  # noqa: E402
-from trainer.fkd import FoundationTeacher  # noqa: E402
+from trainer.data.multicrop import multi_crop  # noqa: E402
+from trainer.engine.distributed import resolve_device  # noqa: E402
+from trainer.engine.schedules import param_groups  # noqa: E402
+from trainer.losses.dino import DINOLoss  # noqa: E402
+from trainer.models.backbone import forward_tokens  # noqa: E402
+from trainer.models.fkd import FoundationTeacher  # noqa: E402
 from trainer.pretrain import PretrainConfig, Schedules, train_step  # noqa: E402
-from trainer.schedules import param_groups  # noqa: E402
 
 
 def _sync(device):

@@ -19,9 +19,20 @@ import numpy as np
 
 from pipeline import datasets
 from pipeline.atomic import write_text
-from pipeline.pseudomask import PseudoMaskConfig, make_pseudo_mask
-from pipeline.shards import (REJECTS, ShardError, ShardReader, ShardRecord, find_shards, ids_hash,
-                             read_manifest, sha256_file, shard_name, write_manifest, write_shard)
+from pipeline.pseudomask.per_image import PseudoMaskConfig, make_pseudo_mask
+from pipeline.shards import (
+    REJECTS,
+    ShardError,
+    ShardReader,
+    ShardRecord,
+    find_shards,
+    ids_hash,
+    read_manifest,
+    sha256_file,
+    shard_name,
+    write_manifest,
+    write_shard,
+)
 
 log = logging.getLogger(__name__)
 

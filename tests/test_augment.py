@@ -1,4 +1,4 @@
-"""Tests for trainer.augment / trainer.colour: alignment of maps with crops, determinism, shapes, colour ops."""
+"""Tests for trainer.data.multicrop / trainer.data.colour: alignment of maps with crops, determinism, shapes, colour ops."""
 from __future__ import annotations
 
 import math
@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from trainer import colour
-from trainer.augment import MultiCrop, MultiCropConfig, multi_crop
+from trainer.data import colour
+from trainer.data.multicrop import MultiCrop, MultiCropConfig, multi_crop
 
 S = 64
 
@@ -329,7 +329,7 @@ def test_pipeline_solarise_and_grey_probabilities_take_effect():
 
 def test_sync_free_device_path_matches_the_host_path(monkeypatch):
     """The CUDA code path (no host reads, identity parameters for undrawn samples) run here on CPU."""
-    import trainer.augment as augment
+    import trainer.data.multicrop as augment
 
     images, mask = _shape_batch(6)
     cfg = MultiCropConfig(global_size=32, local_size=16, n_local=3, global_solarise_p=(0.5,))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.checkpoint import (
+from trainer.engine.checkpoint import (
     checkpoint_path,
     latest_checkpoint,
     load_checkpoint,

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.affine_loss import affine_loss, rot90
-from trainer.spatial_loss import spatial_loss
+from trainer.losses.affine import affine_loss, rot90
+from trainer.losses.spatial import spatial_loss
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

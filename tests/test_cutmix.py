@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.cutmix import PICConfig, minority_class, pic_bias, pic_cutmix
+from trainer.data.cutmix import PICConfig, minority_class, pic_bias, pic_cutmix
 
 
 def _batch(b=6, size=32, seed=0, lesion_frac=0.1):

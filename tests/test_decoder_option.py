@@ -9,13 +9,13 @@ from click.testing import CliRunner
 from test_pretrain import TINY, shards  # noqa: F401  (the tiny shard fixture)
 
 import cli
-from trainer.checkpoint import load_checkpoint, save_checkpoint
+from trainer.engine.checkpoint import load_checkpoint, save_checkpoint
+from trainer.engine.export import EXPORT, export_model, read_export
+from trainer.engine.run_log import read_log
 from trainer.finetune import FinetuneConfig
-from trainer.heads import SegDecoder
-from trainer.pretrain import EXPORT, LATEST, PretrainConfig, export_model, pretrain, read_export
-from trainer.run_log import read_log
-from trainer.s3net_blocks import ILKADecoder
-from trainer.seg_model import build_seg_model
+from trainer.models.decoders import ILKADecoder, SegDecoder
+from trainer.models.segmenter import build_seg_model
+from trainer.pretrain import LATEST, PretrainConfig, pretrain
 
 S3 = dataclasses.replace(TINY, epochs=1, picture_every=0, affine_weight=0.5, spatial_weight=2.0)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.dino_loss import DINOLoss, teacher_temp_schedule
+from trainer.losses.dino import DINOLoss, teacher_temp_schedule
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from trainer import distributed as D
+from trainer.engine import distributed as D
 
 
 @pytest.fixture
@@ -50,8 +50,8 @@ def _worker(rank: int, world_size: int, port: int, queue) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    from trainer import distributed as dist_mod
-    from trainer.dino_loss import DINOLoss
+    from trainer.engine import distributed as dist_mod
+    from trainer.losses.dino import DINOLoss
 
     info = dist_mod.init_distributed("cpu")
     try:

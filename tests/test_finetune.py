@@ -14,9 +14,10 @@ from click.testing import CliRunner
 import cli
 from pipeline.datasets import open_dataset
 from pipeline.synth import write_synthetic_dataset
+from trainer.data.splits import dhash, labelled_subset, near_duplicates, split_dataset
+from trainer.engine.export import export_model
 from trainer.finetune import FinetuneConfig, finetune
-from trainer.pretrain import PretrainConfig, export_model
-from trainer.splits import dhash, labelled_subset, near_duplicates, split_dataset
+from trainer.pretrain import PretrainConfig
 from trainer.table import TableSpec, read_results, run_table
 
 TINY_PRE = PretrainConfig(arch="vit_tiny_patch16_224", img_size=32, out_dim=64, head_hidden=64, bottleneck_dim=32,

@@ -12,19 +12,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
+from test_pretrain import TINY, _record  # the tiny config and synthetic shard records of the pretraining tests
 
 from pipeline.shards import write_shard
-from test_pretrain import TINY, _record  # the tiny config and synthetic shard records of the pretraining tests
 from trainer import pretrain as pretrain_module
-from trainer.augment import multi_crop
-from trainer.backbone import patch_tokens
-from trainer.checkpoint import load_checkpoint
-from trainer.dino_loss import DINOLoss
-from trainer.dino_model import DINOModel
-from trainer.fkd import FKDProjector, FoundationTeacher, fkd_loss
-from trainer.pretrain import LATEST, PretrainConfig, Schedules, export_model, pretrain, train_step
-from trainer.run_log import read_log
-from trainer.schedules import param_groups
+from trainer.data.multicrop import multi_crop
+from trainer.engine.checkpoint import load_checkpoint
+from trainer.engine.export import export_model, read_export
+from trainer.engine.run_log import read_log
+from trainer.engine.schedules import param_groups
+from trainer.losses.dino import DINOLoss
+from trainer.losses.fkd import fkd_loss
+from trainer.models.backbone import patch_tokens
+from trainer.models.dino_model import DINOModel
+from trainer.models.fkd import FKDProjector, FoundationTeacher
+from trainer.pretrain import LATEST, PretrainConfig, Schedules, pretrain, train_step
 
 TEACHER = "vit_tiny_patch16_224"  # a cheap random "foundation" stand-in (the real one is a file on disk)
 FKD = dataclasses.replace(TINY, fkd_weight=1.0, fkd_teacher=TEACHER, picture_every=0)
@@ -86,7 +88,7 @@ def test_projector_maps_student_width_to_teacher_width():
 
 
 def test_teacher_is_frozen_stays_in_eval_and_warns_without_weights(caplog):
-    with caplog.at_level(logging.WARNING, logger="trainer.fkd"):
+    with caplog.at_level(logging.WARNING, logger="trainer.models.fkd"):
         teacher = FoundationTeacher(TEACHER, img_size=32)
     assert "random weights" in caplog.text and "only meaningful for tests" in caplog.text
     assert all(not p.requires_grad for p in teacher.parameters())
@@ -259,7 +261,7 @@ def test_pretrain_with_fkd_logs_resumes_and_records_the_teacher(shards, export_f
     assert state["config"]["fkd_teacher"] == TINY.arch
     more = pretrain(shards, out, dataclasses.replace(config, epochs=2), device="cpu", progress=False)
     assert more.resumed_from == 2 and more.step == 4 and 0.0 < more.last["fkd"] < 2.0
-    export = pretrain_module.read_export(out / "export.pt")
+    export = read_export(out / "export.pt")
     assert not any(k.startswith("fkd_proj") for k in export["backbone"])  # the projector is not exported
     with pytest.raises(ValueError, match="another architecture.*fkd_teacher"):
         pretrain(shards, out, dataclasses.replace(TINY, epochs=3, picture_every=0), device="cpu", progress=False)

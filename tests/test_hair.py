@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.hair import HairConfig, hat_response, line_kernels, remove_hair
+from pipeline.pseudomask.hair import HairConfig, hat_response, line_kernels, remove_hair
 from pipeline.synth import generate_sample
 
 

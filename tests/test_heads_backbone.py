@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.backbone import (
+from trainer.engine.checkpoint import export_weights
+from trainer.models.backbone import (
     cls_token,
     create_backbone,
     forward_tokens,
@@ -13,8 +14,8 @@ from trainer.backbone import (
     patch_size,
     patch_tokens,
 )
-from trainer.checkpoint import export_weights
-from trainer.heads import DINOHead, SegDecoder
+from trainer.models.decoders import SegDecoder
+from trainer.models.dino_head import DINOHead
 
 ARCH = "vit_tiny_patch16_224"
 

@@ -11,8 +11,14 @@ from click.testing import CliRunner
 from isic_challenge_scoring.segmentation import SegmentationScore
 
 import cli
-from trainer.metrics import (METRIC_NAMES, OFFICIAL_NAMES, binary_scores, evaluate_folders, read_binary_mask,
-                             write_metrics_json)
+from trainer.metrics import (
+    METRIC_NAMES,
+    OFFICIAL_NAMES,
+    binary_scores,
+    evaluate_folders,
+    read_binary_mask,
+    write_metrics_json,
+)
 
 
 def test_hand_computed_values():

@@ -12,10 +12,11 @@ import torch
 
 from pipeline.shards import ShardRecord, write_shard
 from trainer import pretrain as pretrain_module
-from trainer.backbone import create_backbone
-from trainer.pretrain import LATEST, NonFiniteLoss, PretrainConfig, pretrain, read_export
-from trainer.run_log import read_log
-from trainer.shard_dataset import ShardAwareSampler, ShardDataset
+from trainer.data.shard_dataset import ShardAwareSampler, ShardDataset
+from trainer.engine.export import read_export
+from trainer.engine.run_log import read_log
+from trainer.models.backbone import create_backbone
+from trainer.pretrain import LATEST, NonFiniteLoss, PretrainConfig, pretrain
 
 REPO = Path(__file__).resolve().parents[1]
 S = 64

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.pseudomask import PseudoMaskConfig, make_pseudo_mask
+from pipeline.pseudomask.per_image import PseudoMaskConfig, make_pseudo_mask
+from pipeline.pseudomask.s3net import S3NetConfig, lesion_clusters, s3net_segment, spatial_continuity_loss
+from pipeline.pseudomask.seeds import coarse_lesion_map, field_of_view, to_lab
 from pipeline.run import RunConfig, run_pseudomasks, sample_seed
-from pipeline.s3net import S3NetConfig, lesion_clusters, s3net_segment, spatial_continuity_loss
-from pipeline.seeds import coarse_lesion_map, field_of_view, to_lab
 from pipeline.shards import ShardReader, find_shards, verify
 from pipeline.synth import generate_sample, write_synthetic_dataset
 from trainer.metrics import binary_scores

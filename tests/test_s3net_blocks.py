@@ -1,12 +1,12 @@
-"""S^3-Net's blocks (trainer.s3net_blocks): I-LKA, the modulated deformable conv, the decoder made of them."""
+"""S^3-Net's blocks (trainer.models.decoders): I-LKA, the modulated deformable conv, the decoder made of them."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.heads import DECODERS, SegDecoder, build_decoder
-from trainer.s3net_blocks import ILKA, DeformConv2d, ILKADecoder
+from pipeline.pseudomask.s3net_layers import ILKA, DeformConv2d
+from trainer.models.decoders import DECODERS, ILKADecoder, SegDecoder, build_decoder
 
 
 def _ilka_reference(m: ILKA, x: torch.Tensor) -> torch.Tensor:

@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.heads import DINOHead
-from trainer.schedules import (
+from trainer.engine.schedules import (
     cancel_last_layer_grads,
     clip_gradients,
     cosine_schedule,
@@ -16,6 +15,7 @@ from trainer.schedules import (
     set_lr_wd,
     update_momentum,
 )
+from trainer.models.dino_head import DINOHead
 
 
 @pytest.mark.parametrize("base,final,total,warmup", [(5e-4, 1e-6, 100, 10), (0.04, 0.4, 50, 0), (0.996, 1.0, 7, 0)])

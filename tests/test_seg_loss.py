@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from trainer.seg_loss import SegLoss, seg_loss
+from trainer.losses.seg import SegLoss, seg_loss
 
 
 def _bce(z: float, y: float) -> float:

@@ -7,8 +7,16 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.shards import (SCHEMA_VERSION, ShardError, ShardReader, ShardRecord, sha256_file, verify,
-                             write_manifest, write_shard)
+from pipeline.shards import (
+    SCHEMA_VERSION,
+    ShardError,
+    ShardReader,
+    ShardRecord,
+    sha256_file,
+    verify,
+    write_manifest,
+    write_shard,
+)
 
 S = 32
 

@@ -24,16 +24,16 @@ import torch
 from pipeline import datasets
 from pipeline.atomic import write_text
 from pipeline.export import write_mask_png
-from trainer.augment import MultiCropConfig, multi_crop
-from trainer.cutmix import PICConfig, pic_bias, pic_cutmix
-from trainer.distributed import resolve_device
-from trainer.heads import DECODERS
+from trainer.data.cutmix import PICConfig, pic_bias, pic_cutmix
+from trainer.data.multicrop import MultiCropConfig, multi_crop
+from trainer.data.normalise import normalise
+from trainer.data.splits import Splits, describe, labelled_subset, near_duplicates, split_dataset
+from trainer.engine.distributed import resolve_device
+from trainer.engine.schedules import cosine_schedule
+from trainer.losses.seg import seg_loss
 from trainer.metrics import binary_scores
-from trainer.pictures import _normalise
-from trainer.schedules import cosine_schedule
-from trainer.seg_loss import seg_loss
-from trainer.seg_model import SegModel, build_seg_model
-from trainer.splits import Splits, describe, labelled_subset, near_duplicates, split_dataset
+from trainer.models.decoders import DECODERS
+from trainer.models.segmenter import SegModel, build_seg_model
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class FinetuneConfig:
     ``iters`` optimiser steps of ``batch_size`` images drawn with replacement from the labelled subset, each a
     random-resized crop (scale ``crop_scale``) with flips, 90-degree rotations and mild colour jitter; the
     backbone learns at ``lr * backbone_lr_scale``. Validation every ``eval_every`` steps picks the weights.
-    ``pic`` turns on progressive imbalance-aware CutMix on the augmented batch (:mod:`trainer.cutmix`).
+    ``pic`` turns on progressive imbalance-aware CutMix on the augmented batch (:mod:`trainer.data.cutmix`).
     ``decoder`` ('aux' or 'fresh') says where the decoder's weights start; ``decoder_arch`` ('conv' or 'ilka')
     is its kind for runs without an export (an export rebuilds its own kind).
     """
@@ -101,7 +101,7 @@ def predict_probability(model: SegModel, images: torch.Tensor, *, size: int, dev
     model.eval()
     out = []
     for i in range(0, len(images), batch):
-        x = _normalise(images[i:i + batch].to(device), size)
+        x = normalise(images[i:i + batch].to(device), size)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             out.append(torch.sigmoid(model(x).float())[:, 0].cpu().numpy())
     return np.concatenate(out)

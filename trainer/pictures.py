@@ -4,18 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from trainer.colour import IMAGENET_MEAN, IMAGENET_STD
-
-
-def _normalise(images: torch.Tensor, size: int) -> torch.Tensor:
-    """``(B, 3, S, S) uint8 -> (B, 3, size, size)`` float, ImageNet-normalised."""
-    x = F.interpolate(images.float() / 255.0, size=(size, size), mode="bilinear", align_corners=False,
-                      antialias=True)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+from trainer.data.normalise import normalise
 
 
 @torch.no_grad()
@@ -27,12 +17,12 @@ def pretrain_picture(model, dataset, path: str | Path, *, img_size: int, device:
     import matplotlib.pyplot as plt
 
     from pipeline.atomic import save_figure
-    from trainer.backbone import forward_tokens
-    from trainer.dino_model import cls_attention
+    from trainer.models.backbone import forward_tokens
+    from trainer.models.dino_model import cls_attention
 
     items = [dataset[i] for i in range(min(n, len(dataset)))]
     images = torch.stack([it["image"] for it in items]).to(device)
-    x = _normalise(images, img_size)
+    x = normalise(images, img_size)
     was_training = model.training
     model.eval()
     _, patches = forward_tokens(model.backbone, x)

@@ -1,18 +1,17 @@
 """Pretraining: DINO self-distillation plus an auxiliary segmentation loss on the pseudo-masks.
 
 ``L = L_DINO + lambda_t * L_seg`` (METHOD.md section 5): the student sees 2 global + N local views made on the
-device from the shard images (``trainer.augment``); the EMA teacher sees the global views; the decoder on the
+device from the shard images (``trainer.data.multicrop``); the EMA teacher sees the global views; the decoder on the
 student's patch tokens is trained against each global view's pseudo-mask, transformed with the same grid.
 Schedules are precomputed per global step (as in facebookresearch/dino), so resuming needs only the step.
 Ablations: ``lambda_seg=0`` is plain DINO; ``distill=False`` is pseudo-mask supervision only.
-Option ``fkd_weight > 0`` (DINO-Mix FKD, ``trainer.fkd``) adds ``fkd_weight * L_FKD``: the student's projected
+Option ``fkd_weight > 0`` (DINO-Mix FKD, ``trainer.models.fkd``) adds ``fkd_weight * L_FKD``: the student's projected
 patch tokens of the global views aligned to a frozen foundation ViT's (``fkd_teacher``/``fkd_weights``).
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import math
 import time
@@ -23,27 +22,34 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from trainer import distributed as dist_utils
-from trainer.affine_loss import affine_loss, rot90
-from trainer.augment import MultiCropConfig, multi_crop
-from trainer.backbone import patch_grid
-from trainer.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from trainer.dino_loss import DINOLoss
-from trainer.dino_model import DINOModel
-from trainer.fkd import FoundationTeacher, fkd_loss
-from trainer.heads import DECODERS
-from trainer.run_log import RunLog
-from trainer.schedules import (cancel_last_layer_grads, clip_gradients, cosine_schedule, lambda_ramp,
-                               param_groups, set_lr_wd, update_momentum)
-from trainer.seg_loss import seg_loss
-from trainer.shard_dataset import ShardAwareSampler, ShardDataset
-from trainer.spatial_loss import spatial_loss
+from trainer.engine import distributed as dist_utils
+from trainer.data.multicrop import MultiCropConfig, multi_crop
+from trainer.data.shard_dataset import ShardAwareSampler, ShardDataset
+from trainer.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from trainer.engine.export import EXPORT, export_model
+from trainer.engine.run_log import RunLog
+from trainer.engine.schedules import (
+    cancel_last_layer_grads,
+    clip_gradients,
+    cosine_schedule,
+    lambda_ramp,
+    param_groups,
+    set_lr_wd,
+    update_momentum,
+)
+from trainer.losses.affine import affine_loss, rot90
+from trainer.losses.dino import DINOLoss
+from trainer.losses.fkd import fkd_loss
+from trainer.losses.seg import seg_loss
+from trainer.losses.spatial import spatial_loss
+from trainer.models.backbone import patch_grid
+from trainer.models.decoders import DECODERS
+from trainer.models.dino_model import DINOModel
+from trainer.models.fkd import FoundationTeacher
 
 log = logging.getLogger(__name__)
 
 LATEST = "checkpoint-latest.pt"
-EXPORT = "export.pt"
-EXPORT_FORMAT = "edgedino-export/1"
 # Fields that must match to resume a run (the rest, e.g. epochs, may change between runs).
 # A field missing from an older checkpoint's config counts as its default here (e.g. decoder: "conv").
 ARCHITECTURE_FIELDS = ("arch", "img_size", "out_dim", "decoder_hidden", "head_hidden", "bottleneck_dim", "decoder",
@@ -59,9 +65,9 @@ class PretrainConfig:
     """Pretraining hyper-parameters (facebookresearch/dino defaults for ViT-S/16 unless marked ours).
 
     ``lr`` is the base rate for a total batch of 256 (scaled linearly, DINO). Warm-ups longer than the run are
-    shortened to fit it. ``decoder`` picks the auxiliary decoder (:func:`trainer.heads.build_decoder`);
+    shortened to fit it. ``decoder`` picks the auxiliary decoder (:func:`trainer.models.decoders.build_decoder`);
     ``affine_weight`` and ``spatial_weight`` add S^3-Net's label-free terms on the decoder's output
-    (:mod:`trainer.affine_loss`, :mod:`trainer.spatial_loss`), weighted like ``L_seg`` times these factors.
+    (:mod:`trainer.losses.affine`, :mod:`trainer.losses.spatial`), weighted like ``L_seg`` times these factors.
     """
 
     arch: str = "vit_small_patch16_224"
@@ -318,7 +324,7 @@ def train_step(views, valid, *, step, epoch, config, sched, student, ddp_student
 
     ``valid`` (B,) weights each sample's segmentation loss (0 when no lesion was seeded); the label-free
     ``affine`` and ``spatial`` terms (when their weights are > 0) use every sample. ``fkd_teacher`` (a
-    :class:`~trainer.fkd.FoundationTeacher`, needed when ``config.fkd_weight > 0``) adds
+    :class:`~trainer.models.fkd.FoundationTeacher`, needed when ``config.fkd_weight > 0``) adds
     ``fkd_weight * L_FKD`` on the global views (not ramped; with or without ``distill``).
     """
     if (fkd_teacher is not None) != (config.fkd_weight > 0):
@@ -373,9 +379,9 @@ def train_step(views, valid, *, step, epoch, config, sched, student, ddp_student
 def _s3net_terms(views, seg_logits, parts, *, step, config, student, scale) -> torch.Tensor:
     """S^3-Net's label-free terms on the global views' logits, stored in ``parts``; returns their weighted sum.
 
-    ``spatial``: :func:`trainer.spatial_loss.spatial_loss` against the (normalised) global views. ``affine``: the
+    ``spatial``: :func:`trainer.losses.spatial.spatial_loss` against the (normalised) global views. ``affine``: the
     student runs once more, backbone + decoder only, on the global views rotated by ``k = 1 + step % 3`` quarter
-    turns (deterministic, the same on every rank), and :func:`trainer.affine_loss.affine_loss` compares. That
+    turns (deterministic, the same on every rank), and :func:`trainer.losses.affine.affine_loss` compares. That
     forward goes through the unwrapped ``student``: DDP expects one forward per backward through the wrapper,
     and the gradients of this one still land on the same parameters, which DDP all-reduces in the one backward.
     Each term is multiplied by ``scale`` (the ``L_seg`` ramp) and its weight.
@@ -390,22 +396,3 @@ def _s3net_terms(views, seg_logits, parts, *, step, config, student, scale) -> t
         parts["affine"] = affine_loss(seg_logits.float(), rotated.float(), k)
         total = total + scale * config.affine_weight * parts["affine"]
     return total
-
-
-def export_model(teacher: DINOModel, config: PretrainConfig, path: Path, *, step: int) -> Path:
-    """Write the teacher backbone + decoder and what is needed to rebuild them: the file ``finetune`` takes."""
-    return save_checkpoint(path, {
-        "format": EXPORT_FORMAT, "arch": config.arch, "img_size": config.img_size,
-        "decoder_hidden": config.decoder_hidden, "decoder_arch": config.decoder, "step": step,
-        "backbone": {k: v.detach().cpu() for k, v in teacher.backbone.state_dict().items()},
-        "decoder": {k: v.detach().cpu() for k, v in teacher.decoder.state_dict().items()},
-        "config": json.loads(json.dumps(dataclasses.asdict(config)))})
-
-
-def read_export(path: str | Path) -> dict:
-    """Load an ``export.pt`` and check its format; the message says what the file is when it is not one."""
-    state = load_checkpoint(path)
-    if state.get("format") != EXPORT_FORMAT:
-        raise ValueError(f"{path}: not an edgedino export (format {state.get('format')!r}, expected "
-                         f"{EXPORT_FORMAT!r}); pass the export.pt that 'pretrain' writes")
-    return state

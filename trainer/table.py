@@ -75,7 +75,7 @@ def _pretrain_overrides(method: str, spec: TableSpec) -> dict:
 
 def _finetune_overrides(method: str) -> dict:
     if method == "ours+pic":
-        from trainer.cutmix import PICConfig
+        from trainer.data.cutmix import PICConfig
 
         return {"pic": PICConfig()}
     return {}
@@ -165,8 +165,8 @@ def _pseudo_mask_rows(spec: TableSpec, out: Path, *, progress: bool) -> list[dic
     """Score the pseudo-masks of the test images themselves (no label used) as a constant row."""
     from pipeline.export import export_masks
     from pipeline.run import RunConfig, run_pseudomasks
+    from trainer.data.splits import split_dataset
     from trainer.metrics import binary_scores
-    from trainer.splits import split_dataset
 
     test = datasets.open_dataset(list(spec.test_data), require_masks=True) if spec.test_data else None
     splits = split_dataset(datasets.open_dataset(list(spec.data)), test=test)

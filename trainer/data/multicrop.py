@@ -22,7 +22,7 @@ neighbour would move it by up to half an input pixel. Flips and rotations alone 
 output size = input size) reproduce ``torch.flip`` / ``torch.rot90`` exactly after thresholding.
 
 Photometry, per view, in DINO's order: colour jitter (probability ``jitter_p``) and grey-scale fused into one
-per-sample affine colour map, clip to [0, 1], Gaussian blur, solarise, normalise (see :mod:`trainer.colour`).
+per-sample affine colour map, clip to [0, 1], Gaussian blur, solarise, normalise (see :mod:`trainer.data.colour`).
 
 Randomness. Every random number comes from the ``torch.Generator`` passed in, drawn in a fixed order with
 shapes that depend only on the batch size and the config, so the same seed gives the same views. Parameters
@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainer import colour
+from trainer.data import colour
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 from skimage.segmentation import random_walker
 
-from .seeds import BACKGROUND, INACTIVE, LESION, to_lab
+from pipeline.pseudomask.seeds import BACKGROUND, INACTIVE, LESION, to_lab
 
 __all__ = ["WalkerConfig", "walk"]
 

@@ -1,5 +1,8 @@
-"""S^3-Net's building blocks: Inception Large Kernel Attention, a deformable convolution, and the decoder made
-of them (``--decoder ilka``).
+"""S^3-Net's two layers: Inception Large Kernel Attention and a modulated deformable convolution.
+
+Used by the label-free S^3-Net clustering (:mod:`pipeline.pseudomask.s3net`) and by the trainer's ILKA decoder
+(:class:`trainer.models.decoders.ILKADecoder`, ``--decoder ilka``); they live here because stage 1 must not
+import stage 2.
 
 S^3-Net (Karimijafarbigloo et al., "Self-supervised semantic segmentation: consistency over transformation",
 ICCV 2023 workshops; METHOD.md section 7) builds on Large Kernel Attention (Guo et al., "Visual Attention
@@ -16,9 +19,7 @@ import torch
 from torch import nn
 from torchvision.ops import deform_conv2d
 
-from trainer.heads import _norm_act, _TokenDecoder, _up_stages
-
-__all__ = ["ILKA", "DeformConv2d", "ILKADecoder"]
+__all__ = ["ILKA", "DeformConv2d"]
 
 
 class ILKA(nn.Module):
@@ -83,40 +84,3 @@ class DeformConv2d(nn.Module):
         weight = self.weight.to(x.dtype)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return deform_conv2d(x, offset.to(x.dtype), weight, bias, padding=(pad, pad), mask=modulation.to(x.dtype))
-
-
-class ILKADecoder(_TokenDecoder):
-    """Segmentation decoder of S^3-Net blocks, a drop-in for :class:`trainer.heads.SegDecoder` (``--decoder ilka``).
-
-    ``(B, N, D)`` patch tokens -> grid -> 1x1 conv to ``hidden`` -> residual I-LKA at the token grid -> 2x
-    transposed-conv stages down to stride ``out_stride`` (channels halved, not below ``min_channels``), with a
-    residual deformable 3x3 conv after the first of them (lesion borders bend; the sampling positions can follow
-    them) -> 1x1 conv to one channel -> bilinear resize to the crop. Every conv but the last is followed by
-    GroupNorm + GELU. The deformable conv sits at stride ``patch_size / 2`` rather than at the output stride
-    because its CPU backward costs about the same per pixel whatever the channels (0.25 s vs 0.53 s for 32
-    maps of 96 px on 2 cores).
-
-    Forward: ``(tokens (B, N, D), out_size (H, W)) -> logits (B, 1, H, W)``, as ``SegDecoder``.
-    """
-
-    def __init__(self, embed_dim: int, patch_size: int, hidden: int = 128, *, out_stride: int = 4,
-                 min_channels: int = 16) -> None:
-        super().__init__(embed_dim, patch_size, hidden, out_stride=out_stride, min_channels=min_channels)
-        self.proj = nn.Sequential(nn.Conv2d(embed_dim, hidden, 1, bias=False), *_norm_act(hidden))
-        self.ilka = ILKA(hidden)
-        self.ilka_norm = nn.Sequential(*_norm_act(hidden))
-        stages, c = _up_stages(hidden, self.n_up, min_channels)
-        stages = [nn.Sequential(*stage) for stage in stages]
-        self.first = stages[0] if stages else nn.Identity()
-        self.rest = nn.Sequential(*stages[1:])
-        c_deform = stages[0][0].out_channels if stages else hidden
-        self.deform = DeformConv2d(c_deform, c_deform)
-        self.deform_norm = nn.Sequential(*_norm_act(c_deform))
-        self.out = nn.Conv2d(c, 1, kernel_size=1)
-
-    def forward(self, tokens: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
-        x = self.proj(self._grid(tokens, out_size))
-        x = self.ilka_norm(x + self.ilka(x))
-        x = self.first(x)
-        x = self.deform_norm(x + self.deform(x))
-        return self._to_size(self.out(self.rest(x)), out_size)

@@ -7,8 +7,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trainer.backbone import create_backbone, forward_tokens, patch_size
-from trainer.heads import DECODERS, build_decoder
+from trainer.engine.export import read_export
+from trainer.models.backbone import create_backbone, forward_tokens, patch_size
+from trainer.models.decoders import DECODERS, build_decoder
 
 INITS = ("pretrain", "scratch", "weights:PATH")
 
@@ -17,7 +18,7 @@ log = logging.getLogger(__name__)
 
 class SegModel(nn.Module):
     """``(B, 3, H, W) -> (B, 1, H, W)`` lesion logits: backbone patch tokens through the decoder
-    (:func:`trainer.heads.build_decoder`: ``SegDecoder`` or ``ILKADecoder``)."""
+    (:func:`trainer.models.decoders.build_decoder`: ``SegDecoder`` or ``ILKADecoder``)."""
 
     def __init__(self, backbone: nn.Module, decoder: nn.Module):
         super().__init__()
@@ -51,7 +52,7 @@ def build_seg_model(init: str, *, checkpoint: str | Path | None = None, arch: st
     decoder_hidden : int
         Decoder width of a fresh decoder without an export (with one, the export's).
     decoder_arch : {'conv', 'ilka'}
-        Decoder kind without an export (:func:`trainer.heads.build_decoder`). With ``pretrain`` the export's
+        Decoder kind without an export (:func:`trainer.models.decoders.build_decoder`). With ``pretrain`` the export's
         ``decoder_arch`` wins (``conv`` for exports written before it was recorded), with ``aux`` or ``fresh``.
 
     Returns
@@ -64,8 +65,6 @@ def build_seg_model(init: str, *, checkpoint: str | Path | None = None, arch: st
     if decoder_arch not in DECODERS:
         raise ValueError(f"decoder_arch: expected one of {DECODERS}, got {decoder_arch!r}")
     if init == "pretrain":
-        from trainer.pretrain import read_export
-
         if checkpoint is None:
             raise ValueError("init 'pretrain' needs --checkpoint (the export.pt written by 'pretrain')")
         export = read_export(checkpoint)

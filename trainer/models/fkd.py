@@ -6,69 +6,28 @@ tokens maps them to the foundation model's width, and :func:`fkd_loss` pulls eac
 foundation token at the same place. The foundation model is an external teacher: it is never trained, never
 EMA-updated and never checkpointed with the run (the run records its name; pass the same file to resume).
 
-Three pieces, used by ``trainer.pretrain`` when ``fkd_weight > 0``:
+Three pieces, used by ``trainer.pretrain`` when ``fkd_weight > 0`` (the first two here):
 
 - :class:`FoundationTeacher`: the frozen ViT; it resizes the views so that its patch grid equals the student's,
   so a patch-14 teacher (DINOv2) and a patch-16 student line up token for token;
 - :class:`FKDProjector`: the student-side head ``D_s -> D_t`` (on ``DINOModel.fkd_proj``, trained with it);
-- :func:`fkd_loss`: ``mean(1 - cos)`` between projected student and teacher tokens.
+- :func:`trainer.losses.fkd.fkd_loss`: ``mean(1 - cos)`` between projected student and teacher tokens.
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.backbone import create_backbone, patch_size, patch_tokens, torch_load
+from trainer.engine.export import export_metadata
+from trainer.models.backbone import create_backbone, patch_size, patch_tokens
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FoundationTeacher", "FKDProjector", "fkd_loss"]
-
-
-def fkd_loss(student: torch.Tensor, teacher: torch.Tensor, *, eps: float = 1e-8) -> torch.Tensor:
-    r"""Cosine feature distillation between projected student and frozen teacher patch features.
-
-    .. math::
-
-        L_{FKD} = \frac{1}{B N} \sum_{b=1}^{B} \sum_{n=1}^{N}
-                  \left(1 - \frac{s_{b,n} \cdot t_{b,n}}{\max(\lVert s_{b,n} \rVert, \epsilon)\,
-                  \max(\lVert t_{b,n} \rVert, \epsilon)}\right)
-
-    DINO-Mix aligns the student's projected patch features to a frozen DINOv3's with a feature-distillation
-    term whose exact form is not public; this is the natural cosine version. It depends only on directions
-    (the teacher's feature norms, which differ widely between foundation models, do not set the loss scale),
-    and lies in ``[0, 2]``: 0 when every pair points the same way, 1 for orthogonal, 2 for opposite.
-
-    Parameters
-    ----------
-    student : Tensor, shape (B, N, D)
-        Projected student patch features (:class:`FKDProjector` output); gradients flow into them.
-    teacher : Tensor, shape (B, N, D)
-        Foundation-model patch features at the same token positions; detached here (no gradient).
-    eps : float
-        Floor on each feature norm (a zero vector gives cosine 0, loss 1, not NaN).
-
-    Returns
-    -------
-    Tensor, shape ()
-        The mean over the ``B * N`` tokens, computed in float32.
-
-    Raises
-    ------
-    ValueError
-        ``student`` and ``teacher`` differ in shape, or are not 3-D.
-    """
-    if student.ndim != 3 or student.shape != teacher.shape:
-        raise ValueError(f"student, teacher: expected two (B, N, D) tensors of one shape, got "
-                         f"{tuple(student.shape)} and {tuple(teacher.shape)}")
-    s = F.normalize(student.float(), dim=-1, eps=eps)
-    t = F.normalize(teacher.detach().float(), dim=-1, eps=eps)
-    return (1.0 - (s * t).sum(dim=-1)).mean()
+__all__ = ["FoundationTeacher", "FKDProjector"]
 
 
 class FKDProjector(nn.Module):
@@ -106,7 +65,7 @@ class FoundationTeacher(nn.Module):
         timm ViT name of the checkpoint (e.g. ``vit_small_patch14_dinov2``, ``vit_base_patch16_224``). May be
         None when ``weights`` is an edgedino ``export.pt``: its arch is used.
     weights : path, optional
-        A local checkpoint, loaded with strict key checks (:func:`trainer.backbone.load_weights`: DINO, DINOv2,
+        A local checkpoint, loaded with strict key checks (:func:`trainer.models.backbone.load_weights`: DINO, DINOv2,
         timm files, or an edgedino ``export.pt``); nothing is downloaded. None keeps the random init, which is
         only meaningful for tests and benchmarks (a warning says so).
     img_size : int, optional
@@ -122,7 +81,7 @@ class FoundationTeacher(nn.Module):
 
     def __init__(self, name: str | None = None, *, weights: str | Path | None = None, img_size: int | None = None):
         super().__init__()
-        export = _read_export(weights) if weights is not None else None
+        export = export_metadata(weights) if weights is not None else None
         if export is not None:
             if name is not None and name != export["arch"]:
                 raise ValueError(f"name: {weights} is an edgedino export of a {export['arch']!r} backbone, "
@@ -162,19 +121,3 @@ class FoundationTeacher(nn.Module):
         if tuple(views.shape[-2:]) != size:
             views = F.interpolate(views, size=size, mode="bilinear", align_corners=False, antialias=True)
         return patch_tokens(self.model, views)
-
-
-def _read_export(path: str | Path) -> Mapping[str, Any] | None:
-    """The metadata of an edgedino ``export.pt`` at ``path``, or None for any other checkpoint."""
-    from trainer.pretrain import EXPORT_FORMAT  # pretrain imports this module
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights: no file at {path}")
-    if path.suffix == ".safetensors":
-        return None
-    # mmap: a multi-GB foundation checkpoint is not read into memory just to look at one key.
-    obj = torch_load(path, mmap=True)
-    if isinstance(obj, Mapping) and obj.get("format") == EXPORT_FORMAT:
-        return {"arch": obj["arch"], "img_size": obj["img_size"]}
-    return None

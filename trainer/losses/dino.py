@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.distributed import all_reduce_mean
+from trainer.engine.distributed import all_reduce_mean
 
 __all__ = ["DINOLoss", "teacher_temp_schedule"]
 

@@ -5,7 +5,6 @@ position embeddings to each input's token grid.
 """
 from __future__ import annotations
 
-import argparse
 import difflib
 import logging
 import sys
@@ -16,6 +15,8 @@ from typing import Any, Mapping
 import timm
 import torch
 from torch import nn
+
+from trainer.engine.checkpoint import torch_load
 
 log = logging.getLogger(__name__)
 
@@ -114,20 +115,6 @@ def create_backbone(
         report = load_weights(model, weights)
         log.info("%s", report)
     return model
-
-
-def torch_load(path: Path, *, mmap: bool = False) -> Any:
-    """A checkpoint file's contents on the CPU (``.safetensors`` or a torch file, ``weights_only``).
-
-    ``mmap`` maps a (zip-format) torch file instead of reading it: cheap when only a few keys are looked at.
-    """
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    # weights_only: no arbitrary code from a downloaded file; DINO's checkpoints also hold an argparse.Namespace.
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 
 def extract_state_dict(obj: Any, *, key: str | None = None) -> tuple[dict[str, torch.Tensor], str | None, list[str]]:

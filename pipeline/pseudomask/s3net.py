@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from pipeline.seeds import to_lab
+from pipeline.pseudomask.cleanup import main_component
+from pipeline.pseudomask.seeds import to_lab
 
 __all__ = ["S3NetConfig", "s3net_segment", "spatial_continuity_loss", "lesion_clusters"]
 
@@ -151,7 +152,7 @@ def _make_net(in_channels: int, config: S3NetConfig):
     """Conv-BN-ReLU, residual I-LKA, residual deformable conv, 1x1 to K responses, BatchNorm over them."""
     from torch import nn
 
-    from trainer.s3net_blocks import ILKA, DeformConv2d
+    from pipeline.pseudomask.s3net_layers import ILKA, DeformConv2d
 
     c, k = config.channels, config.n_responses
     return nn.ModuleDict({
@@ -301,8 +302,6 @@ def s3net_segment(small_rgb: np.ndarray, *, coarse: np.ndarray, fov: np.ndarray,
         probs = _train(_features(net_rgb, net_fov, config.coord_weight), config, seed)
     finally:
         torch.set_num_threads(threads)
-    from pipeline.pseudomask import main_component
-
     labels = probs.argmax(axis=0)
     lesion = lesion_clusters(labels, net_coarse, net_fov, overlap=config.lesion_overlap)
     if lesion.size == 0:  # the lesion shares its clusters with skin (small or faint): keep the coarse map

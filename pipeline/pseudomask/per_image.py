@@ -1,6 +1,6 @@
 """One image in, one edge-aware pseudo-mask out: hair removal -> seeds -> Random Walker -> clean-up.
 
-``method='s3net'`` replaces the Random Walker by per-image unsupervised clustering (:mod:`pipeline.s3net`),
+``method='s3net'`` replaces the Random Walker by per-image unsupervised clustering (:mod:`pipeline.pseudomask.s3net`),
 its lesion clusters chosen from the same coarse lesion map.
 
 Resolutions (ours): hair is found at ``hair_long_side`` (768 px long side: hairs stay 1-4 px wide); the
@@ -14,12 +14,20 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
-from scipy import ndimage as ndi
 
-from pipeline.hair import HairConfig, remove_hair
-from pipeline.s3net import S3NetConfig, s3net_segment
-from pipeline.seeds import BACKGROUND, LESION, SeedConfig, coarse_lesion_map, field_of_view, seed_labels, to_lab
-from pipeline.walker import WalkerConfig, walk
+from pipeline.pseudomask.cleanup import main_component
+from pipeline.pseudomask.hair import HairConfig, remove_hair
+from pipeline.pseudomask.s3net import S3NetConfig, s3net_segment
+from pipeline.pseudomask.seeds import (
+    BACKGROUND,
+    LESION,
+    SeedConfig,
+    coarse_lesion_map,
+    field_of_view,
+    seed_labels,
+    to_lab,
+)
+from pipeline.pseudomask.walker import WalkerConfig, walk
 
 DIAGNOSTICS = ("fov_fraction", "coarse_fraction", "separation", "fg_seed_fraction", "bg_seed_fraction",
                "hair_fraction", "hair_skipped", "lesion_fraction", "uncertain_fraction", "hair_seconds",
@@ -87,18 +95,6 @@ def _squash(array: np.ndarray, size: int, *, binary: bool = False) -> np.ndarray
         return soft >= 0.5
     interp = cv2.INTER_AREA if array.shape[0] >= size else cv2.INTER_LINEAR
     return cv2.resize(array, (size, size), interpolation=interp)
-
-
-def main_component(mask: np.ndarray, seeds: np.ndarray) -> np.ndarray:
-    """Fill holes and keep the component holding most lesion seeds (``(H, W) bool -> (H, W) bool``)."""
-    filled = ndi.binary_fill_holes(mask)
-    labels, n = ndi.label(filled)
-    if n <= 1:
-        return filled
-    votes = np.bincount(labels[seeds], minlength=n + 1)
-    votes[0] = 0
-    best = int(np.argmax(votes)) if votes.any() else int(np.argmax(np.bincount(labels.ravel())[1:]) + 1)
-    return labels == best
 
 
 def segment(small: np.ndarray, *, config: PseudoMaskConfig = PseudoMaskConfig(), seed: int = 0

@@ -1,4 +1,4 @@
-"""Atomic training checkpoints, resume and weight export, and RNG-state capture.
+"""Atomic training checkpoints, the one safe torch-file loader, weight export, and RNG-state capture.
 
 A checkpoint is written to a temporary sibling, fsynced, then renamed (``pipeline.atomic.atomic_write``): after
 a crash the folder holds either the previous checkpoint or the new one, never a truncated file.
@@ -7,6 +7,7 @@ Checkpoints hold only tensors, numbers, strings, lists, tuples and dicts (conver
 """
 from __future__ import annotations
 
+import argparse
 import random
 import re
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 from pipeline.atomic import atomic_write
 
 __all__ = [
+    "torch_load",
     "save_checkpoint",
     "load_checkpoint",
     "checkpoint_path",
@@ -46,19 +48,30 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *,
-                    weights_only: bool = True) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint`.
+def torch_load(path: str | Path, *, map_location: str | torch.device = "cpu", mmap: bool = False) -> Any:
+    """A checkpoint file's contents (``.safetensors`` or a torch file), the one loader of torch files here.
 
-    ``weights_only=True`` refuses arbitrary pickled objects (safe for files from elsewhere); set it to False
-    only for a trusted file holding other Python objects.
+    Torch files load with ``weights_only=True``: no arbitrary code runs from a file found elsewhere (DINO's
+    checkpoints also hold an ``argparse.Namespace``, allowed). ``mmap`` maps a (zip-format) torch file instead
+    of reading it: cheap when only a few keys are looked at. ``.safetensors`` files load on the CPU.
     """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file  # optional dependency, only for .safetensors files
+
+        return load_file(str(path), device="cpu")
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` (through :func:`torch_load`: weights only)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: no file at {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=weights_only)
-    except Exception as exc:  # corrupt file or a non-tensor object with weights_only
+        return torch_load(path, map_location=map_location)
+    except Exception as exc:  # corrupt file or a non-tensor object
         raise RuntimeError(f"checkpoint {path}: cannot load ({type(exc).__name__}: {exc})") from exc
 
 
@@ -105,7 +118,7 @@ def prune_checkpoints(out_dir: str | Path, keep: int = 2, *, keep_every: int = 0
 def export_weights(path: str | Path, state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None = None
                    ) -> Path:
     """Write ``{'model': state_dict, 'meta': meta}`` atomically: a backbone file that
-    :func:`trainer.backbone.load_weights` reads (e.g. the pretrained teacher backbone for fine-tuning)."""
+    :func:`trainer.models.backbone.load_weights` reads (e.g. the pretrained teacher backbone for fine-tuning)."""
     sd = {k: v.detach().cpu() for k, v in state_dict.items()}
     return save_checkpoint(path, {"model": sd, "meta": dict(meta or {})})
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainer.backbone import create_backbone, forward_tokens, patch_size
-from trainer.fkd import FKDProjector
-from trainer.heads import DINOHead, build_decoder
+from trainer.models.backbone import create_backbone, forward_tokens, patch_size
+from trainer.models.decoders import build_decoder
+from trainer.models.dino_head import DINOHead
+from trainer.models.fkd import FKDProjector
 
 
 class DINOModel(nn.Module):
@@ -27,7 +28,7 @@ class DINOModel(nn.Module):
     decoder_hidden : int
         Decoder channels after its projection.
     decoder : {'conv', 'ilka'}
-        Decoder kind (:func:`trainer.heads.build_decoder`): the light conv decoder or S^3-Net's I-LKA +
+        Decoder kind (:func:`trainer.models.decoders.build_decoder`): the light conv decoder or S^3-Net's I-LKA +
         deformable-conv blocks.
     weights : str, optional
         Local checkpoint for the backbone.
@@ -35,7 +36,7 @@ class DINOModel(nn.Module):
         Stochastic depth of the backbone.
     fkd_dim : int, optional
         Width ``D_t`` of a frozen foundation model's features: adds ``fkd_proj``, the
-        :class:`~trainer.fkd.FKDProjector` ``D -> D_t`` on the patch tokens used by ``forward(..., fkd=True)``.
+        :class:`~trainer.models.fkd.FKDProjector` ``D -> D_t`` on the patch tokens used by ``forward(..., fkd=True)``.
     """
 
     def __init__(self, arch: str, *, img_size: int, out_dim: int, decoder_hidden: int = 128, decoder: str = "conv",

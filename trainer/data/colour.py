@@ -2,7 +2,7 @@
 
 Every function acts on a whole batch ``(B, 3, H, W)`` float tensor with **per-sample** parameters given as
 ``(B,)`` tensors, on whatever device the batch lives on, with no host synchronisation and no random state of
-its own: the caller draws the parameters (see :mod:`trainer.augment`).
+its own: the caller draws the parameters (see :mod:`trainer.data.multicrop`).
 
 The four ColorJitter operations of torchvision (brightness, contrast, saturation, hue) and the grey-scale
 conversion are all linear maps of the RGB vector (contrast adds a bias that depends on the crop's mean luma), so

@@ -1,0 +1,1 @@
+"""Stage 2's data: the shard dataset and sampler, splits, batched multi-crop, colour, CutMix, input normalisation."""
