@@ -11,11 +11,10 @@ from pathlib import Path
 
 import click
 
+# Each command imports its stage inside its body: `cli.py --help` and the stage-1 commands then start without
+# loading torch (about 2 s), and a worker process imports only what its stage needs.
+
 EXIT_REJECTS = 3  # pseudomasks finished, but some inputs were rejected (listed in rejects.jsonl)
-
-
-def _not_built(command: str, issue: int) -> None:
-    raise click.ClickException(f"'{command}' is not built yet (issue #{issue} builds it)")
 
 
 def _parse_size(value: str) -> tuple[int, int]:

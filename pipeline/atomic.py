@@ -93,7 +93,7 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def save_figure(fig, path: str | os.PathLike, *, dpi: int = 80) -> Path:
     """Save a matplotlib figure as PNG atomically, close it, and return the path."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # only when a figure is saved (start-up time)
 
     path = Path(path)
     with atomic_path(path) as tmp:

@@ -26,6 +26,7 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 from PIL import Image
+from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -339,8 +340,6 @@ def check_sample(sample: Sample, *, check_mask_values: bool = True) -> list[Prob
 
 def check_dataset(dataset: Dataset, *, check_mask_values: bool = True, progress: bool = False) -> list[Problem]:
     """Check every sample's headers (and mask values); return all problems, the listing's ones included."""
-    from tqdm.auto import tqdm
-
     problems = list(dataset.problems)
     for sample in tqdm(dataset.samples, desc="checking data", unit="img", disable=not progress):
         problems += check_sample(sample, check_mask_values=check_mask_values)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm.auto import tqdm
 
 from pipeline.atomic import write_bytes
 from pipeline.shards import ShardReader, find_shards
@@ -31,8 +32,6 @@ def write_mask_png(path: Path, mask: np.ndarray) -> None:
 
 def export_masks(shards: str | Path, out_dir: str | Path, *, progress: bool = True) -> int:
     """Write every pseudo-mask in ``shards`` (file or folder) to ``out_dir``; return how many."""
-    from tqdm.auto import tqdm
-
     out_dir = Path(out_dir)
     paths = find_shards(shards)
     if not paths:

@@ -5,6 +5,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from pipeline import datasets
@@ -83,7 +84,6 @@ def contact_sheet(path: str | Path, png: str | Path, *, n: int = 8) -> Path:
     Rows are ``n`` samples spread evenly over the shards. The expert contour (green) is drawn when the
     source image's mask is found beside it (``masks/<ID>_segmentation.png`` or the ISIC 2018 layout).
     """
-    import cv2
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,12 +110,12 @@ def contact_sheet(path: str | Path, png: str | Path, *, n: int = 8) -> Path:
             except datasets.ImageReadError:
                 original = None
         overlay = s["image"].copy()
-        _draw_contour(overlay, s["pseudo_mask"], (255, 40, 40))
+        draw_contour(overlay, s["pseudo_mask"], (255, 40, 40))
         mask_path = datasets.mask_path_for(s["path"])
         if mask_path is not None:
             try:
                 truth = datasets.read_mask(mask_path).astype(np.uint8)
-                _draw_contour(overlay, cv2.resize(truth, (size, size), interpolation=cv2.INTER_NEAREST),
+                draw_contour(overlay, cv2.resize(truth, (size, size), interpolation=cv2.INTER_NEAREST),
                               (40, 220, 40))
             except datasets.ImageReadError:
                 pass
@@ -138,8 +138,10 @@ def _rows(path: Path) -> int:
         return len(shard)
 
 
-def _draw_contour(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int]) -> None:
-    import cv2
+def draw_contour(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int], thickness: int = 1) -> None:
+    """Draw the outer contours of ``mask`` ``(H, W)`` (nonzero = inside) on ``image`` ``(H, W, 3) uint8``, in place.
 
+    The one contour helper of the pictures: contact sheets, the synthetic sheet, the fine-tune best/worst sheet.
+    """
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    cv2.drawContours(image, contours, -1, colour, 1)
+    cv2.drawContours(image, contours, -1, colour, thickness)

@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from pipeline.atomic import write_bytes
+from pipeline.report import draw_contour
 
 JPEG_QUALITY = 95
 PNG_COMPRESSION = 3
@@ -431,8 +432,7 @@ def contact_sheet(samples: list[SynthSample], path: str | Path, *, titles: list[
     for k, s in enumerate(samples):
         r, c0 = divmod(k, per_row)
         overlay = s.image.copy()
-        contours, _ = cv2.findContours(s.lesion.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        cv2.drawContours(overlay, contours, -1, (40, 230, 40), max(1, s.image.shape[1] // 256))
+        draw_contour(overlay, s.lesion, (40, 230, 40), max(1, s.image.shape[1] // 256))
         for c, (panel, name) in enumerate(((s.image, "image"), (overlay, "lesion mask"), (s.hair, "hair mask"))):
             ax = axes[r, 3 * c0 + c]
             ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None, interpolation="antialiased")

@@ -20,10 +20,12 @@ from typing import Sequence
 import cv2
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from pipeline import datasets
-from pipeline.atomic import write_text
+from pipeline.atomic import save_figure, write_text
 from pipeline.export import write_mask_png
+from pipeline.report import draw_contour
 from trainer.data.cutmix import PICConfig, pic_bias, pic_cutmix
 from trainer.data.multicrop import MultiCropConfig, multi_crop
 from trainer.data.normalise import normalise
@@ -165,8 +167,6 @@ def finetune(data: Sequence[str | Path] | str | Path, frac: float, out_dir: str 
 
 
 def _train(model, train_x, train_y, val_x, val_y, *, config, size, device, progress):
-    from tqdm.auto import tqdm
-
     backbone_params = list(model.backbone.parameters())
     decoder_params = list(model.decoder.parameters())
     optimizer = torch.optim.AdamW([{"params": backbone_params, "scale": config.backbone_lr_scale},
@@ -218,8 +218,6 @@ def _test_input(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
 
 
 def _predict_test(model, splits: Splits, out_dir: Path, *, size, device, progress):
-    from tqdm.auto import tqdm
-
     pred_dir = out_dir / "predictions"
     rows = []
     for s in tqdm(splits.test, desc="predict test", unit="img", disable=not progress, leave=False):
@@ -238,12 +236,10 @@ def _best_worst_sheet(rows: list[dict], splits: Splits, out_dir: Path, n: int = 
     """Image with expert (green) and predicted (red) contours for the ``n`` best and ``n`` worst test images."""
     if not rows:
         return None
-    import matplotlib
+    import matplotlib  # imported when a picture is drawn, not at start-up (it costs about a second)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from pipeline.atomic import save_figure
 
     ranked = sorted(rows, key=lambda r: r["jaccard"], reverse=True)
     picks = ranked[:n] + [r for r in ranked[-n:] if r not in ranked[:n]]
@@ -258,8 +254,7 @@ def _best_worst_sheet(rows: list[dict], splits: Splits, out_dir: Path, n: int = 
         pred = cv2.imread(str(out_dir / "predictions" / f"{s.id}_segmentation.png"), cv2.IMREAD_GRAYSCALE)
         pred = cv2.resize((pred > 127).astype(np.uint8), (384, 288), interpolation=cv2.INTER_NEAREST)
         for mask, colour in ((truth, (40, 220, 40)), (pred, (255, 40, 40))):
-            contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-            cv2.drawContours(image, contours, -1, colour, 2)
+            draw_contour(image, mask, colour, 2)
         ax = axes[0 if k < n else 1, k % n]
         ax.imshow(image)
         ax.set_title(f"{'best' if k < n else 'worst'}: {r['id']}\nJaccard {r['jaccard']:.3f}", fontsize=8)

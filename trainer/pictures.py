@@ -5,20 +5,19 @@ from pathlib import Path
 
 import torch
 
+from pipeline.atomic import save_figure
 from trainer.data.normalise import normalise
+from trainer.models.backbone import forward_tokens
+from trainer.models.dino_model import cls_attention
 
 
 @torch.no_grad()
 def pretrain_picture(model, dataset, path: str | Path, *, img_size: int, device: torch.device, n: int = 6) -> Path:
     """Image | pseudo-mask | predicted mask | class-token attention for the first ``n`` samples (a fixed batch)."""
-    import matplotlib
+    import matplotlib  # imported when a picture is drawn, not at start-up (it costs about a second)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from pipeline.atomic import save_figure
-    from trainer.models.backbone import forward_tokens
-    from trainer.models.dino_model import cls_attention
 
     items = [dataset[i] for i in range(min(n, len(dataset)))]
     images = torch.stack([it["image"] for it in items]).to(device)

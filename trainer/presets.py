@@ -5,12 +5,10 @@ a higher base learning rate (5e-3 per 256 images: short runs on small data) and 
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import torch
 
+from trainer.finetune import FinetuneConfig
 from trainer.pretrain import PretrainConfig
-
-if TYPE_CHECKING:
-    from trainer.finetune import FinetuneConfig
 
 PRESETS = ("auto", "cpu", "paper")
 
@@ -18,8 +16,6 @@ PRESETS = ("auto", "cpu", "paper")
 def resolve_preset(name: str) -> str:
     """``auto`` -> ``paper`` when CUDA is available, else ``cpu``."""
     if name == "auto":
-        import torch
-
         return "paper" if torch.cuda.is_available() else "cpu"
     return name
 
@@ -37,10 +33,8 @@ def pretrain_preset(name: str) -> PretrainConfig:
     raise ValueError(f"preset must be one of {PRESETS}, got {name!r}")
 
 
-def finetune_preset(name: str) -> "FinetuneConfig":
+def finetune_preset(name: str) -> FinetuneConfig:
     """The fine-tuning config of a preset."""
-    from trainer.finetune import FinetuneConfig
-
     name = resolve_preset(name)
     if name == "paper":
         return FinetuneConfig(lr=1e-3)

@@ -21,10 +21,11 @@ from typing import Iterable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from trainer.engine import distributed as dist_utils
 from trainer.data.multicrop import MultiCropConfig, multi_crop
 from trainer.data.shard_dataset import ShardAwareSampler, ShardDataset
+from trainer.engine import distributed as dist_utils
 from trainer.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from trainer.engine.export import EXPORT, export_model
 from trainer.engine.run_log import RunLog
@@ -46,6 +47,7 @@ from trainer.models.backbone import patch_grid
 from trainer.models.decoders import DECODERS
 from trainer.models.dino_model import DINOModel
 from trainer.models.fkd import FoundationTeacher
+from trainer.pictures import pretrain_picture
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +195,49 @@ def pretrain(shards: str | Path | Iterable[str | Path], out_dir: str | Path, con
     info = dist_utils.init_distributed(device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    run = _set_up(shards, config, info, exclude_ids)
+    resumed_from = _resume(run, out_dir / LATEST, info.device)
+    run_log = RunLog(out_dir, enabled=info.is_main)
+    run_log.write({"event": "start", "config": dataclasses.asdict(run.config), "samples": len(run.dataset),
+                   "batch_per_process": run.batch, "world_size": info.world_size, "device": str(info.device),
+                   "steps_per_epoch": run.steps_per_epoch, "resumed_from": resumed_from})
+    last: dict = {}
+    for epoch in range(run.step // run.steps_per_epoch, run.config.epochs):
+        last = _train_epoch(run, epoch, run_log, info, progress=progress)
+        if info.is_main:
+            _end_of_epoch(run, epoch, out_dir, info.device)
+        dist_utils.barrier()
+    if info.is_main:
+        export_model(run.teacher, run.config, out_dir / EXPORT, step=run.step)
+    run_log.close()
+    dist_utils.cleanup()
+    return PretrainResult(out_dir=out_dir, step=run.step, epochs=run.config.epochs, resumed_from=resumed_from,
+                          last=last)
+
+
+@dataclass
+class _Run:
+    """Everything one pretraining run holds between steps (built by :func:`_set_up`)."""
+
+    config: PretrainConfig
+    dataset: ShardDataset
+    sampler: ShardAwareSampler
+    loader: torch.utils.data.DataLoader
+    batch: int
+    steps_per_epoch: int
+    sched: Schedules
+    student: DINOModel
+    teacher: DINOModel
+    ddp_student: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    dino_loss: DINOLoss
+    generator: torch.Generator
+    fkd_teacher: FoundationTeacher | None
+    step: int = 0
+
+
+def _set_up(shards, config: PretrainConfig, info, exclude_ids) -> _Run:
+    """Data, models, optimiser, loss and generator of a fresh run (seeded from ``config.seed`` and the rank)."""
     torch.manual_seed(config.seed * 1000 + info.rank)
     np.random.seed(config.seed * 1000 + info.rank)
     dataset = ShardDataset(shards if not isinstance(shards, (str, Path)) else [shards], exclude_ids=exclude_ids)
@@ -203,14 +248,11 @@ def pretrain(shards: str | Path | Iterable[str | Path], out_dir: str | Path, con
         raise ValueError(f"{len(dataset)} sample(s) over {info.world_size} process(es): need at least 2 per process")
     if batch < config.batch_size:
         log.warning("batch size lowered from %d to %d to fit %d samples", config.batch_size, batch, len(dataset))
-    cuda = info.device.type == "cuda"
     sampler = ShardAwareSampler(dataset, seed=config.seed, rank=info.rank, world_size=info.world_size)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True,
-                                         num_workers=config.num_workers, pin_memory=cuda,
+                                         num_workers=config.num_workers, pin_memory=info.device.type == "cuda",
                                          persistent_workers=config.num_workers > 0)
     steps_per_epoch = len(loader)
-    sched = Schedules.build(config, steps_per_epoch, batch * info.world_size)
-
     fkd_teacher = None
     if config.fkd_weight > 0:
         fkd_teacher = FoundationTeacher(config.fkd_teacher, weights=config.fkd_weights,
@@ -223,7 +265,6 @@ def pretrain(shards: str | Path | Iterable[str | Path], out_dir: str | Path, con
     teacher = copy.deepcopy(student).eval().requires_grad_(False)
     ddp_student = dist_utils.wrap_ddp(student, info, find_unused_parameters=not config.distill
                                       or config.lambda_seg == 0)
-    optimizer = torch.optim.AdamW(param_groups(student, config.weight_decay))
     dino_loss = DINOLoss(config.out_dim, n_crops=2 + config.n_local,
                          warmup_teacher_temp=config.warmup_teacher_temp, teacher_temp=config.teacher_temp,
                          warmup_teacher_temp_epochs=min(config.warmup_teacher_temp_epochs, config.epochs),
@@ -231,70 +272,72 @@ def pretrain(shards: str | Path | Iterable[str | Path], out_dir: str | Path, con
                          ).to(info.device)
     generator = torch.Generator(device=info.device)
     generator.manual_seed(config.seed * 1000 + info.rank)
+    return _Run(config=config, dataset=dataset, sampler=sampler, loader=loader, batch=batch,
+                steps_per_epoch=steps_per_epoch, sched=Schedules.build(config, steps_per_epoch, batch * info.world_size),
+                student=student, teacher=teacher, ddp_student=ddp_student,
+                optimizer=torch.optim.AdamW(param_groups(student, config.weight_decay)), dino_loss=dino_loss,
+                generator=generator, fkd_teacher=fkd_teacher)
 
-    step, resumed_from = 0, None
-    latest = out_dir / LATEST
-    if latest.exists():
-        state = load_checkpoint(latest, map_location=info.device)
-        _check_resumable(state, config, latest)
-        student.load_state_dict(state["student"])
-        teacher.load_state_dict(state["teacher"])
-        optimizer.load_state_dict(state["optimizer"])
-        dino_loss.center.copy_(state["center"])
-        step = resumed_from = int(state["step"])
-        set_rng_state(state["rng"])
-        generator.set_state(state["generator"].cpu())
-        log.info("resumed from step %d (epoch %d) of %s", step, step // steps_per_epoch, latest)
-    run_log = RunLog(out_dir, enabled=info.is_main)
-    run_log.write({"event": "start", "config": dataclasses.asdict(config), "samples": len(dataset),
-                   "batch_per_process": batch, "world_size": info.world_size, "device": str(info.device),
-                   "steps_per_epoch": steps_per_epoch, "resumed_from": resumed_from})
-    crops = config.crops()
-    last: dict = {}
-    start_epoch = step // steps_per_epoch
-    from tqdm.auto import tqdm
 
-    for epoch in range(start_epoch, config.epochs):
-        sampler.set_epoch(epoch)
-        student.train()
-        sums: dict[str, float] = {}
-        tic = time.perf_counter()
-        bar = tqdm(loader, desc=f"pretrain epoch {epoch + 1}/{config.epochs}", unit="batch",
-                   disable=not (progress and info.is_main), leave=False)
-        for batch_data in bar:
-            last = _train_step(batch_data, step=step, epoch=epoch, config=config, sched=sched, crops=crops,
-                               student=student, ddp_student=ddp_student, teacher=teacher, optimizer=optimizer,
-                               dino_loss=dino_loss, generator=generator, device=info.device,
-                               fkd_teacher=fkd_teacher)
-            for k, v in last.items():
-                sums[k] = sums.get(k, 0.0) + v
-            if step % config.log_every == 0:
-                run_log.write({"step": step, "epoch": epoch, **last})
-            bar.set_postfix(loss=f"{last['loss']:.3f}")
-            step += 1
-        means = {k: v / steps_per_epoch for k, v in sums.items()}
-        run_log.write({"event": "epoch", "epoch": epoch + 1, "step": step,
-                       "seconds": round(time.perf_counter() - tic, 2), **means})
-        if info.is_main:
-            shown = ("loss", "dino", "seg", "fkd", "affine", "spatial")
-            log.info("epoch %d/%d: %s", epoch + 1, config.epochs,
-                     "  ".join(f"{k} {v:.4f}" for k, v in means.items() if k in shown))
-            save_checkpoint(latest, {
-                "student": student.state_dict(), "teacher": teacher.state_dict(),
-                "optimizer": optimizer.state_dict(), "scaler": {}, "center": dino_loss.center,
-                "step": step, "epoch": epoch + 1, "rng": rng_state(), "generator": generator.get_state(),
-                "config": dataclasses.asdict(config)})
-            if config.picture_every and ((epoch + 1) % config.picture_every == 0 or epoch + 1 == config.epochs):
-                from trainer.pictures import pretrain_picture
+def _resume(run: _Run, latest: Path, device: torch.device) -> int | None:
+    """Load ``latest`` into ``run`` when it exists (after checking it is this architecture); its step or None."""
+    if not latest.exists():
+        return None
+    state = load_checkpoint(latest, map_location=device)
+    _check_resumable(state, run.config, latest)
+    run.student.load_state_dict(state["student"])
+    run.teacher.load_state_dict(state["teacher"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.dino_loss.center.copy_(state["center"])
+    run.step = int(state["step"])
+    set_rng_state(state["rng"])
+    run.generator.set_state(state["generator"].cpu())
+    log.info("resumed from step %d (epoch %d) of %s", run.step, run.step // run.steps_per_epoch, latest)
+    return run.step
 
-                pretrain_picture(teacher, dataset, out_dir / "pictures" / f"epoch-{epoch + 1:04d}.png",
-                                 img_size=config.img_size, device=info.device)
-        dist_utils.barrier()
+
+def _train_epoch(run: _Run, epoch: int, run_log: RunLog, info, *, progress: bool) -> dict[str, float]:
+    """One pass over the loader; logs every ``log_every`` steps and the epoch means; returns the last step's."""
+    config = run.config
+    run.sampler.set_epoch(epoch)
+    run.student.train()
+    sums: dict[str, float] = {}
+    last: dict[str, float] = {}
+    tic = time.perf_counter()
+    bar = tqdm(run.loader, desc=f"pretrain epoch {epoch + 1}/{config.epochs}", unit="batch",
+               disable=not (progress and info.is_main), leave=False)
+    for batch_data in bar:
+        last = _train_step(batch_data, step=run.step, epoch=epoch, config=config, sched=run.sched,
+                           crops=config.crops(), student=run.student, ddp_student=run.ddp_student,
+                           teacher=run.teacher, optimizer=run.optimizer, dino_loss=run.dino_loss,
+                           generator=run.generator, device=info.device, fkd_teacher=run.fkd_teacher)
+        for k, v in last.items():
+            sums[k] = sums.get(k, 0.0) + v
+        if run.step % config.log_every == 0:
+            run_log.write({"step": run.step, "epoch": epoch, **last})
+        bar.set_postfix(loss=f"{last['loss']:.3f}")
+        run.step += 1
+    means = {k: v / run.steps_per_epoch for k, v in sums.items()}
+    run_log.write({"event": "epoch", "epoch": epoch + 1, "step": run.step,
+                   "seconds": round(time.perf_counter() - tic, 2), **means})
     if info.is_main:
-        export_model(teacher, config, out_dir / EXPORT, step=step)
-    run_log.close()
-    dist_utils.cleanup()
-    return PretrainResult(out_dir=out_dir, step=step, epochs=config.epochs, resumed_from=resumed_from, last=last)
+        shown = ("loss", "dino", "seg", "fkd", "affine", "spatial")
+        log.info("epoch %d/%d: %s", epoch + 1, config.epochs,
+                 "  ".join(f"{k} {v:.4f}" for k, v in means.items() if k in shown))
+    return last
+
+
+def _end_of_epoch(run: _Run, epoch: int, out_dir: Path, device: torch.device) -> None:
+    """Save ``checkpoint-latest.pt`` (atomically) and, every ``picture_every`` epochs and at the end, a picture."""
+    config = run.config
+    save_checkpoint(out_dir / LATEST, {
+        "student": run.student.state_dict(), "teacher": run.teacher.state_dict(),
+        "optimizer": run.optimizer.state_dict(), "scaler": {}, "center": run.dino_loss.center,
+        "step": run.step, "epoch": epoch + 1, "rng": rng_state(), "generator": run.generator.get_state(),
+        "config": dataclasses.asdict(config)})
+    if config.picture_every and ((epoch + 1) % config.picture_every == 0 or epoch + 1 == config.epochs):
+        pretrain_picture(run.teacher, run.dataset, out_dir / "pictures" / f"epoch-{epoch + 1:04d}.png",
+                         img_size=config.img_size, device=device)
 
 
 def _check_resumable(state: dict, config: PretrainConfig, path: Path) -> None:

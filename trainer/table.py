@@ -30,7 +30,17 @@ from typing import Sequence
 import numpy as np
 
 from pipeline import datasets
-from pipeline.atomic import write_text
+from pipeline.atomic import save_figure, write_text
+from pipeline.export import export_masks
+from pipeline.run import RunConfig, run_pseudomasks
+from trainer import finetune as finetune_loop  # called through the module: tests replace the loops
+from trainer import pretrain as pretrain_loop
+from trainer.data.cutmix import PICConfig
+from trainer.data.splits import split_dataset
+from trainer.engine.export import EXPORT
+from trainer.metrics import binary_scores
+from trainer.presets import finetune_preset, pretrain_preset
+from trainer.pretrain import PretrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +85,6 @@ def _pretrain_overrides(method: str, spec: TableSpec) -> dict:
 
 def _finetune_overrides(method: str) -> dict:
     if method == "ours+pic":
-        from trainer.data.cutmix import PICConfig
-
         return {"pic": PICConfig()}
     return {}
 
@@ -87,11 +95,6 @@ def _cell_dir(out: Path, method: str, frac: float, seed: int) -> Path:
 
 def run_table(spec: TableSpec, *, progress: bool = True) -> Path:
     """Run (or finish) the grid and write the results; return the path of ``results.md``."""
-    from pipeline.run import RunConfig, run_pseudomasks
-    from trainer.finetune import finetune
-    from trainer.presets import finetune_preset, pretrain_preset
-    from trainer.pretrain import pretrain
-
     out = Path(spec.out)
     unknown = set(spec.methods) - set(METHODS)
     if unknown:
@@ -99,8 +102,18 @@ def run_table(spec: TableSpec, *, progress: bool = True) -> Path:
     test_ids = set()
     for folder in spec.test_data:
         test_ids |= set(datasets.open_dataset(folder).ids)
+    exports, base_pre = _pretraining_phase(spec, out, test_ids, progress=progress)
+    rows = _finetune_grid(spec, out, exports, base_pre, progress=progress)
+    if "pseudo-masks" in spec.methods:
+        rows += _pseudo_mask_rows(spec, out, progress=progress)
+    return write_results(rows, out)
+
+
+def _pretraining_phase(spec: TableSpec, out: Path, test_ids: set[str], *, progress: bool
+                       ) -> tuple[dict[str, Path], PretrainConfig]:
+    """Pseudo-masks (unless given) and one pretraining per pretrained row; the exports by row, and the preset."""
     shard_dir = Path(spec.shards) if spec.shards else out / "shards"
-    reused = {m: Path(d) / "export.pt" for m, d in spec.pretrained}
+    reused = {m: Path(d) / EXPORT for m, d in spec.pretrained}
     wanted = list(spec.methods) + [FINETUNE_VARIANTS[m] for m in spec.methods if m in FINETUNE_VARIANTS]
     pretrain_needed = [m for m in PRETRAINED if m in wanted]
     overrides = {m: _pretrain_overrides(m, spec) for m in pretrain_needed}  # errors before any long work
@@ -121,14 +134,20 @@ def run_table(spec: TableSpec, *, progress: bool = True) -> Path:
             continue
         run_dir = out / f"pretrain-{method}"
         config = dataclasses.replace(base_pre, **overrides[method])
-        if not (run_dir / "export.pt").exists():
+        if not (run_dir / EXPORT).exists():
             log.info("table: pretraining '%s' into %s", method, run_dir)
-            pretrain(shard_dir, run_dir, config, device=spec.device, exclude_ids=test_ids, progress=progress)
-        exports[method] = run_dir / "export.pt"
+            pretrain_loop.pretrain(shard_dir, run_dir, config, device=spec.device, exclude_ids=test_ids,
+                                   progress=progress)
+        exports[method] = run_dir / EXPORT
+    return exports, base_pre
+
+
+def _finetune_grid(spec: TableSpec, out: Path, exports: dict[str, Path], base_pre: PretrainConfig, *,
+                   progress: bool) -> list[dict]:
+    """Every (fraction, seed, row) fine-tune cell not finished yet, then one result row per cell."""
     base_ft = finetune_preset(spec.preset)
     if spec.finetune_iters:
         base_ft = dataclasses.replace(base_ft, iters=spec.finetune_iters)
-    arch, size = base_pre.arch, base_pre.img_size
     rows = []
     for frac in spec.fracs:
         for seed in spec.seeds:
@@ -143,17 +162,15 @@ def run_table(spec: TableSpec, *, progress: bool = True) -> Path:
                         checkpoint = exports[FINETUNE_VARIANTS.get(method, method)]
                     else:
                         init = f"weights:{spec.weights}" if method == "same-init" else "scratch"
-                        ft = dataclasses.replace(base_ft, init=init, arch=arch, img_size=size, seed=seed,
-                                                 decoder="fresh", decoder_hidden=base_pre.decoder_hidden)
+                        ft = dataclasses.replace(base_ft, init=init, arch=base_pre.arch, img_size=base_pre.img_size,
+                                                 seed=seed, decoder="fresh", decoder_hidden=base_pre.decoder_hidden)
                         checkpoint = None
                     log.info("table: %s, frac %g, seed %d", method, frac, seed)
-                    finetune(list(spec.data), frac, cell, checkpoint=checkpoint,
-                             test_data=list(spec.test_data) or None, config=ft, device=spec.device,
-                             progress=progress)
+                    finetune_loop.finetune(list(spec.data), frac, cell, checkpoint=checkpoint,
+                                           test_data=list(spec.test_data) or None, config=ft, device=spec.device,
+                                           progress=progress)
                 rows.append(_row(method, frac, seed, json.loads(metrics_path.read_text())))
-    if "pseudo-masks" in spec.methods:
-        rows += _pseudo_mask_rows(spec, out, progress=progress)
-    return write_results(rows, out)
+    return rows
 
 
 def _row(method: str, frac: float, seed: int, metrics: dict) -> dict:
@@ -163,11 +180,6 @@ def _row(method: str, frac: float, seed: int, metrics: dict) -> dict:
 
 def _pseudo_mask_rows(spec: TableSpec, out: Path, *, progress: bool) -> list[dict]:
     """Score the pseudo-masks of the test images themselves (no label used) as a constant row."""
-    from pipeline.export import export_masks
-    from pipeline.run import RunConfig, run_pseudomasks
-    from trainer.data.splits import split_dataset
-    from trainer.metrics import binary_scores
-
     test = datasets.open_dataset(list(spec.test_data), require_masks=True) if spec.test_data else None
     splits = split_dataset(datasets.open_dataset(list(spec.data)), test=test)
     cell = out / "cells" / "pseudo-masks"
@@ -223,12 +235,10 @@ def _n(rows, frac) -> int:
 
 
 def _plot(rows, methods, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # imported when a picture is drawn, not at start-up (it costs about a second)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from pipeline.atomic import save_figure
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for m in methods:

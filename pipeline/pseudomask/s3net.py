@@ -150,6 +150,7 @@ def _features(image: np.ndarray, fov: np.ndarray, coord_weight: float) -> np.nda
 
 def _make_net(in_channels: int, config: S3NetConfig):
     """Conv-BN-ReLU, residual I-LKA, residual deformable conv, 1x1 to K responses, BatchNorm over them."""
+    # torch is imported here, not at the top: walker-only workers import this module and never need it (~2 s)
     from torch import nn
 
     from pipeline.pseudomask.s3net_layers import ILKA, DeformConv2d

@@ -25,7 +25,6 @@ __all__ = [
     "checkpoint_path",
     "latest_checkpoint",
     "prune_checkpoints",
-    "export_weights",
     "rng_state",
     "set_rng_state",
 ]
@@ -113,14 +112,6 @@ def prune_checkpoints(out_dir: str | Path, keep: int = 2, *, keep_every: int = 0
         p.unlink()
         deleted.append(p)
     return deleted
-
-
-def export_weights(path: str | Path, state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None = None
-                   ) -> Path:
-    """Write ``{'model': state_dict, 'meta': meta}`` atomically: a backbone file that
-    :func:`trainer.models.backbone.load_weights` reads (e.g. the pretrained teacher backbone for fine-tuning)."""
-    sd = {k: v.detach().cpu() for k, v in state_dict.items()}
-    return save_checkpoint(path, {"model": sd, "meta": dict(meta or {})})
 
 
 def rng_state() -> dict[str, Any]:

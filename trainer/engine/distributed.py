@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +171,6 @@ def wrap_ddp(model: nn.Module, info: DistInfo | None = None, **ddp_kwargs) -> nn
     """
     if not is_dist() or get_world_size() == 1:
         return model
-    from torch.nn.parallel import DistributedDataParallel
-
     device = info.device if info is not None else next(model.parameters()).device
     if device.type == "cuda":
         ddp_kwargs.setdefault("device_ids", [device.index])

@@ -22,7 +22,7 @@ class RunLog:
         self._tb = None
         if enabled:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # optional: only when tensorboard is installed
 
                 self._tb = SummaryWriter(str(Path(out_dir) / "tb"))
             except ImportError:

@@ -27,7 +27,6 @@ __all__ = [
     "extract_state_dict",
     "forward_tokens",
     "patch_tokens",
-    "cls_token",
     "patch_size",
     "patch_grid",
 ]
@@ -236,11 +235,6 @@ def forward_tokens(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tor
 def patch_tokens(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``(B, 3, H, W) -> (B, N, D)`` final-normed patch tokens (prefix tokens removed)."""
     return model.forward_features(x)[:, model.num_prefix_tokens:]
-
-
-def cls_token(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``(B, 3, H, W) -> (B, D)`` pooled embedding (the class token for class-token ViTs)."""
-    return model.forward_head(model.forward_features(x), pre_logits=True)
 
 
 def patch_size(model: nn.Module) -> int:

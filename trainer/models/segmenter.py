@@ -67,35 +67,48 @@ def build_seg_model(init: str, *, checkpoint: str | Path | None = None, arch: st
     if init == "pretrain":
         if checkpoint is None:
             raise ValueError("init 'pretrain' needs --checkpoint (the export.pt written by 'pretrain')")
-        export = read_export(checkpoint)
-        if arch is not None and arch != export["arch"]:
-            raise ValueError(f"{checkpoint}: the checkpoint is a {export['arch']!r} backbone, not {arch!r}; "
-                             "drop --arch or pass a checkpoint of that architecture")
-        size = img_size or int(export["img_size"])
-        backbone = create_backbone(export["arch"], img_size=int(export["img_size"]), drop_path_rate=0.1)
-        try:
-            backbone.load_state_dict(export["backbone"], strict=True)
-        except RuntimeError as exc:
-            raise ValueError(f"{checkpoint}: backbone weights do not fit {export['arch']!r}: {exc}") from None
-        kind = export.get("decoder_arch", "conv")
-        if kind != decoder_arch:
-            log.info("decoder architecture %r from %s (decoder_arch %r applies to runs without an export)",
-                     kind, checkpoint, decoder_arch)
-        dec = build_decoder(kind, backbone.embed_dim, patch_size(backbone), hidden=int(export["decoder_hidden"]))
-        if decoder == "aux":
-            try:
-                dec.load_state_dict(export["decoder"], strict=True)
-            except RuntimeError as exc:
-                raise ValueError(f"{checkpoint}: decoder weights do not fit a {kind!r} decoder: {exc}") from None
-        info = {"init": "pretrain", "checkpoint": str(checkpoint), "arch": export["arch"], "img_size": size,
-                "decoder": decoder, "decoder_arch": kind, "pretrain_step": int(export["step"])}
-        return SegModel(backbone, dec), info
+        return _from_export(checkpoint, arch=arch, img_size=img_size, decoder=decoder, decoder_arch=decoder_arch)
     if init == "scratch" or init.startswith("weights:"):
         weights = init.split(":", 1)[1] if init.startswith("weights:") else None
-        name = arch or "vit_small_patch16_224"
-        size = img_size or 224
-        backbone = create_backbone(name, img_size=size, weights=weights, drop_path_rate=0.1)
-        dec = build_decoder(decoder_arch, backbone.embed_dim, patch_size(backbone), hidden=decoder_hidden)
-        info = {"init": init, "arch": name, "img_size": size, "decoder": "fresh", "decoder_arch": decoder_arch}
-        return SegModel(backbone, dec), info
+        return _fresh(init, weights=weights, arch=arch, img_size=img_size, decoder_hidden=decoder_hidden,
+                      decoder_arch=decoder_arch)
     raise ValueError(f"init must be one of {INITS}, got {init!r}")
+
+
+def _from_export(checkpoint: str | Path, *, arch: str | None, img_size: int | None, decoder: str,
+                 decoder_arch: str) -> tuple[SegModel, dict]:
+    """Backbone (and, with ``decoder='aux'``, decoder) of a pretraining ``export.pt``, loaded strictly."""
+    export = read_export(checkpoint)
+    if arch is not None and arch != export["arch"]:
+        raise ValueError(f"{checkpoint}: the checkpoint is a {export['arch']!r} backbone, not {arch!r}; "
+                         "drop --arch or pass a checkpoint of that architecture")
+    size = img_size or int(export["img_size"])
+    backbone = create_backbone(export["arch"], img_size=int(export["img_size"]), drop_path_rate=0.1)
+    try:
+        backbone.load_state_dict(export["backbone"], strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{checkpoint}: backbone weights do not fit {export['arch']!r}: {exc}") from None
+    kind = export.get("decoder_arch", "conv")
+    if kind != decoder_arch:
+        log.info("decoder architecture %r from %s (decoder_arch %r applies to runs without an export)",
+                 kind, checkpoint, decoder_arch)
+    dec = build_decoder(kind, backbone.embed_dim, patch_size(backbone), hidden=int(export["decoder_hidden"]))
+    if decoder == "aux":
+        try:
+            dec.load_state_dict(export["decoder"], strict=True)
+        except RuntimeError as exc:
+            raise ValueError(f"{checkpoint}: decoder weights do not fit a {kind!r} decoder: {exc}") from None
+    info = {"init": "pretrain", "checkpoint": str(checkpoint), "arch": export["arch"], "img_size": size,
+            "decoder": decoder, "decoder_arch": kind, "pretrain_step": int(export["step"])}
+    return SegModel(backbone, dec), info
+
+
+def _fresh(init: str, *, weights: str | None, arch: str | None, img_size: int | None, decoder_hidden: int,
+           decoder_arch: str) -> tuple[SegModel, dict]:
+    """A random-init backbone (or one from local ``weights``) with a fresh decoder."""
+    name = arch or "vit_small_patch16_224"
+    size = img_size or 224
+    backbone = create_backbone(name, img_size=size, weights=weights, drop_path_rate=0.1)
+    dec = build_decoder(decoder_arch, backbone.embed_dim, patch_size(backbone), hidden=decoder_hidden)
+    info = {"init": init, "arch": name, "img_size": size, "decoder": "fresh", "decoder_arch": decoder_arch}
+    return SegModel(backbone, dec), info

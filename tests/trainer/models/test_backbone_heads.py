@@ -4,9 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.engine.checkpoint import export_weights
+from trainer.engine.checkpoint import save_checkpoint
 from trainer.models.backbone import (
-    cls_token,
     create_backbone,
     forward_tokens,
     load_weights,
@@ -35,7 +34,6 @@ def test_global_and_local_crops_through_one_model(vit):
         gh, gw = patch_grid(vit, size)
         assert cls.shape == (2, d) and patches.shape == (2, gh * gw, d) and gh == size // 16
         torch.testing.assert_close(patch_tokens(vit, x), patches)
-        torch.testing.assert_close(cls_token(vit, x), cls)
         torch.testing.assert_close(cls, vit.forward_features(x)[:, 0])
     assert patch_grid(vit, (64, 32)) == (4, 2)
 
@@ -62,7 +60,7 @@ def test_load_weights_round_trip_with_prefixes_and_head(vit, tmp_path):
     assert report.ignored == ("head.mlp.0.weight",) and "head.mlp.0.weight" in str(report)
     torch.testing.assert_close(other.forward_features(x), vit.forward_features(x))
     # the project's own export, through create_backbone(weights=...)
-    export_weights(tmp_path / "export.pt", vit.state_dict(), {"arch": ARCH})
+    save_checkpoint(tmp_path / "export.pt", {"model": vit.state_dict(), "meta": {"arch": ARCH}})
     third = create_backbone(ARCH, img_size=64, drop_path_rate=0.0, weights=tmp_path / "export.pt").eval()
     torch.testing.assert_close(third.forward_features(x), vit.forward_features(x))
 

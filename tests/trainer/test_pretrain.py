@@ -18,7 +18,7 @@ from trainer.engine.run_log import read_log
 from trainer.models.backbone import create_backbone
 from trainer.pretrain import LATEST, NonFiniteLoss, PretrainConfig, pretrain
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 S = 64
 TINY = PretrainConfig(arch="vit_tiny_patch16_224", img_size=32, local_size=16, n_local=2, epochs=2, batch_size=4,
                       out_dim=64, head_hidden=64, bottleneck_dim=32, decoder_hidden=16, warmup_epochs=1,

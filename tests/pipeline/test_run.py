@@ -20,7 +20,7 @@ from pipeline.export import export_masks
 from pipeline.run import RunConfig, run_pseudomasks
 from pipeline.shards import ShardReader, find_shards, sha256_file, verify
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SMALL = RunConfig(size=64, shard_size=3)
 
 

@@ -1,0 +1,93 @@
+"""Files written by the code before the layout move (commit 25530b0) still load and give the same results.
+
+The old code is taken from the repository's own history (``git archive``), run in a subprocess to write an
+``export.pt`` (conv and ilka decoders), a shard folder and the old code's predictions; the current code then
+loads them and must predict the same logits, read the same shard contents and pass ``verify``.
+"""
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.shards import ShardReader, find_shards, verify
+from trainer.data.shard_dataset import ShardDataset
+from trainer.engine.export import read_export
+from trainer.models.segmenter import build_seg_model
+
+REPO = Path(__file__).resolve().parents[3]
+OLD_COMMIT = "25530b0"  # the last commit of the flat trainer/ layout
+
+OLD_SCRIPT = r'''
+import json, sys
+from pathlib import Path
+import numpy as np, torch
+out = Path(sys.argv[1])
+from pipeline.synth import write_synthetic_dataset
+from pipeline.run import RunConfig, run_pseudomasks
+from trainer.pretrain import PretrainConfig, export_model
+from trainer.seg_model import build_seg_model
+write_synthetic_dataset(out / "data", 3, seed=5, size=(96, 72), progress=False)
+run_pseudomasks(out / "data", out / "shards", config=RunConfig(size=64), progress=False)
+x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+for kind in ("conv", "ilka"):
+    torch.manual_seed(7)
+    config = PretrainConfig(arch="vit_tiny_patch16_224", img_size=32, out_dim=64, head_hidden=32, bottleneck_dim=16,
+                            decoder_hidden=16, decoder=kind)
+    model = config.build_model().eval()
+    export_model(model, config, out / f"export-{kind}.pt", step=11)
+    seg, _ = build_seg_model("pretrain", checkpoint=out / f"export-{kind}.pt")
+    with torch.no_grad():
+        np.save(out / f"logits-{kind}.npy", seg.eval()(x).numpy())
+'''
+
+
+@pytest.fixture(scope="module")
+def old_files(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("old-layout")
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", OLD_COMMIT, "pipeline", "trainer"],
+                             capture_output=True)
+    assert archive.returncode == 0, (f"git archive {OLD_COMMIT} failed (this test needs the repository history): "
+                                     f"{archive.stderr.decode()}")
+    code = tmp / "code"
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(code, filter="data")
+    assert (code / "trainer" / "seg_model.py").is_file()  # really the old layout
+    out = tmp / "out"
+    run = subprocess.run([sys.executable, "-c", OLD_SCRIPT, str(out)], cwd=code, capture_output=True, text=True,
+                         env={"PYTHONPATH": str(code), "PATH": "/usr/bin:/bin", "HOME": str(tmp)}, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return out
+
+
+@pytest.mark.parametrize("kind", ["conv", "ilka"])
+def test_old_export_loads_and_predicts_the_same(old_files, kind):
+    export = read_export(old_files / f"export-{kind}.pt")
+    assert export["decoder_arch"] == kind and export["step"] == 11
+    seg, info = build_seg_model("pretrain", checkpoint=old_files / f"export-{kind}.pt")
+    assert info["decoder_arch"] == kind
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        logits = seg.eval()(x).numpy()
+    np.testing.assert_array_equal(logits, np.load(old_files / f"logits-{kind}.npy"))
+
+
+def test_old_shards_read_and_verify(old_files):
+    shards = old_files / "shards"
+    assert verify(shards) == []
+    paths = find_shards(shards)
+    assert len(paths) == 1
+    with ShardReader(paths[0]) as reader:
+        assert len(reader) == 3 and reader.config["size"] == 64
+        assert reader.ids == ["SYN_0000000", "SYN_0000001", "SYN_0000002"]
+        assert reader[0]["pseudo_mask"].shape == (64, 64) and set(np.unique(reader[0]["pseudo_mask"])) <= {0, 1}
+    dataset = ShardDataset([shards])
+    assert len(dataset) == 3
+    item = dataset[0]
+    assert tuple(item["image"].shape) == (3, 64, 64)
