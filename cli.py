@@ -27,9 +27,71 @@ def _parse_size(value: str) -> tuple[int, int]:
     return w, h
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120,
-                             "terminal_width": 120})
-@click.option("-v", "--verbose", is_flag=True, help="Log debug messages (per-shard and per-sample detail).")
+class OneLineError(click.ClickException):
+    """A known failure, shown as one line ``edgedino: error: <file>: <problem>`` (exit 1, 130 when interrupted)."""
+
+    def show(self, file=None) -> None:
+        click.echo(f"edgedino: error: {self.format_message()}", err=True)
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line naming the file and the problem, for every failure a user can cause (no traceback)."""
+    import errno
+    import pickle
+
+    if isinstance(exc, OSError) and exc.errno is not None:
+        where = exc.filename if exc.filename is not None else ""
+        if exc.errno == errno.ENOSPC:
+            return f"{where or 'output'}: no space left on the device; free some space and rerun (finished work is kept)"
+        reason = {errno.EACCES: "permission denied", errno.EROFS: "read-only file system",
+                  errno.ENOTDIR: "a part of the path is not a folder", errno.ELOOP: "symbolic link loop",
+                  errno.EISDIR: "is a folder, not a file"}.get(exc.errno, exc.strerror or str(exc))
+        return f"{where}: {reason}" if where else reason
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc):
+        # torch's text suggests weights_only=False, i.e. running code from the file: never pass that on.
+        return "not a loadable checkpoint: truncated, written by another program, or holding code that " \
+               "edgedino refuses to run"
+    if isinstance(exc, (click.ClickException,)):
+        return exc.format_message()
+    text = str(exc)
+    if isinstance(exc, ValueError) and "\n" in text:  # a dataset check: every problem, one per line
+        return text.strip()
+    return _first_line(text) or type(exc).__name__
+
+
+class EdgedinoGroup(click.Group):
+    """The one top-level error handler: known failures become one line and exit 1; ``-v`` adds the traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.UsageError, click.Abort, OneLineError):
+            raise
+        except KeyboardInterrupt:
+            error = OneLineError("interrupted; finished work is kept, rerun to resume")
+            error.exit_code = 130
+            raise error from None
+        except (click.ClickException, Exception) as exc:
+            verbose = bool(ctx.params.get("verbose"))
+            if verbose:
+                import traceback
+
+                traceback.print_exception(exc, file=sys.stderr)
+            code = exc.exit_code if isinstance(exc, click.ClickException) else 1
+            error = OneLineError(describe_error(exc) + ("" if verbose or isinstance(exc, click.ClickException)
+                                                        else "  (-v shows the traceback)"))
+            error.exit_code = code
+            raise error from None
+
+
+@click.group(cls=EdgedinoGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120,
+                                                  "terminal_width": 120})
+@click.option("-v", "--verbose", is_flag=True,
+              help="Log debug messages (per-shard and per-sample detail) and show the traceback of an error.")
 def main(verbose: bool) -> None:
     """edgedino: self-distillation with edge-aware pseudo-masks for skin-lesion segmentation.
 
