@@ -184,12 +184,17 @@ def pseudomasks(data, out, jobs, size, shard_size, backend, scheduler, exclude_f
 @click.option("--shards", required=True, type=click.Path(exists=True, path_type=Path),
               help="A shard file or the pseudomasks output folder.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for <ID>_segmentation.png masks at each image's original size (0/255).")
-def export(shards: Path, out: Path) -> None:
+              help="Folder for <ID>_segmentation.png masks at each image's original size (0/255). Must not be the "
+                   "shards folder; masks already there that an earlier export did not write are never replaced "
+                   "unless --overwrite.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace <ID>_segmentation.png files in --out that an earlier export did not write. Never point "
+                   "it at your expert masks.")
+def export(shards: Path, out: Path, overwrite: bool) -> None:
     """Write pseudo-masks at original size as ISIC-style PNGs (to score or view)."""
     from pipeline.export import export_masks
 
-    n = export_masks(shards, out)
+    n = export_masks(shards, out, overwrite=overwrite)
     click.echo(f"wrote {n} mask(s) to {out}")
 
 
@@ -229,7 +234,8 @@ def verify(path: Path) -> None:
 @click.option("--shards", required=True, multiple=True, type=click.Path(exists=True, path_type=Path),
               help="Pseudo-mask shards (a pseudomasks output folder or shard files). Repeatable.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Run folder: checkpoint-latest.pt, export.pt, log.jsonl, pictures/. Rerunning resumes.")
+              help="Run folder: checkpoint-latest.pt (and the one before, checkpoint-previous.pt), export.pt, "
+                   "log.jsonl, pictures/. Rerunning resumes on the same data.")
 @click.option("--preset", type=click.Choice(["auto", "cpu", "paper"]), default="auto", show_default=True,
               help="paper: ViT-S/16, 224/96 px crops, DINO's sizes (a GPU). cpu: ViT-Ti/16 at 96/48 px with "
                    "small heads, minutes on a laptop. auto: paper when CUDA is present, else cpu. "
@@ -278,8 +284,11 @@ def verify(path: Path) -> None:
 @click.option("--seed", type=int, help="Seed of the crops, sampler and init.")
 @click.option("--exclude-from", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="Leave out shard samples whose ids are in this data folder (your test set). Repeatable.")
+@click.option("--new-data", is_flag=True,
+              help="Resume a run on data other than it was trained on (other shards, more or fewer samples): "
+                   "training goes on from the next epoch over the new data. Without it such a resume is refused.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
-def pretrain(shards, out, preset, exclude_from, no_progress, device, no_distill, **options):
+def pretrain(shards, out, preset, exclude_from, no_progress, device, no_distill, new_data, **options):
     """DINO self-distillation + auxiliary pseudo-mask segmentation (stage 2)."""
     import dataclasses
 
@@ -295,7 +304,7 @@ def pretrain(shards, out, preset, exclude_from, no_progress, device, no_distill,
         config = dataclasses.replace(pretrain_preset(preset), **overrides)
         exclude = {i for folder in exclude_from for i in datasets.open_dataset(folder).ids}
         result = run_pretrain(list(shards), out, config, device=device, exclude_ids=exclude,
-                              progress=not no_progress)
+                              progress=not no_progress, new_data=new_data)
     except (ValueError, NonFiniteLoss, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
     if result.resumed_from is not None:
@@ -402,10 +411,15 @@ def evaluate(pred: Path, truth: Path, json_out: Path | None) -> None:
 
 
 def _floats(value: str) -> tuple[float, ...]:
+    """Label fractions: comma-separated numbers, each in (0, 1]."""
     try:
-        return tuple(float(v) for v in value.split(","))
+        fracs = tuple(float(v) for v in value.split(","))
     except ValueError:
         raise click.BadParameter(f"expected comma-separated numbers such as 0.002,0.01, got {value!r}") from None
+    bad = [f for f in fracs if not 0 < f <= 1]  # nan fails this too
+    if bad:
+        raise click.BadParameter(f"each fraction must be in (0, 1], got {bad[0]} in {value!r}")
+    return fracs
 
 
 @main.command()
