@@ -82,8 +82,8 @@ class EdgedinoGroup(click.Group):
 
                 traceback.print_exception(exc, file=sys.stderr)
             code = exc.exit_code if isinstance(exc, click.ClickException) else 1
-            error = OneLineError(describe_error(exc) + ("" if verbose or isinstance(exc, click.ClickException)
-                                                        else "  (-v shows the traceback)"))
+            known = isinstance(exc, (click.ClickException, OSError, ValueError, RuntimeError))
+            error = OneLineError(describe_error(exc) + ("" if verbose or known else "  (-v shows the traceback)"))
             error.exit_code = code
             raise error from None
 

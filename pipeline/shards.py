@@ -100,7 +100,10 @@ def write_shard(path: Path, records: Sequence[ShardRecord], *, size: int, config
     n, s = len(records), size
     diag_keys = sorted({k for r in records for k in r.diagnostics})
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w", track_order=True) as f:
+        # HDF5 writes into memory (the core driver, same bytes as on disk); Python then writes the file. A full
+        # disk is then one clean OSError: HDF5 failing to write its own file ended in a flood of errors and a
+        # segfault at exit.
+        with h5py.File(path.name, "w", driver="core", backing_store=False, track_order=True) as f:
             def dataset(name, shape, dtype, data, chunk, gzip=False):
                 kwargs = dict(shape=shape, dtype=dtype, fletcher32=True, track_times=False)
                 if n:
@@ -135,6 +138,9 @@ def write_shard(path: Path, records: Sequence[ShardRecord], *, size: int, config
                               ("rejects", json.dumps(list(rejects))),
                               ("versions", json.dumps(versions, sort_keys=True))):
                 f.attrs[key] = np.bytes_(text.encode())  # fixed-length: see _fixed_text
+            f.flush()
+            file_image = f.id.get_file_image()
+        tmp.write_bytes(file_image)
 
 
 def _checked(group: h5py.Group, name: str, data: np.ndarray) -> None:
