@@ -218,8 +218,7 @@ def image_size(path: Path) -> tuple[int, int]:
     path = Path(path)
     if path.is_dir():
         raise ImageReadError(f"{path}: is a directory, not an image file")
-    if not path.exists():
-        raise ImageReadError(f"{path}: file does not exist")
+    _check_exists(path)
     if path.stat().st_size == 0:
         raise ImageReadError(f"{path}: empty file (0 bytes)")
     try:
@@ -272,6 +271,22 @@ def _header(path: Path) -> tuple[int, str]:
 
 
 GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")  # Pillow modes without colour
+
+
+def _check_exists(path: Path) -> None:
+    """Name why ``path`` cannot be opened: missing, a broken or looping symbolic link, no permission."""
+    import errno
+
+    try:
+        path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageReadError(f"{path}: symbolic link loop") from None
+        if exc.errno == errno.ENOENT and path.is_symlink():
+            raise ImageReadError(f"{path}: broken symbolic link (its target does not exist)") from None
+        if exc.errno == errno.ENOENT:
+            raise ImageReadError(f"{path}: file does not exist") from None
+        raise ImageReadError(f"{path}: cannot open ({exc.strerror})") from None
 
 
 def _reduction_flag(size: tuple[int, int], min_long_side: int | None) -> tuple[int, int]:
