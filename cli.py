@@ -57,8 +57,11 @@ def describe_error(exc: BaseException) -> str:
                "edgedino refuses to run"
     if isinstance(exc, (click.ClickException,)):
         return exc.format_message()
+    problems = getattr(exc, "problems", None)  # a dataset check (DatasetError)
+    if problems and len(problems) == 1:
+        return str(problems[0])
     text = str(exc)
-    if isinstance(exc, ValueError) and "\n" in text:  # a dataset check: every problem, one per line
+    if problems:  # every problem, one per line below the count
         return text.strip()
     return _first_line(text) or type(exc).__name__
 
