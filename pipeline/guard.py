@@ -11,6 +11,8 @@ import hashlib
 import json
 import logging
 import os
+import threading
+import time
 from pathlib import Path
 from typing import IO, Iterable, Sequence
 
@@ -216,6 +218,28 @@ def cap_jobs(jobs: int, n_items: int) -> int:
     if jobs > 0 and capped < jobs:
         log.info("--jobs %d capped to %d (%d work item(s), %d core(s) available)", jobs, capped, n_items, cores)
     return capped
+
+
+_watching: set[int] = set()
+
+
+def watch_parent(owner_pid: int | None, *, every: float = 0.5) -> None:
+    """In a worker: end this process as soon as its parent is no longer ``owner_pid`` (the run was killed).
+
+    A daemon thread polls ``os.getppid()`` (a killed parent re-parents its children). Started once per process;
+    a half-written shard is only a ``.partial`` file, which the next run removes.
+    """
+    if owner_pid is None or owner_pid in _watching:
+        return
+    _watching.add(owner_pid)
+
+    def poll() -> None:
+        while True:
+            if os.getppid() != owner_pid:
+                os._exit(1)
+            time.sleep(every)
+
+    threading.Thread(target=poll, name="edgedino-parent-watch", daemon=True).start()
 
 
 def parent_is_gone(owner_pid: int | None) -> bool:

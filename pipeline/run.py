@@ -20,7 +20,7 @@ import numpy as np
 
 from pipeline import datasets
 from pipeline.atomic import write_text
-from pipeline.guard import FolderLock, cap_jobs, check_out_dir, inputs_hash, make_out_dir, parent_is_gone
+from pipeline.guard import FolderLock, cap_jobs, check_out_dir, inputs_hash, make_out_dir, parent_is_gone, watch_parent
 from pipeline.pseudomask.per_image import PseudoMaskConfig, make_pseudo_mask
 from pipeline.shards import (
     REJECTS,
@@ -181,6 +181,9 @@ def process_shard(plan: ShardPlan, out_dir: str | Path, config: RunConfig, owner
     cv2.setNumThreads(1)
     start = time.perf_counter()
     records, rejects = [], []
+    if parent_is_gone(owner_pid):
+        raise ParentGone(f"{plan.name}: the run that started this worker is gone; stopping")
+    watch_parent(owner_pid)  # and end this worker as soon as the run dies, even while it waits for work
     provenance = inputs_hash(plan.samples)
     with threadpool_limits(1):  # same arithmetic whatever the backend: results do not depend on --jobs
         for sample in plan.samples:

@@ -208,7 +208,10 @@ def test_jobs_are_capped_at_the_work_and_the_cores(run_dir, tmp_path, monkeypatc
     assert guard.cap_jobs(-1, 50) == min(50, guard.available_cores())
 
 
-def test_an_orphaned_worker_writes_nothing(run_dir, tmp_path):
+def test_an_orphaned_worker_writes_nothing(run_dir, tmp_path, monkeypatch):
+    import pipeline.run as run_module
+
+    monkeypatch.setattr(run_module, "watch_parent", lambda pid: None)  # the watcher would end pytest itself
     data, _ = run_dir
     plan = plan_shards(datasets.open_dataset(data), 3)[0]
     not_my_parent = os.getppid() + 1 if os.getppid() + 1 != os.getpid() else os.getppid() + 2
@@ -217,6 +220,33 @@ def test_an_orphaned_worker_writes_nothing(run_dir, tmp_path):
     assert list(tmp_path.iterdir()) == []
     process_shard(plan, tmp_path, SMALL, owner_pid=os.getppid())  # its real parent: works
     assert (tmp_path / plan.name).is_file()
+
+
+def test_workers_end_when_the_run_is_killed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = ("import os, sys, time; from pipeline import guard; guard.watch_parent(os.getppid(), every=0.05); "
+            "print(os.getpid(), flush=True); time.sleep(60)")
+    # a parent that starts a watching child, prints its pid, then is killed with SIGKILL
+    parent = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys; p = subprocess.Popen([sys.executable, "
+                               f"'-c', {code!r}], stdout=sys.stdout); p.wait()"], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[2], start_new_session=True)
+    child = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError("the child outlived its killed parent")
 
 
 # --- images -------------------------------------------------------------------------------------------------
