@@ -119,10 +119,17 @@ def main(verbose: bool) -> None:
 @click.option("--size", default="512x384", show_default=True,
               help="Image size WIDTHxHEIGHT. Larger images look more like real dermoscopy but cost more.")
 @click.option("--jobs", default=1, show_default=True, help="Parallel workers (-1: all cores).")
-def synth(out: Path, n: int, seed: int, size: str, jobs: int) -> None:
+@click.option("--overwrite", is_flag=True,
+              help="Replace files in --out that synth did not write (e.g. a synthetic set made by an older version). "
+                   "Never point it at real data.")
+def synth(out: Path, n: int, seed: int, size: str, jobs: int, overwrite: bool) -> None:
     """Generate synthetic dermoscopy images with known lesion and hair masks."""
+    from pipeline.guard import Ledger, make_out_dir
     from pipeline.synth import write_synthetic_dataset
 
+    names = [name for i in range(n) for name in (f"images/SYN_{i:07d}.jpg", f"masks/SYN_{i:07d}_segmentation.png",
+                                                 f"hair/SYN_{i:07d}_hair.png", f"clean/SYN_{i:07d}.png")]
+    Ledger(make_out_dir(out)).claim(names, overwrite=overwrite)  # never over files it did not write (real data)
     ids = write_synthetic_dataset(out, n, seed=seed, size=_parse_size(size), jobs=jobs)
     click.echo(f"wrote {len(ids)} synthetic images to {out}")
 
@@ -208,9 +215,12 @@ def export(shards: Path, out: Path, overwrite: bool) -> None:
 @click.option("--rows", default=8, show_default=True, help="Samples in the contact sheet.")
 def inspect(path: Path, png: Path | None, rows: int) -> None:
     """Summarise a shard or a folder of shards (counts, config, distributions, rejects)."""
+    from pipeline.guard import check_out_dir
     from pipeline.report import contact_sheet, summarise
     from pipeline.shards import ShardError
 
+    if png:
+        check_out_dir(png.parent, [path], option="--png folder", flat_inputs=True)
     try:
         click.echo(summarise(path).text())
         if png:
@@ -397,8 +407,11 @@ def finetune(data, frac, checkpoint, out, test_data, seed, init, decoder, decode
               help="Also write per-image and mean metrics to this JSON file.")
 def evaluate(pred: Path, truth: Path, json_out: Path | None) -> None:
     """Score predicted masks against expert masks like ISIC (Jaccard, Dice, thresholded Jaccard...)."""
+    from pipeline.guard import check_out_dir
     from trainer.metrics import evaluate_folders, write_metrics_json
 
+    if json_out:
+        check_out_dir(json_out.parent, [pred, truth], option="--json folder", flat_inputs=True)
     if (truth / "masks").is_dir():
         truth = truth / "masks"
     try:
