@@ -55,14 +55,15 @@ def describe_error(exc: BaseException) -> str:
         # torch's text suggests weights_only=False, i.e. running code from the file: never pass that on.
         return "not a loadable checkpoint: truncated, written by another program, or holding code that " \
                "edgedino refuses to run"
-    if isinstance(exc, (click.ClickException,)):
-        return exc.format_message()
     problems = getattr(exc, "problems", None)  # a dataset check (DatasetError)
     if problems and len(problems) == 1:
         return str(problems[0])
-    text = str(exc)
-    if problems:  # every problem, one per line below the count
-        return text.strip()
+    text = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+    if problems or (isinstance(exc, click.ClickException) and "Original Traceback" not in text):
+        return text.strip()  # a command's own message; a dataset's problems one per line below the count
+    if text.startswith("Caught ") and "Original Traceback" in text:  # re-raised from a DataLoader worker
+        original = text.strip().splitlines()[-1]
+        return original.split(": ", 1)[1] if ": " in original else original
     return _first_line(text) or type(exc).__name__
 
 

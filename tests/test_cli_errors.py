@@ -133,3 +133,26 @@ def test_export_into_the_expert_masks_is_refused(tmp_path, data):
     result, _ = invoke(["export", "--shards", str(tmp_path / "shards"), "--out", str(masks)])
     assert_one_line(result, str(masks), "did not write", "--overwrite")
     assert {p.name: p.read_bytes() for p in masks.iterdir()} == before
+
+
+def test_a_damaged_chunk_during_pretraining_is_one_line_naming_the_shard(tmp_path):
+    import h5py
+
+    from pipeline.shards import ShardRecord, write_shard
+
+    s = 32
+    records = [ShardRecord(id=f"S{i}", path="/x.jpg", orig_shape=(s, s), image=np.full((s, s, 3), 100 + i, np.uint8),
+                           hair_mask=np.zeros((s, s), bool), prob=np.zeros((s, s), np.float32),
+                           pseudo_mask=np.ones((s, s), bool), no_lesion=False, diagnostics={}) for i in range(4)]
+    shard = tmp_path / "shards" / "shard-00000.h5"
+    write_shard(shard, records, size=s, config_json="{}", config_hash="h", planned_ids=[r.id for r in records],
+                rejects=[], versions={})
+    with h5py.File(shard, "r") as f:
+        offset = f["image"].id.get_chunk_info(2).byte_offset
+    raw = bytearray(shard.read_bytes())
+    raw[offset + 10] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    result, _ = invoke(["pretrain", "--shards", str(shard.parent), "--out", str(tmp_path / "run"), "--preset", "cpu",
+                        "--epochs", "1", "--img-size", "32", "--local-size", "16", "--batch-size", "2",
+                        "--out-dim", "16", "--num-workers", "1", "--device", "cpu", "--no-progress"])
+    assert_one_line(result, str(shard), "sample 2 cannot be read", "verify")
