@@ -130,7 +130,11 @@ def synth(out: Path, n: int, seed: int, size: str, jobs: int, overwrite: bool) -
 
     names = [name for i in range(n) for name in (f"images/SYN_{i:07d}.jpg", f"masks/SYN_{i:07d}_segmentation.png",
                                                  f"hair/SYN_{i:07d}_hair.png", f"clean/SYN_{i:07d}.png")]
-    Ledger(make_out_dir(out)).claim(names, overwrite=overwrite)  # never over files it did not write (real data)
+    ledger = Ledger(make_out_dir(out))
+    present = [f"{sub}/{p.name}" for sub in ("images", "masks") if (out / sub).is_dir() for p in (out / sub).iterdir()]
+    if ledger.foreign(present) and not overwrite:  # never mix synthetic images into a real data set
+        raise click.ClickException(f"{out}: holds images or masks synth did not write; choose an empty folder")
+    ledger.claim(names, overwrite=overwrite)  # never over files it did not write
     ids = write_synthetic_dataset(out, n, seed=seed, size=_parse_size(size), jobs=jobs)
     click.echo(f"wrote {len(ids)} synthetic images to {out}")
 

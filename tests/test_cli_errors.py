@@ -64,7 +64,8 @@ def test_a_bad_checkpoint_is_one_line_and_never_runs_code(tmp_path, data, kind):
         torch.save({"x": Boom()}, path)
     result, _ = invoke(["finetune", "--data", str(data), "--frac", "1", "--checkpoint", str(path),
                         "--out", str(tmp_path / "ft"), "--device", "cpu", "--no-progress"])
-    assert_one_line(result, str(path))
+    line = assert_one_line(result, str(path))
+    assert ("possibly code" in line) == (kind == "malicious")
     assert not Path("/tmp/issue11_pwned").exists()
 
 
@@ -156,3 +157,14 @@ def test_a_damaged_chunk_during_pretraining_is_one_line_naming_the_shard(tmp_pat
                         "--epochs", "1", "--img-size", "32", "--local-size", "16", "--batch-size", "2",
                         "--out-dim", "16", "--num-workers", "1", "--device", "cpu", "--no-progress"])
     assert_one_line(result, str(shard), "sample 2 cannot be read", "verify")
+
+
+def test_synth_never_writes_into_a_real_data_set(tmp_path, data):
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    result, _ = invoke(["synth", "--out", str(data), "--n", "2", "--size", "64x48"])
+    assert_one_line(result, str(data), "synth did not write")
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+    fresh = tmp_path / "synth"
+    for n in (2, 3):  # its own folder: a rerun (with more images) is fine
+        assert CliRunner().invoke(cli.main, ["synth", "--out", str(fresh), "--n", str(n), "--size", "64x48"]).exit_code == 0
+    assert len(list((fresh / "images").iterdir())) == 3

@@ -75,12 +75,14 @@ class CheckpointError(ValueError):
 
 def _unloadable(path: Path, exc: Exception) -> str:
     text = str(exc)
-    if "weights_only" in text or "Weights only" in text:
-        # torch's own text suggests weights_only=False, i.e. running code from the file: never pass that on.
+    if "GLOBAL" in text:  # the weights-only unpickler met a class or function: possibly code
         return (f"{path}: holds objects other than tensors and plain values (possibly code), which edgedino "
                 "never loads; use a checkpoint of weights only")
-    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    return f"{path}: not a loadable checkpoint, truncated or written by another program ({first[:200]})"
+    if "weights_only" in text or "Weights only" in text:
+        # torch's own text suggests weights_only=False, i.e. running code from the file: never pass that on.
+        return f"{path}: not a loadable checkpoint (truncated, or not a torch file)"
+    first = text.strip().splitlines()[0][:160] if text.strip() else type(exc).__name__
+    return f"{path}: not a loadable checkpoint, truncated or not a torch file ({first})"
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
