@@ -125,7 +125,7 @@ def main(verbose: bool) -> None:
                    "Never point it at real data.")
 def synth(out: Path, n: int, seed: int, size: str, jobs: int, overwrite: bool) -> None:
     """Generate synthetic dermoscopy images with known lesion and hair masks."""
-    from pipeline.guard import Ledger, make_out_dir
+    from pipeline.guard import Ledger, cap_jobs, make_out_dir
     from pipeline.synth import write_synthetic_dataset
 
     names = [name for i in range(n) for name in (f"images/SYN_{i:07d}.jpg", f"masks/SYN_{i:07d}_segmentation.png",
@@ -135,7 +135,7 @@ def synth(out: Path, n: int, seed: int, size: str, jobs: int, overwrite: bool) -
     if ledger.foreign(present) and not overwrite:  # never mix synthetic images into a real data set
         raise click.ClickException(f"{out}: holds images or masks synth did not write; choose an empty folder")
     ledger.claim(names, overwrite=overwrite)  # never over files it did not write
-    ids = write_synthetic_dataset(out, n, seed=seed, size=_parse_size(size), jobs=jobs)
+    ids = write_synthetic_dataset(out, n, seed=seed, size=_parse_size(size), jobs=cap_jobs(jobs, n))
     click.echo(f"wrote {len(ids)} synthetic images to {out}")
 
 

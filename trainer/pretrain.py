@@ -10,6 +10,7 @@ patch tokens of the global views aligned to a frozen foundation ViT's (``fkd_tea
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.guard import check_out_dir, make_out_dir
+from pipeline.guard import FolderLock, check_out_dir, make_out_dir
 from pipeline.shards import read_manifest, sha256_file
 from trainer.data.multicrop import MultiCropConfig, multi_crop
 from trainer.data.shard_dataset import ShardAwareSampler, ShardDataset
@@ -208,6 +209,13 @@ def pretrain(shards: str | Path | Iterable[str | Path], out_dir: str | Path, con
     info = dist_utils.init_distributed(device)
     run = _set_up(sources, config, info, exclude_ids)
     make_out_dir(out_dir)
+    # one run per folder: a second pretrain on the same --out is refused (a dead run's lock is taken over)
+    with FolderLock(out_dir, command="pretrain") if info.is_main else contextlib.nullcontext():
+        return _train(run, out_dir, info, new_data=new_data, progress=progress)
+
+
+def _train(run: "_Run", out_dir: Path, info, *, new_data: bool, progress: bool) -> PretrainResult:
+    """Resume (when a checkpoint is there), train the remaining epochs, save every epoch, export at the end."""
     resumed_from = _resume(run, out_dir, info.device, new_data=new_data)
     run_log = RunLog(out_dir, enabled=info.is_main)
     run_log.write({"event": "start", "config": dataclasses.asdict(run.config), "data": run.data,

@@ -150,3 +150,15 @@ def test_pretrain_never_writes_into_its_shard_folder(tmp_path):
         pretrain(shards, shards, TINY, device="cpu", progress=False)
     assert sorted(p.name for p in shards.iterdir()) == ["shard-00000.h5", "shard-00001.h5"]
 
+
+
+def test_a_second_pretrain_on_the_same_out_is_refused(tmp_path):
+    from pipeline.guard import FolderLock
+
+    shards = _shards(tmp_path / "shards", 2)
+    out = tmp_path / "run"
+    out.mkdir()
+    with FolderLock(out, command="pretrain"):
+        with pytest.raises(ValueError, match="another run is writing into this folder"):
+            pretrain(shards, out, TINY, device="cpu", progress=False)
+    assert pretrain(shards, out, TINY, device="cpu", progress=False).step == 2
