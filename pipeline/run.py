@@ -251,7 +251,11 @@ def _same_inputs_and_intact(path: Path, shard: ShardReader, plan: ShardPlan, ent
     bytes), its sha256 matches ``manifest.json`` when listed there, and every chunk passes its fletcher32
     checksum. Otherwise it is redone; a damaged shard is never re-blessed with a new sha256.
     """
-    if shard.attrs.get("inputs_hash") != inputs_hash(plan.samples):
+    recorded = shard.attrs.get("inputs_hash")
+    if not recorded:
+        log.warning("%s: made by an older edgedino that did not record its input files; redoing it", path)
+        return False
+    if recorded != inputs_hash(plan.samples):
         log.warning("%s: made from other input files (same ids, other paths or contents); redoing it", path)
         return False
     if entry is not None and entry.get("sha256") != sha256_file(path):

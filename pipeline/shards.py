@@ -217,17 +217,28 @@ class ShardReader:
 
     @property
     def ids(self) -> list[str]:
-        return [_text(x) for x in self._file["id"][...]]
+        return [_text(x) for x in self.column("id")]
 
     def column(self, name: str) -> np.ndarray:
         """A whole per-sample column (``orig_shape``, ``no_lesion``, ``diag/<name>``)."""
-        return self._file[name][...]
+        try:
+            return self._file[name][...]
+        except OSError as exc:  # a chunk failing its fletcher32 checksum
+            raise ShardError(f"{self.path}: dataset {name!r} cannot be read ({exc}); the shard is damaged: check "
+                             "the folder with 'verify' and rerun 'pseudomasks' to redo it") from None
 
     @property
     def diagnostics(self) -> dict[str, np.ndarray]:
         return {k: v[...] for k, v in self._file["diag"].items()}
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        try:
+            return self._sample(i)
+        except OSError as exc:  # a chunk failing its fletcher32 checksum
+            raise ShardError(f"{self.path}: sample {i} cannot be read ({exc}); the shard is damaged: check the "
+                             "folder with 'verify' and rerun 'pseudomasks' to redo it") from None
+
+    def _sample(self, i: int) -> dict[str, np.ndarray]:
         f = self._file
         return {
             "id": _text(f["id"][i]),
