@@ -176,6 +176,9 @@ def pseudomasks(data, out, jobs, size, shard_size, backend, scheduler, exclude_f
 
     if scheduler and backend != "dask":
         raise click.BadParameter("--scheduler needs --backend dask", param_hint="--scheduler")
+    from pipeline.guard import check_out_dir
+
+    check_out_dir(out, exclude_from)  # the test set is read too: never written into
     exclude = set()
     for folder in exclude_from:
         exclude |= set(datasets.open_dataset(folder).ids)
