@@ -1,7 +1,8 @@
 """The ``export.pt`` format: what ``pretrain`` hands to ``finetune`` (and to FKD as a teacher), and its one reader.
 
 An export holds the pretrained teacher's backbone and segmentation decoder as plain state dicts, with what is
-needed to rebuild them (``arch``, ``img_size``, ``decoder_arch``, ``decoder_hidden``) and the resolved pretraining
+needed to rebuild them (``arch``, ``img_size``, ``decoder_arch``, ``decoder_hidden``, ``decoder_skip``: the
+decoder's edge path, absent = False in exports written before it existed) and the resolved pretraining
 config. It is written atomically and loads with ``weights_only`` (:func:`trainer.engine.checkpoint.torch_load`).
 """
 from __future__ import annotations
@@ -29,7 +30,8 @@ def export_model(teacher: nn.Module, config: Any, path: str | Path, *, step: int
     """
     return save_checkpoint(Path(path), {
         "format": EXPORT_FORMAT, "arch": config.arch, "img_size": config.img_size,
-        "decoder_hidden": config.decoder_hidden, "decoder_arch": config.decoder, "step": step,
+        "decoder_hidden": config.decoder_hidden, "decoder_arch": config.decoder,
+        "decoder_skip": bool(getattr(config, "decoder_skip", False)), "step": step,
         "backbone": {k: v.detach().cpu() for k, v in teacher.backbone.state_dict().items()},
         "decoder": {k: v.detach().cpu() for k, v in teacher.decoder.state_dict().items()},
         "config": json.loads(json.dumps(dataclasses.asdict(config)))})

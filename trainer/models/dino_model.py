@@ -30,6 +30,8 @@ class DINOModel(nn.Module):
     decoder : {'conv', 'ilka'}
         Decoder kind (:func:`trainer.models.decoders.build_decoder`): the light conv decoder or S^3-Net's I-LKA +
         deformable-conv blocks.
+    decoder_skip : bool
+        Give the decoder its high-resolution edge path (:class:`trainer.models.decoders.EdgePath`).
     weights : str, optional
         Local checkpoint for the backbone.
     drop_path_rate : float
@@ -41,13 +43,13 @@ class DINOModel(nn.Module):
 
     def __init__(self, arch: str, *, img_size: int, out_dim: int, decoder_hidden: int = 128, decoder: str = "conv",
                  weights: str | None = None, drop_path_rate: float = 0.1, head_hidden: int = 2048,
-                 bottleneck_dim: int = 256, fkd_dim: int | None = None):
+                 bottleneck_dim: int = 256, fkd_dim: int | None = None, decoder_skip: bool = False):
         super().__init__()
         self.backbone = create_backbone(arch, img_size=img_size, weights=weights, drop_path_rate=drop_path_rate)
         dim = self.backbone.embed_dim
         self.head = DINOHead(dim, out_dim, hidden_dim=head_hidden, bottleneck_dim=bottleneck_dim)
         self.fkd_proj = FKDProjector(dim, fkd_dim) if fkd_dim else None
-        self.decoder = build_decoder(decoder, dim, patch_size(self.backbone), hidden=decoder_hidden)
+        self.decoder = build_decoder(decoder, dim, patch_size(self.backbone), hidden=decoder_hidden, skip=decoder_skip)
 
     def forward(self, global_views: list[torch.Tensor], local_views: list[torch.Tensor] = (), *,
                 segment: bool = True, project: bool = True, fkd: bool = False) -> tuple[torch.Tensor | None, ...]:
@@ -56,11 +58,13 @@ class DINOModel(nn.Module):
         ``head_out`` is ``(V * B, K)`` view-major (globals first, then locals), or None when ``project`` is
         False; ``seg_logits`` is ``(G * B, 1, g, g)`` for the global views, or None when ``segment`` is False.
         Views of one size go through the backbone as one batch. ``fkd_feats`` (``fkd=True``, which needs
-        ``fkd_dim``) is ``(G * B, N, D_t)``: the global views' patch tokens through ``fkd_proj``.
+        ``fkd_dim``) is ``(G * B, N, D_t)``: the global views' patch tokens through ``fkd_proj``. The decoder also
+        receives the global views themselves (its edge path draws borders from their pixels).
         """
         if fkd and self.fkd_proj is None:
             raise ValueError("fkd: this model has no fkd_proj; build it with fkd_dim")
-        cls_g, patches_g = forward_tokens(self.backbone, torch.cat(global_views))
+        globals_ = torch.cat(global_views)
+        cls_g, patches_g = forward_tokens(self.backbone, globals_)
         cls = [cls_g]
         if project and local_views:
             cls.append(forward_tokens(self.backbone, torch.cat(list(local_views)))[0])
@@ -68,7 +72,7 @@ class DINOModel(nn.Module):
         seg = None
         if segment:
             size = global_views[0].shape[-2:]
-            seg = self.decoder(patches_g, (int(size[0]), int(size[1])))
+            seg = self.decoder(patches_g, (int(size[0]), int(size[1])), globals_)
         if fkd:
             return head_out, seg, self.fkd_proj(patches_g)
         return head_out, seg

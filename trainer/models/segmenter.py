@@ -9,7 +9,7 @@ from torch import nn
 
 from trainer.engine.export import read_export
 from trainer.models.backbone import create_backbone, forward_tokens, patch_size
-from trainer.models.decoders import DECODERS, build_decoder
+from trainer.models.decoders import DECODERS, build_decoder, has_edge_path
 
 INITS = ("pretrain", "scratch", "weights:PATH")
 
@@ -27,12 +27,12 @@ class SegModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, patches = forward_tokens(self.backbone, x)
-        return self.decoder(patches, (x.shape[-2], x.shape[-1]))
+        return self.decoder(patches, (x.shape[-2], x.shape[-1]), x)
 
 
 def build_seg_model(init: str, *, checkpoint: str | Path | None = None, arch: str | None = None,
                     img_size: int | None = None, decoder: str = "aux", decoder_hidden: int = 128,
-                    decoder_arch: str = "conv") -> tuple[SegModel, dict]:
+                    decoder_arch: str = "conv", decoder_skip: bool = True) -> tuple[SegModel, dict]:
     """Build the segmenter to fine-tune.
 
     Parameters
@@ -54,6 +54,10 @@ def build_seg_model(init: str, *, checkpoint: str | Path | None = None, arch: st
     decoder_arch : {'conv', 'ilka'}
         Decoder kind without an export (:func:`trainer.models.decoders.build_decoder`). With ``pretrain`` the export's
         ``decoder_arch`` wins (``conv`` for exports written before it was recorded), with ``aux`` or ``fresh``.
+    decoder_skip : bool
+        Edge path (:class:`trainer.models.decoders.EdgePath`) of a decoder without an export. With ``pretrain``
+        the export's wins: its ``decoder_skip``, or, for exports written before it was recorded, whether its
+        decoder weights hold the path (they do not: those build the token-only decoder they were trained as).
 
     Returns
     -------
@@ -71,7 +75,7 @@ def build_seg_model(init: str, *, checkpoint: str | Path | None = None, arch: st
     if init == "scratch" or init.startswith("weights:"):
         weights = init.split(":", 1)[1] if init.startswith("weights:") else None
         return _fresh(init, weights=weights, arch=arch, img_size=img_size, decoder_hidden=decoder_hidden,
-                      decoder_arch=decoder_arch)
+                      decoder_arch=decoder_arch, decoder_skip=decoder_skip)
     raise ValueError(f"init must be one of {INITS}, got {init!r}")
 
 
@@ -92,23 +96,28 @@ def _from_export(checkpoint: str | Path, *, arch: str | None, img_size: int | No
     if kind != decoder_arch:
         log.info("decoder architecture %r from %s (decoder_arch %r applies to runs without an export)",
                  kind, checkpoint, decoder_arch)
-    dec = build_decoder(kind, backbone.embed_dim, patch_size(backbone), hidden=int(export["decoder_hidden"]))
+    skip = bool(export.get("decoder_skip", has_edge_path(export["decoder"])))
+    dec = build_decoder(kind, backbone.embed_dim, patch_size(backbone), hidden=int(export["decoder_hidden"]),
+                        skip=skip)
     if decoder == "aux":
         try:
             dec.load_state_dict(export["decoder"], strict=True)
         except RuntimeError as exc:
             raise ValueError(f"{checkpoint}: decoder weights do not fit a {kind!r} decoder: {exc}") from None
     info = {"init": "pretrain", "checkpoint": str(checkpoint), "arch": export["arch"], "img_size": size,
-            "decoder": decoder, "decoder_arch": kind, "pretrain_step": int(export["step"])}
+            "decoder": decoder, "decoder_arch": kind, "decoder_skip": skip, "pretrain_step": int(export["step"]),
+            "decoder_hidden": int(export["decoder_hidden"])}
     return SegModel(backbone, dec), info
 
 
 def _fresh(init: str, *, weights: str | None, arch: str | None, img_size: int | None, decoder_hidden: int,
-           decoder_arch: str) -> tuple[SegModel, dict]:
+           decoder_arch: str, decoder_skip: bool) -> tuple[SegModel, dict]:
     """A random-init backbone (or one from local ``weights``) with a fresh decoder."""
     name = arch or "vit_small_patch16_224"
     size = img_size or 224
     backbone = create_backbone(name, img_size=size, weights=weights, drop_path_rate=0.1)
-    dec = build_decoder(decoder_arch, backbone.embed_dim, patch_size(backbone), hidden=decoder_hidden)
-    info = {"init": init, "arch": name, "img_size": size, "decoder": "fresh", "decoder_arch": decoder_arch}
+    dec = build_decoder(decoder_arch, backbone.embed_dim, patch_size(backbone), hidden=decoder_hidden,
+                        skip=decoder_skip)
+    info = {"init": init, "arch": name, "img_size": size, "decoder": "fresh", "decoder_arch": decoder_arch,
+            "decoder_skip": decoder_skip, "decoder_hidden": decoder_hidden}
     return SegModel(backbone, dec), info
