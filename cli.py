@@ -190,6 +190,13 @@ def verify(path: Path) -> None:
               help="Auxiliary decoder (preset: conv). conv = the light conv decoder; ilka = S^3-Net's Inception "
                    "Large Kernel Attention + deformable conv (larger receptive field, borders that bend; slower "
                    "on CPU). Fine-tuning rebuilds the same kind from export.pt.")
+@click.option("--decoder-skip/--no-decoder-skip", default=None,
+              help="The decoder's high-resolution edge path (preset: on): a few strided convs on the input crop "
+                   "fused with the token features, so borders come from pixels, not from the token grid. Turn it "
+                   "off only to reproduce token-only runs.")
+@click.option("--patch-size", type=click.IntRange(min=2),
+              help="Patch size in place of the arch's own (cpu preset: 8 on ViT-Ti, a 12 x 12 token grid at "
+                   "96 px). Smaller patches draw finer borders and cost about (old/new)^2 more per step.")
 @click.option("--affine-weight", type=click.FloatRange(min=0),
               help="S^3-Net's rotation-equivariance term, relative to the pseudo-mask loss (0: off). Costs one "
                    "more student forward on the global views. Needs --lambda-seg > 0; start at 1 and check in "

@@ -69,6 +69,7 @@ class FinetuneConfig:
     seed: int = 0
     pic: PICConfig | None = None
     decoder_skip: bool = True  # edge path of a decoder without an export; with one, the export's
+    patch_size: int | None = None  # patch size without an export (None: the arch's); with one, the export's
 
     def __post_init__(self):
         if self.decoder_arch not in DECODERS:
@@ -144,7 +145,8 @@ def finetune(data: Sequence[str | Path] | str | Path, frac: float, out_dir: str 
             log.warning("near-duplicate images across ids: %s (training) and %s (test), dHash distance %d", a, b, d)
     model, info = build_seg_model(config.init, checkpoint=checkpoint, arch=config.arch, img_size=config.img_size,
                                   decoder=config.decoder, decoder_hidden=config.decoder_hidden,
-                                  decoder_arch=config.decoder_arch, decoder_skip=config.decoder_skip)
+                                  decoder_arch=config.decoder_arch, decoder_skip=config.decoder_skip,
+                                  patch=config.patch_size)
     size = int(info["img_size"])
     model.to(dev)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -55,7 +55,7 @@ LATEST = "checkpoint-latest.pt"
 # Fields that must match to resume a run (the rest, e.g. epochs, may change between runs).
 # A field missing from an older checkpoint's config counts as its default here (e.g. decoder: "conv").
 ARCHITECTURE_FIELDS = ("arch", "img_size", "out_dim", "decoder_hidden", "head_hidden", "bottleneck_dim", "decoder",
-                       "fkd_teacher", "decoder_skip")
+                       "fkd_teacher", "decoder_skip", "patch_size")
 # ... except these, whose default changed after checkpoints without them were written: missing = this value.
 _MISSING_MEANS = {"decoder_skip": False}
 
@@ -115,6 +115,7 @@ class PretrainConfig:
     picture_every: int = 10
     log_every: int = 10
     decoder_skip: bool = True        # ours: the decoder's high-resolution edge path (borders from pixels)
+    patch_size: int | None = None    # ours: patch size in place of the arch's own (None: the arch's)
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:
@@ -154,7 +155,7 @@ class PretrainConfig:
         return DINOModel(self.arch, img_size=self.img_size, out_dim=self.out_dim, decoder_hidden=self.decoder_hidden,
                          decoder=self.decoder, weights=self.weights, drop_path_rate=self.drop_path,
                          head_hidden=self.head_hidden, bottleneck_dim=self.bottleneck_dim, fkd_dim=fkd_dim,
-                         decoder_skip=self.decoder_skip)
+                         decoder_skip=self.decoder_skip, patch_size=self.patch_size)
 
 
 @dataclass

@@ -163,7 +163,8 @@ def _finetune_grid(spec: TableSpec, out: Path, exports: dict[str, Path], base_pr
                     else:
                         init = f"weights:{spec.weights}" if method == "same-init" else "scratch"
                         ft = dataclasses.replace(base_ft, init=init, arch=base_pre.arch, img_size=base_pre.img_size,
-                                                 seed=seed, decoder="fresh", decoder_hidden=base_pre.decoder_hidden)
+                                                 seed=seed, decoder="fresh", decoder_hidden=base_pre.decoder_hidden,
+                                                 patch_size=base_pre.patch_size, decoder_skip=base_pre.decoder_skip)
                         checkpoint = None
                     log.info("table: %s, frac %g, seed %d", method, frac, seed)
                     finetune_loop.finetune(list(spec.data), frac, cell, checkpoint=checkpoint,

@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainer.models.backbone import create_backbone, forward_tokens, patch_size
+from trainer.models.backbone import create_backbone, forward_tokens, patch_kwargs
+from trainer.models.backbone import patch_size as backbone_patch_size
 from trainer.models.decoders import build_decoder
 from trainer.models.dino_head import DINOHead
 from trainer.models.fkd import FKDProjector
@@ -32,6 +33,8 @@ class DINOModel(nn.Module):
         deformable-conv blocks.
     decoder_skip : bool
         Give the decoder its high-resolution edge path (:class:`trainer.models.decoders.EdgePath`).
+    patch_size : int, optional
+        Patch size in place of the arch's own (e.g. 8 on ``vit_tiny_patch16_224``: four times the tokens).
     weights : str, optional
         Local checkpoint for the backbone.
     drop_path_rate : float
@@ -43,13 +46,16 @@ class DINOModel(nn.Module):
 
     def __init__(self, arch: str, *, img_size: int, out_dim: int, decoder_hidden: int = 128, decoder: str = "conv",
                  weights: str | None = None, drop_path_rate: float = 0.1, head_hidden: int = 2048,
-                 bottleneck_dim: int = 256, fkd_dim: int | None = None, decoder_skip: bool = False):
+                 bottleneck_dim: int = 256, fkd_dim: int | None = None, decoder_skip: bool = False,
+                 patch_size: int | None = None):
         super().__init__()
-        self.backbone = create_backbone(arch, img_size=img_size, weights=weights, drop_path_rate=drop_path_rate)
+        self.backbone = create_backbone(arch, img_size=img_size, weights=weights, drop_path_rate=drop_path_rate,
+                                        **patch_kwargs(patch_size))
         dim = self.backbone.embed_dim
         self.head = DINOHead(dim, out_dim, hidden_dim=head_hidden, bottleneck_dim=bottleneck_dim)
         self.fkd_proj = FKDProjector(dim, fkd_dim) if fkd_dim else None
-        self.decoder = build_decoder(decoder, dim, patch_size(self.backbone), hidden=decoder_hidden, skip=decoder_skip)
+        self.decoder = build_decoder(decoder, dim, backbone_patch_size(self.backbone), hidden=decoder_hidden,
+                                     skip=decoder_skip)
 
     def forward(self, global_views: list[torch.Tensor], local_views: list[torch.Tensor] = (), *,
                 segment: bool = True, project: bool = True, fkd: bool = False) -> tuple[torch.Tensor | None, ...]:
@@ -101,7 +107,7 @@ def cls_attention(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
         q, k = attn.q_norm(q), attn.k_norm(k)
     weights = (q[:, :, :1] * attn.scale @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, heads, 1, N)
     prefix = backbone.num_prefix_tokens
-    p = patch_size(backbone)
+    p = backbone_patch_size(backbone)
     grid = (x.shape[-2] // p, x.shape[-1] // p)
     maps = weights[:, :, 0, prefix:].mean(dim=1)
     maps = maps / maps.sum(dim=-1, keepdim=True)

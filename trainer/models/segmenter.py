@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from trainer.engine.export import read_export
-from trainer.models.backbone import create_backbone, forward_tokens, patch_size
+from trainer.models.backbone import create_backbone, forward_tokens, patch_kwargs, patch_size
 from trainer.models.decoders import DECODERS, build_decoder, has_edge_path
 
 INITS = ("pretrain", "scratch", "weights:PATH")
@@ -32,7 +32,8 @@ class SegModel(nn.Module):
 
 def build_seg_model(init: str, *, checkpoint: str | Path | None = None, arch: str | None = None,
                     img_size: int | None = None, decoder: str = "aux", decoder_hidden: int = 128,
-                    decoder_arch: str = "conv", decoder_skip: bool = True) -> tuple[SegModel, dict]:
+                    decoder_arch: str = "conv", decoder_skip: bool = True,
+                    patch: int | None = None) -> tuple[SegModel, dict]:
     """Build the segmenter to fine-tune.
 
     Parameters
@@ -58,6 +59,8 @@ def build_seg_model(init: str, *, checkpoint: str | Path | None = None, arch: st
         Edge path (:class:`trainer.models.decoders.EdgePath`) of a decoder without an export. With ``pretrain``
         the export's wins: its ``decoder_skip``, or, for exports written before it was recorded, whether its
         decoder weights hold the path (they do not: those build the token-only decoder they were trained as).
+    patch : int, optional
+        Patch size in place of the arch's own, without an export (with one, the export's).
 
     Returns
     -------
@@ -75,7 +78,7 @@ def build_seg_model(init: str, *, checkpoint: str | Path | None = None, arch: st
     if init == "scratch" or init.startswith("weights:"):
         weights = init.split(":", 1)[1] if init.startswith("weights:") else None
         return _fresh(init, weights=weights, arch=arch, img_size=img_size, decoder_hidden=decoder_hidden,
-                      decoder_arch=decoder_arch, decoder_skip=decoder_skip)
+                      decoder_arch=decoder_arch, decoder_skip=decoder_skip, patch=patch)
     raise ValueError(f"init must be one of {INITS}, got {init!r}")
 
 
@@ -87,7 +90,8 @@ def _from_export(checkpoint: str | Path, *, arch: str | None, img_size: int | No
         raise ValueError(f"{checkpoint}: the checkpoint is a {export['arch']!r} backbone, not {arch!r}; "
                          "drop --arch or pass a checkpoint of that architecture")
     size = img_size or int(export["img_size"])
-    backbone = create_backbone(export["arch"], img_size=int(export["img_size"]), drop_path_rate=0.1)
+    backbone = create_backbone(export["arch"], img_size=int(export["img_size"]), drop_path_rate=0.1,
+                               **patch_kwargs(export.get("patch_size")))
     try:
         backbone.load_state_dict(export["backbone"], strict=True)
     except RuntimeError as exc:
@@ -111,11 +115,11 @@ def _from_export(checkpoint: str | Path, *, arch: str | None, img_size: int | No
 
 
 def _fresh(init: str, *, weights: str | None, arch: str | None, img_size: int | None, decoder_hidden: int,
-           decoder_arch: str, decoder_skip: bool) -> tuple[SegModel, dict]:
+           decoder_arch: str, decoder_skip: bool, patch: int | None) -> tuple[SegModel, dict]:
     """A random-init backbone (or one from local ``weights``) with a fresh decoder."""
     name = arch or "vit_small_patch16_224"
     size = img_size or 224
-    backbone = create_backbone(name, img_size=size, weights=weights, drop_path_rate=0.1)
+    backbone = create_backbone(name, img_size=size, weights=weights, drop_path_rate=0.1, **patch_kwargs(patch))
     dec = build_decoder(decoder_arch, backbone.embed_dim, patch_size(backbone), hidden=decoder_hidden,
                         skip=decoder_skip)
     info = {"init": init, "arch": name, "img_size": size, "decoder": "fresh", "decoder_arch": decoder_arch,
