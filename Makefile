@@ -24,7 +24,7 @@ STAMP    := $(VENV)/.installed-stamp
 # This machine's pip prints one harmless line per package for a missing local index; hide those.
 QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: help install test demo synth pseudomasks pretrain finetune table inspect verify export bench clean
+.PHONY: help install test demo synth pseudomasks pretrain finetune predict table inspect verify export bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | sort
@@ -67,6 +67,11 @@ finetune: $(STAMP)  ## fine-tune with FRAC of the labels (default 0.01) and repo
 	@test -f $(PRETRAIN)/export.pt || { echo "no pretrained checkpoint at $(PRETRAIN)/export.pt: run 'make pretrain' first"; exit 1; }
 	@echo ">> using the latest pretraining export: $(PRETRAIN)/export.pt"
 	$(PY) cli.py finetune $(foreach d,$(DATA),--data $(d)) --frac $(FRAC) --checkpoint $(PRETRAIN)/export.pt --out $(OUT)/finetune-$(FRAC) --device $(DEVICE) --preset $(PRESET) $(ARGS)
+
+MODEL    ?= $(OUT)/finetune-$(FRAC)/model.pt
+predict: $(STAMP)  ## segment the images in DATA with MODEL (default: the latest finetune's model.pt) into $(OUT)/predict
+	@test -f $(MODEL) || { echo "no model at $(MODEL): run 'make finetune' first or give MODEL=path/to/model.pt"; exit 1; }
+	$(PY) cli.py predict --model $(MODEL) $(foreach d,$(DATA),--data $(d)) --out $(OUT)/predict --overlay $(OUT)/predict_overlay.png --device $(DEVICE) $(ARGS)
 
 table: $(STAMP)  ## the comparison grid on DATA (add TEST=folder for an external test set)
 	$(PY) cli.py table $(foreach d,$(DATA),--data $(d)) $(foreach t,$(TEST),--test-data $(t)) --out $(OUT)/table --preset $(PRESET) --jobs $(JOBS) --device $(DEVICE) $(ARGS)

@@ -322,6 +322,42 @@ def finetune(data, frac, checkpoint, out, test_data, seed, init, decoder, decode
 
 
 @main.command()
+@click.option("--model", "model_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The model.pt written by 'finetune' (or a pretraining export.pt: its auxiliary decoder, no "
+                   "label used). Everything needed to rebuild the segmenter is in the file.")
+@click.option("--data", multiple=True, required=True, type=click.Path(exists=True, path_type=Path),
+              help="Images to segment, in any layout the data commands read (a flat folder, images/, ISIC 2018); "
+                   "masks are not needed. Repeatable.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for <ID>_segmentation.png (0/255) at each image's original size; not a data folder.")
+@click.option("--probabilities", is_flag=True,
+              help="Also write <ID>_probability.png: the lesion probability x 255 (8 bits), for your own threshold "
+                   "or for review of uncertain borders.")
+@click.option("--overlay", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also draw a contact sheet (PNG) of the first 24 images with the predicted border.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: CUDA when present, else CPU.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
+def predict(model_path, data, out, probabilities, overlay, device, no_progress):
+    """Segment a folder of new images with a saved model (exit 3 when some images were skipped)."""
+    from pipeline import datasets
+    from trainer.predict import predict_folder
+
+    try:
+        result = predict_folder(model_path, list(data), out, probabilities=probabilities, overlay=overlay,
+                                device=device, progress=not no_progress)
+    except (ValueError, FileNotFoundError, datasets.DatasetError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for path, reason in result.failed:
+        click.echo(f"skipped {path}: {reason}", err=True)
+    click.echo(f"segmented {len(result.written)} image(s) into {out}"
+               + (f"; overlay {result.overlay}" if result.overlay else "")
+               + (f"; skipped {len(result.failed)} unreadable image(s)" if result.failed else ""))
+    if result.failed:
+        sys.exit(EXIT_REJECTS)
+
+
+@main.command()
 @click.option("--pred", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of predicted <ID>_segmentation.png masks.")
 @click.option("--truth", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),

@@ -35,7 +35,9 @@ from trainer.engine.schedules import cosine_schedule
 from trainer.losses.seg import seg_loss
 from trainer.metrics import binary_scores
 from trainer.models.decoders import DECODERS
-from trainer.models.segmenter import SegModel, build_seg_model
+from trainer.models.segmenter import SegModel, build_seg_model, save_seg_model
+
+MODEL = "model.pt"
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +127,10 @@ def finetune(data: Sequence[str | Path] | str | Path, frac: float, out_dir: str 
              ) -> FinetuneResult:
     """Fine-tune on ``frac`` of the labelled training images of ``data``; write predictions and metrics.
 
-    Writes ``out_dir/subset.json`` (the ids used), ``predictions/<ID>_segmentation.png`` at each test image's
-    original size (0/255), ``metrics.json`` (per image and mean) and ``best_worst.png``.
+    Writes ``out_dir/subset.json`` (the ids used), ``model.pt`` (the selected segmenter, everything needed to
+    rebuild it: :func:`trainer.models.segmenter.save_seg_model`; ``predict`` reads it),
+    ``predictions/<ID>_segmentation.png`` at each test image's original size (0/255), ``metrics.json`` (per
+    image and mean) and ``best_worst.png``.
     """
     out_dir = Path(out_dir)
     dev = resolve_device(device)
@@ -160,6 +164,9 @@ def finetune(data: Sequence[str | Path] | str | Path, frac: float, out_dir: str 
     best_state, best_iter, best_val = _train(model, train_x, train_y, val_x, val_y, config=config, size=size,
                                              device=dev, progress=progress)
     model.load_state_dict(best_state)
+    save_seg_model(model, info, out_dir / MODEL, extra={
+        "frac": frac, "n_labelled": len(subset), "labelled_ids": [s.id for s in subset], "best_iter": best_iter,
+        "best_val_jaccard": best_val, "init": info, "config": json.loads(json.dumps(dataclasses.asdict(config)))})
     means, rows = _predict_test(model, splits, out_dir, size=size, device=dev, progress=progress)
     write_text(out_dir / "metrics.json", json.dumps({
         "mean": means, "n_test": len(rows), "per_image": rows, "frac": frac, "n_labelled": len(subset),
@@ -220,14 +227,24 @@ def _test_input(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     return image, datasets.image_size(Path(path))
 
 
+def predict_image(model: SegModel, path: str | Path, *, size: int, device: torch.device) -> np.ndarray:
+    """The lesion probability of one image file at its original size: ``(H, W) float32`` in [0, 1].
+
+    The image is squashed to ``size`` x ``size`` (area interpolation), segmented, and the probability resized
+    back bilinearly; cut it at 0.5 for the mask. ``finetune`` (test predictions) and ``predict`` share it, so
+    both give the same mask for the same image and model.
+    """
+    image, (height, width) = _test_input(str(path), size)
+    prob = predict_probability(model, torch.from_numpy(image.copy()).permute(2, 0, 1)[None], size=size,
+                               device=device)[0]
+    return cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
 def _predict_test(model, splits: Splits, out_dir: Path, *, size, device, progress):
     pred_dir = out_dir / "predictions"
     rows = []
     for s in tqdm(splits.test, desc="predict test", unit="img", disable=not progress, leave=False):
-        image, (height, width) = _test_input(str(s.image), size)
-        prob = predict_probability(model, torch.from_numpy(image.copy()).permute(2, 0, 1)[None], size=size,
-                                   device=device)[0]
-        full = cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR) >= 0.5
+        full = predict_image(model, s.image, size=size, device=device) >= 0.5
         write_mask_png(pred_dir / f"{s.id}_segmentation.png", full.astype(np.uint8) * 255)
         rows.append({"id": s.id, **binary_scores(full, datasets.read_mask(s.mask))})
     keys = [k for k in rows[0] if k != "id"] if rows else []

@@ -7,7 +7,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trainer.engine.export import read_export
+from trainer.data.colour import IMAGENET_MEAN, IMAGENET_STD
+from trainer.engine.checkpoint import load_checkpoint, save_checkpoint
+from trainer.engine.export import EXPORT_FORMAT, read_export
 from trainer.models.backbone import create_backbone, forward_tokens, patch_kwargs, patch_size
 from trainer.models.decoders import DECODERS, build_decoder, has_edge_path
 
@@ -125,3 +127,56 @@ def _fresh(init: str, *, weights: str | None, arch: str | None, img_size: int | 
     info = {"init": init, "arch": name, "img_size": size, "decoder": "fresh", "decoder_arch": decoder_arch,
             "decoder_skip": decoder_skip, "decoder_hidden": decoder_hidden}
     return SegModel(backbone, dec), info
+
+
+#: Format tag of ``model.pt``, the fine-tuned segmenter that ``finetune`` writes and ``predict`` reads.
+MODEL_FORMAT = "edgedino-model/1"
+
+
+def save_seg_model(model: SegModel, info: dict, path: str | Path, *, extra: dict | None = None) -> Path:
+    """Write ``model.pt`` atomically: the whole segmenter's weights and everything needed to rebuild it.
+
+    Stored: ``format``, ``arch``, ``img_size`` (the square input the model sees), ``patch_size``,
+    ``decoder_arch``, ``decoder_hidden``, ``decoder_skip``, ``normalisation`` (how a picture becomes the input:
+    RGB, squashed to ``img_size`` with area interpolation, ``/255``, ImageNet mean and std), ``threshold`` (0.5 on
+    the sigmoid), ``state_dict`` and ``extra`` (e.g. the fine-tuning config, the labelled ids). No pretraining run
+    is needed to load it (:func:`load_seg_model`).
+    """
+    return save_checkpoint(Path(path), {
+        "format": MODEL_FORMAT, "arch": info["arch"], "img_size": int(info["img_size"]),
+        "patch_size": int(patch_size(model.backbone)), "decoder_arch": info["decoder_arch"],
+        "decoder_hidden": int(info["decoder_hidden"]), "decoder_skip": model.decoder.edge is not None,
+        "normalisation": {"colour": "RGB", "resize": "squash to img_size x img_size, cv2.INTER_AREA",
+                          "scale": 1 / 255, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "threshold": 0.5,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "extra": extra or {}})
+
+
+def load_seg_model(path: str | Path) -> tuple[SegModel, dict]:
+    """Rebuild the segmenter of a ``model.pt`` (:func:`save_seg_model`), weights loaded strictly, in eval mode.
+
+    An ``export.pt`` of ``pretrain`` is accepted too: its teacher backbone and auxiliary decoder are the
+    segmenter with no label used (the "0 labels" column of the table). Returns ``(model, info)`` with
+    ``img_size`` and what the file says about itself.
+    """
+    state = load_checkpoint(path)
+    fmt = state.get("format") if isinstance(state, dict) else None
+    if fmt == EXPORT_FORMAT:
+        model, info = _from_export(path, arch=None, img_size=None, decoder="aux", decoder_arch="conv")
+        return model.eval(), {**info, "format": fmt}
+    if fmt != MODEL_FORMAT:
+        raise ValueError(f"{path}: not an edgedino model (format {fmt!r}, expected {MODEL_FORMAT!r}); pass the "
+                         "model.pt that 'finetune' writes (or a pretraining export.pt)")
+    backbone = create_backbone(state["arch"], img_size=int(state["img_size"]), drop_path_rate=0.0,
+                               **patch_kwargs(state["patch_size"]))
+    dec = build_decoder(state["decoder_arch"], backbone.embed_dim, patch_size(backbone),
+                        hidden=int(state["decoder_hidden"]), skip=bool(state["decoder_skip"]))
+    model = SegModel(backbone, dec)
+    try:
+        model.load_state_dict(state["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not fit the model it describes: {exc}") from None
+    info = {k: state[k] for k in ("arch", "img_size", "patch_size", "decoder_arch", "decoder_hidden",
+                                  "decoder_skip", "normalisation", "threshold", "extra")}
+    return model.eval(), {**info, "format": fmt}
