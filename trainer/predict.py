@@ -17,8 +17,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pipeline import datasets
-from pipeline.atomic import save_figure
-from pipeline.export import write_mask_png
+from pipeline.atomic import atomic_batch, save_figure
+from pipeline.export import encode_png
 from pipeline.report import draw_contour
 from trainer.engine.distributed import resolve_device
 from trainer.finetune import predict_image
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 #: At most this many images on the overlay contact sheet (the first ones by id).
 OVERLAY_MAX = 24
+#: Predictions are published (synced, renamed) in batches of this many images.
+BATCH_FILES = 64
 
 
 @dataclass
@@ -72,20 +74,27 @@ def predict_folder(model_path: str | Path, data: Sequence[str | Path] | str | Pa
     size = int(info["img_size"])
     result = PredictResult(out_dir)
     sheet = []
-    for s in tqdm(dataset.samples, desc="predict", unit="img", disable=not progress):
-        try:
-            prob = predict_image(model, s.image, size=size, device=dev)
-        except (datasets.ImageReadError, OSError, cv2.error) as exc:
-            log.warning("skipped %s: %s", s.image, exc)
-            result.failed.append((str(s.image), str(exc)))
-            continue
-        mask = prob >= 0.5
-        write_mask_png(out_dir / f"{s.id}_segmentation.png", mask.astype(np.uint8) * 255)
-        if probabilities:
-            write_mask_png(out_dir / f"{s.id}_probability.png", np.round(prob * 255).astype(np.uint8))
-        result.written.append(s.id)
-        if overlay is not None and len(sheet) < OVERLAY_MAX:
-            sheet.append((s, mask))
+    bar = tqdm(total=len(dataset.samples), desc="predict", unit="img", disable=not progress)
+    for start in range(0, len(dataset.samples), BATCH_FILES):
+        with atomic_batch(out_dir) as batch:  # one sync per BATCH_FILES images
+            for s in dataset.samples[start:start + BATCH_FILES]:
+                bar.update()
+                try:
+                    prob = predict_image(model, s.image, size=size, device=dev)
+                except (datasets.ImageReadError, OSError, cv2.error) as exc:
+                    log.warning("skipped %s: %s", s.image, exc)
+                    result.failed.append((str(s.image), str(exc)))
+                    continue
+                mask = prob >= 0.5
+                name = f"{s.id}_segmentation.png"
+                batch.write_bytes(name, encode_png(mask.astype(np.uint8) * 255, name))
+                if probabilities:
+                    name = f"{s.id}_probability.png"
+                    batch.write_bytes(name, encode_png(np.round(prob * 255).astype(np.uint8), name))
+                result.written.append(s.id)
+                if overlay is not None and len(sheet) < OVERLAY_MAX:
+                    sheet.append((s, mask))
+    bar.close()
     if overlay is not None and sheet:
         result.overlay = _overlay_sheet(sheet, Path(overlay))
     return result
