@@ -169,8 +169,8 @@ def verify(path: Path) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Run folder: checkpoint-latest.pt, export.pt, log.jsonl, pictures/. Rerunning resumes.")
 @click.option("--preset", type=click.Choice(["auto", "cpu", "paper"]), default="auto", show_default=True,
-              help="paper: ViT-S/16, 224/96 px crops, DINO's sizes (a GPU). cpu: ViT-Ti/16 at 96/48 px with "
-                   "small heads, minutes on a laptop. auto: paper when CUDA is present, else cpu. "
+              help="paper: ViT-S/16, 224/96 px crops, DINO's sizes (a GPU). cpu: ViT-Ti with patch 8 at 96/48 px "
+                   "(12 x 12 tokens) with small heads, about 35 minutes on 2 cores for 2,000 images. auto: paper when CUDA is present, else cpu. "
                    "Options below override the preset.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Epochs in total; rerun with more to continue a run.")
 @click.option("--arch", help="Any timm ViT name (random init unless --weights).")
@@ -399,15 +399,17 @@ def _floats(value: str) -> tuple[float, ...]:
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Table folder: shards, pretrain-*, cells/, results.md/csv/png. Rerunning skips finished cells.")
 @click.option("--preset", type=click.Choice(["auto", "cpu", "paper"]), default="auto", show_default=True,
-              help="cpu: ViT-Ti/16 at 96 px, minutes per cell on 2 cores. paper: ViT-S/16 at 224 px (a GPU). "
-                   "auto: paper when CUDA is present, else cpu.")
+              help="cpu: ViT-Ti with patch 8 at 96 px (12 x 12 tokens), minutes per cell on 2 cores. paper: "
+                   "ViT-S/16 at 224 px (a GPU). auto: paper when CUDA is present, else cpu.")
 @click.option("--fracs", default="0.002,0.005,0.01,0.05", show_default=True, callback=lambda c, p, v: _floats(v),
               help="Label fractions (columns).")
 @click.option("--seeds", default=3, show_default=True, type=click.IntRange(min=1),
               help="Labelled subsets / seeds per cell (mean +- std over them).")
-@click.option("--methods", default=",".join(["scratch", "same-init", "dino", "pseudo-only", "ours", "pseudo-masks"]),
+@click.option("--methods", default=",".join(["scratch", "same-init", "unet-pseudo", "dino", "pseudo-only", "ours",
+                                             "pseudo-masks"]),
               show_default=True,
-              help="Rows to run (comma-separated). Also: ours+fkd (needs --fkd-weights), ours+pic (ours' "
+              help="Rows to run (comma-separated). unet-pseudo: a small U-Net trained on the pseudo-masks alone, "
+                   "then fine-tuned (the baseline ours must beat). Also: ours+fkd (needs --fkd-weights), ours+pic (ours' "
                    "pretraining fine-tuned with PIC CutMix), ours+ilka (the I-LKA + deformable decoder).")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Local backbone checkpoint every pretraining and the same-init row start from.")

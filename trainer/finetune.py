@@ -35,7 +35,7 @@ from trainer.engine.schedules import cosine_schedule
 from trainer.losses.seg import seg_loss
 from trainer.metrics import binary_scores
 from trainer.models.decoders import DECODERS
-from trainer.models.segmenter import SegModel, build_seg_model, save_seg_model
+from trainer.models.segmenter import SegModel, build_seg_model, load_seg_model, save_seg_model
 
 MODEL = "model.pt"
 
@@ -174,6 +174,26 @@ def finetune(data: Sequence[str | Path] | str | Path, frac: float, out_dir: str 
         "config": dataclasses.asdict(config), "splits": describe(splits, subset)}, indent=1))
     _best_worst_sheet(rows, splits, out_dir)
     return FinetuneResult(out_dir, means, best_iter, best_val, [s.id for s in subset])
+
+
+def score_model(model_path: str | Path, splits: Splits, out_dir: str | Path, *, device: str = "auto",
+                progress: bool = True) -> dict[str, float]:
+    """Score a saved segmenter as it is (no training) on ``splits.test``: the 0-labels column of the table.
+
+    ``model_path`` is a ``model.pt`` or a pretraining ``export.pt`` (its auxiliary decoder). Writes
+    ``predictions/``, ``metrics.json`` (``n_labelled`` 0) and ``best_worst.png`` into ``out_dir``; returns the means.
+    """
+    out_dir = Path(out_dir)
+    dev = resolve_device(device)
+    model, info = load_seg_model(model_path)
+    model.to(dev)
+    means, rows = _predict_test(model, splits, out_dir, size=int(info["img_size"]), device=dev, progress=progress)
+    write_text(out_dir / "metrics.json", json.dumps({
+        "mean": means, "n_test": len(rows), "per_image": rows, "frac": 0.0, "n_labelled": 0,
+        "model": {k: v for k, v in info.items() if k != "extra"}, "source": str(model_path)}, indent=1,
+        default=str))
+    _best_worst_sheet(rows, splits, out_dir)
+    return means
 
 
 def _train(model, train_x, train_y, val_x, val_y, *, config, size, device, progress):

@@ -12,6 +12,7 @@ from trainer.engine.checkpoint import load_checkpoint, save_checkpoint
 from trainer.engine.export import EXPORT_FORMAT, read_export
 from trainer.models.backbone import create_backbone, forward_tokens, patch_kwargs, patch_size
 from trainer.models.decoders import DECODERS, build_decoder, has_edge_path
+from trainer.models.unet import UNet
 
 INITS = ("pretrain", "scratch", "weights:PATH")
 
@@ -45,7 +46,8 @@ def build_seg_model(init: str, *, checkpoint: str | Path | None = None, arch: st
         random init; ``weights:PATH``: backbone from a local checkpoint (the same init pretraining started
         from), fresh decoder.
     checkpoint : path
-        The ``export.pt`` for ``init='pretrain'``.
+        The ``export.pt`` for ``init='pretrain'``, or a ``model.pt`` (:func:`save_seg_model`; e.g. the U-Net
+        trained on pseudo-masks), rebuilt as it was saved.
     arch : str, optional
         timm ViT name; with ``pretrain`` it must match the export's (a different one is an error).
     img_size : int, optional
@@ -76,12 +78,22 @@ def build_seg_model(init: str, *, checkpoint: str | Path | None = None, arch: st
     if init == "pretrain":
         if checkpoint is None:
             raise ValueError("init 'pretrain' needs --checkpoint (the export.pt written by 'pretrain')")
+        if _file_format(checkpoint) == MODEL_FORMAT:  # a saved segmenter (e.g. the U-Net on pseudo-masks)
+            model, meta = load_seg_model(checkpoint)
+            return model.train(), {"init": "pretrain", "checkpoint": str(checkpoint), "decoder": "aux",
+                                   **{k: meta[k] for k in ("arch", "img_size", "decoder_arch", "decoder_hidden",
+                                                           "decoder_skip")}}
         return _from_export(checkpoint, arch=arch, img_size=img_size, decoder=decoder, decoder_arch=decoder_arch)
     if init == "scratch" or init.startswith("weights:"):
         weights = init.split(":", 1)[1] if init.startswith("weights:") else None
         return _fresh(init, weights=weights, arch=arch, img_size=img_size, decoder_hidden=decoder_hidden,
                       decoder_arch=decoder_arch, decoder_skip=decoder_skip, patch=patch)
     raise ValueError(f"init must be one of {INITS}, got {init!r}")
+
+
+def _file_format(path: str | Path) -> str | None:
+    state = load_checkpoint(path)
+    return state.get("format") if isinstance(state, dict) else None
 
 
 def _from_export(checkpoint: str | Path, *, arch: str | None, img_size: int | None, decoder: str,
@@ -133,19 +145,25 @@ def _fresh(init: str, *, weights: str | None, arch: str | None, img_size: int | 
 MODEL_FORMAT = "edgedino-model/1"
 
 
-def save_seg_model(model: SegModel, info: dict, path: str | Path, *, extra: dict | None = None) -> Path:
+def save_seg_model(model: SegModel | UNet, info: dict, path: str | Path, *, extra: dict | None = None) -> Path:
     """Write ``model.pt`` atomically: the whole segmenter's weights and everything needed to rebuild it.
 
     Stored: ``format``, ``arch``, ``img_size`` (the square input the model sees), ``patch_size``,
     ``decoder_arch``, ``decoder_hidden``, ``decoder_skip``, ``normalisation`` (how a picture becomes the input:
     RGB, squashed to ``img_size`` with area interpolation, ``/255``, ImageNet mean and std), ``threshold`` (0.5 on
     the sigmoid), ``state_dict`` and ``extra`` (e.g. the fine-tuning config, the labelled ids). No pretraining run
-    is needed to load it (:func:`load_seg_model`).
+    is needed to load it (:func:`load_seg_model`). A :class:`~trainer.models.unet.UNet` is stored with ``arch``
+    ``'unet'`` and its ``unet_channels`` (no patch size, decoder kind ``'unet'``).
     """
+    if isinstance(model, UNet):
+        shape = {"arch": "unet", "patch_size": None, "decoder_arch": "unet", "decoder_hidden": 0,
+                 "decoder_skip": False, "unet_channels": list(model.channels)}
+    else:
+        shape = {"arch": info["arch"], "patch_size": int(patch_size(model.backbone)),
+                 "decoder_arch": info["decoder_arch"], "decoder_hidden": int(info["decoder_hidden"]),
+                 "decoder_skip": model.decoder.edge is not None}
     return save_checkpoint(Path(path), {
-        "format": MODEL_FORMAT, "arch": info["arch"], "img_size": int(info["img_size"]),
-        "patch_size": int(patch_size(model.backbone)), "decoder_arch": info["decoder_arch"],
-        "decoder_hidden": int(info["decoder_hidden"]), "decoder_skip": model.decoder.edge is not None,
+        "format": MODEL_FORMAT, "img_size": int(info["img_size"]), **shape,
         "normalisation": {"colour": "RGB", "resize": "squash to img_size x img_size, cv2.INTER_AREA",
                           "scale": 1 / 255, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
         "threshold": 0.5,
@@ -168,11 +186,14 @@ def load_seg_model(path: str | Path) -> tuple[SegModel, dict]:
     if fmt != MODEL_FORMAT:
         raise ValueError(f"{path}: not an edgedino model (format {fmt!r}, expected {MODEL_FORMAT!r}); pass the "
                          "model.pt that 'finetune' writes (or a pretraining export.pt)")
-    backbone = create_backbone(state["arch"], img_size=int(state["img_size"]), drop_path_rate=0.0,
-                               **patch_kwargs(state["patch_size"]))
-    dec = build_decoder(state["decoder_arch"], backbone.embed_dim, patch_size(backbone),
-                        hidden=int(state["decoder_hidden"]), skip=bool(state["decoder_skip"]))
-    model = SegModel(backbone, dec)
+    if state["arch"] == "unet":
+        model = UNet(tuple(state["unet_channels"]))
+    else:
+        backbone = create_backbone(state["arch"], img_size=int(state["img_size"]), drop_path_rate=0.0,
+                                   **patch_kwargs(state["patch_size"]))
+        dec = build_decoder(state["decoder_arch"], backbone.embed_dim, patch_size(backbone),
+                            hidden=int(state["decoder_hidden"]), skip=bool(state["decoder_skip"]))
+        model = SegModel(backbone, dec)
     try:
         model.load_state_dict(state["state_dict"], strict=True)
     except RuntimeError as exc:
