@@ -100,7 +100,7 @@ def train_unet_on_pseudomasks(shards, out_dir: str | Path, config: UNetPseudoCon
             bar.update()
             if step % 20 == 0 or step == config.steps:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
-                lines.append(json.dumps({"step": step, "loss": float(loss), "lr": float(lr[step - 1])}))
+                lines.append(json.dumps({"step": step, "loss": loss.item(), "lr": float(lr[step - 1])}))
         epoch += 1
     bar.close()
     log.info("U-Net on pseudo-masks: %d steps in %.0f s", step, time.perf_counter() - tic)

@@ -49,3 +49,31 @@ def test_unet_learns_the_pseudo_masks_and_round_trips(shards, tmp_path):  # noqa
     assert isinstance(seg, UNet) and seg.training and meta["decoder_arch"] == "unet"
     for k, v in model.state_dict().items():
         assert torch.equal(v, seg.state_dict()[k]), k
+
+
+def test_table_trains_the_unet_once_scores_it_with_0_labels_and_fine_tunes_from_it(shards, tmp_path,  # noqa: F811
+                                                                                   monkeypatch):
+    import trainer.table as table
+    from pipeline.synth import write_synthetic_dataset
+
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, 12, seed=3, size=(64, 48), progress=False)
+    monkeypatch.setattr(table, "unet_pseudo_preset",
+                        lambda name, img_size: UNetPseudoConfig(img_size=32, channels=(4, 8), steps=3, batch_size=2))
+    calls = []
+
+    def fake_finetune(data, frac, cell, *, checkpoint, config, **kwargs):
+        calls.append((cell.name, checkpoint, config.init))
+        cell.mkdir(parents=True, exist_ok=True)
+        (cell / "metrics.json").write_text(json.dumps({"n_labelled": 2, "mean": {"jaccard": 0.5,
+                                                                               "thresholded_jaccard": 0.0}}))
+
+    monkeypatch.setattr("trainer.finetune.finetune", fake_finetune)
+    spec = table.TableSpec(data=(str(data),), out=str(tmp_path / "table"), fracs=(0.2,), seeds=(0,),
+                           methods=("unet-pseudo",), preset="cpu", device="cpu", shards=str(shards))
+    table.run_table(spec, progress=False)
+    model_pt = tmp_path / "table" / "pretrain-unet-pseudo" / "model.pt"
+    assert calls == [("unet-pseudo-frac0.2-seed0", model_pt, "pretrain")]
+    rows = table.read_results(tmp_path / "table" / "results.csv")
+    assert sorted((r["method"], r["frac"], r["n_labelled"]) for r in rows) == [("unet-pseudo", "0.0", "0"),
+                                                                               ("unet-pseudo", "0.2", "2")]
