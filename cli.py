@@ -288,9 +288,21 @@ def pretrain(shards, out, preset, exclude_from, no_progress, device, no_distill,
               help="With --pic: chance that a batch is mixed.")
 @click.option("--pic-anneal", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
               help="With --pic: fraction of the iterations over which the minority bias falls to uniform.")
+@click.option("--pseudo-shards", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Semi-supervised fine-tuning: the pseudomasks shards of your unlabelled pool. Each step then also "
+                   "trains on --pseudo-batch pool images against their pseudo-masks (uncertain band ignored). Use "
+                   "it when labels are few and the pool is large; validation and test ids are left out.")
+@click.option("--pseudo-weight", type=click.FloatRange(min=0), default=None,
+              help="Weight of the pseudo-mask loss relative to the expert loss (default 0.5, ramped in over the "
+                   "first 20 %% of the iterations). Lower it when the pseudo-masks are poor on your data.")
+@click.option("--pseudo-batch", type=click.IntRange(min=1), default=None,
+              help="Pool images per step beside the labelled batch (default 8).")
+@click.option("--tta", is_flag=True,
+              help="Average the test predictions over the 8 flips/quarter turns (8x the prediction time); "
+                   "'predict' with the saved model.pt does the same.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
 def finetune(data, frac, checkpoint, out, test_data, seed, init, decoder, decoder_arch, arch, img_size, iters, preset,
-             device, pic, pic_prob, pic_anneal, no_progress):
+             device, pic, pic_prob, pic_anneal, pseudo_shards, pseudo_weight, pseudo_batch, tta, no_progress):
     """Fine-tune with a fraction of the expert labels and report ISIC metrics."""
     import dataclasses
 
@@ -302,7 +314,8 @@ def finetune(data, frac, checkpoint, out, test_data, seed, init, decoder, decode
         raise click.BadParameter("--init pretrain needs --checkpoint PATH (the export.pt of 'pretrain')",
                                  param_hint="--checkpoint")
     overrides = {"seed": seed, "init": init, "decoder": decoder, "arch": arch, "img_size": img_size, "iters": iters,
-                 "decoder_arch": decoder_arch}
+                 "decoder_arch": decoder_arch, "pseudo_shards": str(pseudo_shards) if pseudo_shards else None,
+                 "pseudo_weight": pseudo_weight, "pseudo_batch": pseudo_batch, "tta": tta or None}
     if pic:
         from trainer.data.cutmix import PICConfig
 
@@ -409,7 +422,7 @@ def _floats(value: str) -> tuple[float, ...]:
                                              "pseudo-masks"]),
               show_default=True,
               help="Rows to run (comma-separated). unet-pseudo: a small U-Net trained on the pseudo-masks alone, "
-                   "then fine-tuned (the baseline ours must beat). Also: ours+fkd (needs --fkd-weights), ours+pic (ours' "
+                   "then fine-tuned (the baseline ours must beat). Also: ours+fkd (needs --fkd-weights), ours+semi (ours' pretraining fine-tuned semi-supervised with the table's pseudo-masks), ours+pic (ours' "
                    "pretraining fine-tuned with PIC CutMix), ours+ilka (the I-LKA + deformable decoder).")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Local backbone checkpoint every pretraining and the same-init row start from.")

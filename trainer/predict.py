@@ -72,6 +72,7 @@ def predict_folder(model_path: str | Path, data: Sequence[str | Path] | str | Pa
     dev = resolve_device(device)
     model.to(dev)
     size = int(info["img_size"])
+    tta = bool(info.get("extra", {}).get("config", {}).get("tta", False))  # as finetune predicted its test set
     result = PredictResult(out_dir)
     sheet = []
     bar = tqdm(total=len(dataset.samples), desc="predict", unit="img", disable=not progress)
@@ -80,7 +81,7 @@ def predict_folder(model_path: str | Path, data: Sequence[str | Path] | str | Pa
             for s in dataset.samples[start:start + BATCH_FILES]:
                 bar.update()
                 try:
-                    prob = predict_image(model, s.image, size=size, device=dev)
+                    prob = predict_image(model, s.image, size=size, device=dev, tta=tta)
                 except (datasets.ImageReadError, OSError, cv2.error) as exc:
                     log.warning("skipped %s: %s", s.image, exc)
                     result.failed.append((str(s.image), str(exc)))

@@ -11,6 +11,8 @@ Rows (METHOD.md section 6):
 - ``ours+fkd``: ours plus foundation knowledge distillation from a frozen model (DINO-Mix's FKD; needs
   ``fkd_weights``, a local checkpoint: nothing is downloaded);
 - ``ours+pic``: ours' pretraining, fine-tuned with progressive imbalance-aware CutMix (DINO-Mix's PIC);
+- ``ours+semi``: ours' pretraining, fine-tuned semi-supervised: each step mixes the labelled crops with pool
+  crops and their pseudo-masks (``FinetuneConfig.pseudo_shards``; weight and schedule documented there);
 - ``ours+ilka``: ours with S^3-Net's I-LKA + deformable-conv decoder (pretraining and fine-tuning);
 - ``unet-pseudo``: a small U-Net (:mod:`trainer.models.unet`) trained on the pseudo-masks alone
   (:mod:`trainer.unet_pseudo`), then fine-tuned with the same labels: no DINO, no ViT. Ours must beat it to
@@ -54,9 +56,9 @@ log = logging.getLogger(__name__)
 
 PRETRAINED = {"dino": {"lambda_seg": 0.0}, "pseudo-only": {"distill": False}, "ours": {}, "ours+fkd": {},
               "ours+ilka": {"decoder": "ilka"}}
-FINETUNE_VARIANTS = {"ours+pic": "ours"}  # rows that fine-tune another row's pretraining differently
-METHODS = ("scratch", "same-init", "unet-pseudo", "dino", "pseudo-only", "ours", "ours+fkd", "ours+pic", "ours+ilka",
-           "pseudo-masks")
+FINETUNE_VARIANTS = {"ours+pic": "ours", "ours+semi": "ours"}  # another row's pretraining, fine-tuned differently
+METHODS = ("scratch", "same-init", "unet-pseudo", "dino", "pseudo-only", "ours", "ours+fkd", "ours+pic", "ours+semi",
+           "ours+ilka", "pseudo-masks")
 ZERO_LABEL_ROWS = ("unet-pseudo", "pseudo-only", "ours", "ours+fkd", "ours+ilka")  # a decoder trained on pseudo-masks
 UNET = "unet-pseudo"
 METRICS = ("jaccard", "dice", "thresholded_jaccard", "accuracy", "sensitivity", "specificity")
@@ -93,9 +95,11 @@ def _pretrain_overrides(method: str, spec: TableSpec) -> dict:
     return {"fkd_teacher": spec.fkd_teacher, "fkd_weights": spec.fkd_weights, "fkd_weight": spec.fkd_weight}
 
 
-def _finetune_overrides(method: str) -> dict:
+def _finetune_overrides(method: str, shard_dir: Path | None = None) -> dict:
     if method == "ours+pic":
         return {"pic": PICConfig()}
+    if method == "ours+semi":
+        return {"pseudo_shards": str(shard_dir)}
     return {}
 
 
@@ -191,7 +195,8 @@ def _finetune_grid(spec: TableSpec, out: Path, exports: dict[str, Path], base_pr
                 metrics_path = cell / "metrics.json"
                 if not metrics_path.exists():
                     if method in exports or method in FINETUNE_VARIANTS:
-                        ft = dataclasses.replace(base_ft, init="pretrain", seed=seed, **_finetune_overrides(method))
+                        ft = dataclasses.replace(base_ft, init="pretrain", seed=seed,
+                                                 **_finetune_overrides(method, Path(spec.shards or out / "shards")))
                         checkpoint = exports[FINETUNE_VARIANTS.get(method, method)]
                     else:
                         init = f"weights:{spec.weights}" if method == "same-init" else "scratch"
