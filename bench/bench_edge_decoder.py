@@ -83,7 +83,7 @@ def main(argv=None) -> None:
                 "edge-aware decoder": dataclasses.replace(base, decoder_skip=True)}
     if args.preset == "cpu":
         variants["old cpu preset (6x6 tokens, token-only)"] = dataclasses.replace(
-            base, patch_size=None, n_local=4, decoder_skip=False)
+            base, patch_size=None, n_local=4, epochs=15, decoder_skip=False)
     steps = {name: make_step(cfg, images, maps, device) for name, cfg in variants.items()}
     for fn in steps.values():
         fn()  # warm-up
