@@ -7,6 +7,7 @@ loads them and must predict the same logits, read the same shard contents and pa
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import tarfile
@@ -22,7 +23,8 @@ from trainer.engine.export import read_export
 from trainer.models.segmenter import build_seg_model
 
 REPO = Path(__file__).resolve().parents[3]
-OLD_COMMIT = "25530b0"  # the last commit of the flat trainer/ layout
+OLD_COMMIT = "25530b0"
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")  # the last commit of the flat trainer/ layout
 
 OLD_SCRIPT = r'''
 import json, sys
@@ -61,7 +63,9 @@ def old_files(tmp_path_factory) -> Path:
     assert (code / "trainer" / "seg_model.py").is_file()  # really the old layout
     out = tmp / "out"
     run = subprocess.run([sys.executable, "-c", OLD_SCRIPT, str(out)], cwd=code, capture_output=True, text=True,
-                         env={"PYTHONPATH": str(code), "PATH": "/usr/bin:/bin", "HOME": str(tmp)}, timeout=300)
+                         env={"PYTHONPATH": str(code), "PATH": "/usr/bin:/bin", "HOME": str(tmp),
+                              # the same thread count as this process, so float sums run in the same order
+                              **{k: os.environ[k] for k in THREAD_VARS if k in os.environ}}, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     return out
 
