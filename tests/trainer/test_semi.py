@@ -1,4 +1,5 @@
-"""Semi-supervised fine-tuning: each batch holds labelled crops and pool crops with pseudo-masks, weighted as stated."""
+"""Semi-supervised fine-tuning: each batch holds labelled crops and pool crops with pseudo-masks, weighted as stated;
+test-time flip/rotation averaging."""
 from __future__ import annotations
 
 import dataclasses
@@ -55,3 +56,27 @@ def test_each_fine_tuning_batch_mixes_both_kinds_with_the_ramped_weight(shards, 
     ft.finetune(data, 0.5, tmp_path / "plain", config=dataclasses.replace(config, pseudo_shards=None), device="cpu",
                 progress=False)
     assert [s[:3] for s in seen] == [(3, 3, None)] * 5  # off: labelled crops only
+
+
+class _Pointwise(torch.nn.Module):
+    """Logits from each pixel alone (equivariant to every flip and turn), plus an optional fixed ramp (not)."""
+
+    def __init__(self, ramp: float = 0.0):
+        super().__init__()
+        self.ramp = ramp
+
+    def forward(self, x):
+        w = x.shape[-1]
+        return x[:, :1] * 2.0 + self.ramp * torch.linspace(-1, 1, w).view(1, 1, 1, w)
+
+
+def test_tta_maps_each_view_back_before_averaging():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (2, 3, 24, 24), dtype=torch.uint8, generator=g)
+    plain = ft.predict_probability(_Pointwise(), images, size=24, device=torch.device("cpu"))
+    tta = ft.predict_probability(_Pointwise(), images, size=24, device=torch.device("cpu"), tta=True)
+    # an equivariant model gives the same map only if every view was mapped back correctly
+    assert torch.allclose(torch.from_numpy(plain), torch.from_numpy(tta), atol=1e-6)
+    ramp = ft.predict_probability(_Pointwise(ramp=3.0), images, size=24, device=torch.device("cpu"), tta=True)
+    assert not torch.allclose(torch.from_numpy(ramp), torch.from_numpy(
+        ft.predict_probability(_Pointwise(ramp=3.0), images, size=24, device=torch.device("cpu"))), atol=1e-3)
