@@ -294,7 +294,7 @@ def pretrain(shards, out, preset, exclude_from, no_progress, device, no_distill,
                    "it when labels are few and the pool is large; validation and test ids are left out.")
 @click.option("--pseudo-weight", type=click.FloatRange(min=0), default=None,
               help="Weight of the pseudo-mask loss relative to the expert loss (default 0.5, ramped in over the "
-                   "first 20 %% of the iterations). Lower it when the pseudo-masks are poor on your data.")
+                   "first 20 % of the iterations). Lower it when the pseudo-masks are poor on your data.")
 @click.option("--pseudo-batch", type=click.IntRange(min=1), default=None,
               help="Pool images per step beside the labelled batch (default 8).")
 @click.option("--tta", is_flag=True,
