@@ -258,8 +258,8 @@ def verify(path: Path) -> None:
               help="Run folder: checkpoint-latest.pt (and the one before, checkpoint-previous.pt), export.pt, "
                    "log.jsonl, pictures/. Rerunning resumes on the same data.")
 @click.option("--preset", type=click.Choice(["auto", "cpu", "paper"]), default="auto", show_default=True,
-              help="paper: ViT-S/16, 224/96 px crops, DINO's sizes (a GPU). cpu: ViT-Ti/16 at 96/48 px with "
-                   "small heads, minutes on a laptop. auto: paper when CUDA is present, else cpu. "
+              help="paper: ViT-S/16, 224/96 px crops, DINO's sizes (a GPU). cpu: ViT-Ti with patch 8 at 96/48 px "
+                   "(12 x 12 tokens) with small heads, about 35 minutes on 2 cores for 2,000 images. auto: paper when CUDA is present, else cpu. "
                    "Options below override the preset.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Epochs in total; rerun with more to continue a run.")
 @click.option("--arch", help="Any timm ViT name (random init unless --weights).")
@@ -279,6 +279,13 @@ def verify(path: Path) -> None:
               help="Auxiliary decoder (preset: conv). conv = the light conv decoder; ilka = S^3-Net's Inception "
                    "Large Kernel Attention + deformable conv (larger receptive field, borders that bend; slower "
                    "on CPU). Fine-tuning rebuilds the same kind from export.pt.")
+@click.option("--decoder-skip/--no-decoder-skip", default=None,
+              help="The decoder's high-resolution edge path (preset: on): a few strided convs on the input crop "
+                   "fused with the token features, so borders come from pixels, not from the token grid. Turn it "
+                   "off only to reproduce token-only runs.")
+@click.option("--patch-size", type=click.IntRange(min=2),
+              help="Patch size in place of the arch's own (cpu preset: 8 on ViT-Ti, a 12 x 12 token grid at "
+                   "96 px). Smaller patches draw finer borders and cost about (old/new)^2 more per step.")
 @click.option("--affine-weight", type=click.FloatRange(min=0),
               help="S^3-Net's rotation-equivariance term, relative to the pseudo-mask loss (0: off). Costs one "
                    "more student forward on the global views. Needs --lambda-seg > 0; start at 1 and check in "
@@ -373,9 +380,21 @@ def pretrain(shards, out, preset, exclude_from, no_progress, device, no_distill,
               help="With --pic: chance that a batch is mixed.")
 @click.option("--pic-anneal", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
               help="With --pic: fraction of the iterations over which the minority bias falls to uniform.")
+@click.option("--pseudo-shards", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Semi-supervised fine-tuning: the pseudomasks shards of your unlabelled pool. Each step then also "
+                   "trains on --pseudo-batch pool images against their pseudo-masks (uncertain band ignored). Use "
+                   "it when labels are few and the pool is large; validation and test ids are left out.")
+@click.option("--pseudo-weight", type=click.FloatRange(min=0), default=None,
+              help="Weight of the pseudo-mask loss relative to the expert loss (default 0.5, ramped in over the "
+                   "first 20 % of the iterations). Lower it when the pseudo-masks are poor on your data.")
+@click.option("--pseudo-batch", type=click.IntRange(min=1), default=None,
+              help="Pool images per step beside the labelled batch (default 8).")
+@click.option("--tta", is_flag=True,
+              help="Average the test predictions over the 8 flips/quarter turns (8x the prediction time); "
+                   "'predict' with the saved model.pt does the same.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
 def finetune(data, frac, checkpoint, out, test_data, seed, init, decoder, decoder_arch, arch, img_size, iters, preset,
-             device, pic, pic_prob, pic_anneal, no_progress):
+             device, pic, pic_prob, pic_anneal, pseudo_shards, pseudo_weight, pseudo_batch, tta, no_progress):
     """Fine-tune with a fraction of the expert labels and report ISIC metrics."""
     import dataclasses
 
@@ -387,7 +406,8 @@ def finetune(data, frac, checkpoint, out, test_data, seed, init, decoder, decode
         raise click.BadParameter("--init pretrain needs --checkpoint PATH (the export.pt of 'pretrain')",
                                  param_hint="--checkpoint")
     overrides = {"seed": seed, "init": init, "decoder": decoder, "arch": arch, "img_size": img_size, "iters": iters,
-                 "decoder_arch": decoder_arch}
+                 "decoder_arch": decoder_arch, "pseudo_shards": str(pseudo_shards) if pseudo_shards else None,
+                 "pseudo_weight": pseudo_weight, "pseudo_batch": pseudo_batch, "tta": tta or None}
     if pic:
         from trainer.data.cutmix import PICConfig
 
@@ -404,6 +424,42 @@ def finetune(data, frac, checkpoint, out, test_data, seed, init, decoder, decode
         click.echo(f"{name:>20}: {value:.4f}")
     click.echo(f"predictions: {out / 'predictions'}   metrics: {out / 'metrics.json'}   "
                f"pictures: {out / 'best_worst.png'}")
+
+
+@main.command()
+@click.option("--model", "model_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The model.pt written by 'finetune' (or a pretraining export.pt: its auxiliary decoder, no "
+                   "label used). Everything needed to rebuild the segmenter is in the file.")
+@click.option("--data", multiple=True, required=True, type=click.Path(exists=True, path_type=Path),
+              help="Images to segment, in any layout the data commands read (a flat folder, images/, ISIC 2018); "
+                   "masks are not needed. Repeatable.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for <ID>_segmentation.png (0/255) at each image's original size; not a data folder.")
+@click.option("--probabilities", is_flag=True,
+              help="Also write <ID>_probability.png: the lesion probability x 255 (8 bits), for your own threshold "
+                   "or for review of uncertain borders.")
+@click.option("--overlay", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also draw a contact sheet (PNG) of the first 24 images with the predicted border.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: CUDA when present, else CPU.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
+def predict(model_path, data, out, probabilities, overlay, device, no_progress):
+    """Segment a folder of new images with a saved model (exit 3 when some images were skipped)."""
+    from pipeline import datasets
+    from trainer.predict import predict_folder
+
+    try:
+        result = predict_folder(model_path, list(data), out, probabilities=probabilities, overlay=overlay,
+                                device=device, progress=not no_progress)
+    except (ValueError, FileNotFoundError, datasets.DatasetError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for path, reason in result.failed:
+        click.echo(f"skipped {path}: {reason}", err=True)
+    click.echo(f"segmented {len(result.written)} image(s) into {out}"
+               + (f"; overlay {result.overlay}" if result.overlay else "")
+               + (f"; skipped {len(result.failed)} unreadable image(s)" if result.failed else ""))
+    if result.failed:
+        sys.exit(EXIT_REJECTS)
 
 
 @main.command()
@@ -456,15 +512,17 @@ def _floats(value: str) -> tuple[float, ...]:
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Table folder: shards, pretrain-*, cells/, results.md/csv/png. Rerunning skips finished cells.")
 @click.option("--preset", type=click.Choice(["auto", "cpu", "paper"]), default="auto", show_default=True,
-              help="cpu: ViT-Ti/16 at 96 px, minutes per cell on 2 cores. paper: ViT-S/16 at 224 px (a GPU). "
-                   "auto: paper when CUDA is present, else cpu.")
+              help="cpu: ViT-Ti with patch 8 at 96 px (12 x 12 tokens), minutes per cell on 2 cores. paper: "
+                   "ViT-S/16 at 224 px (a GPU). auto: paper when CUDA is present, else cpu.")
 @click.option("--fracs", default="0.002,0.005,0.01,0.05", show_default=True, callback=lambda c, p, v: _floats(v),
               help="Label fractions (columns).")
 @click.option("--seeds", default=3, show_default=True, type=click.IntRange(min=1),
               help="Labelled subsets / seeds per cell (mean +- std over them).")
-@click.option("--methods", default=",".join(["scratch", "same-init", "dino", "pseudo-only", "ours", "pseudo-masks"]),
+@click.option("--methods", default=",".join(["scratch", "same-init", "unet-pseudo", "dino", "pseudo-only", "ours",
+                                             "pseudo-masks"]),
               show_default=True,
-              help="Rows to run (comma-separated). Also: ours+fkd (needs --fkd-weights), ours+pic (ours' "
+              help="Rows to run (comma-separated). unet-pseudo: a small U-Net trained on the pseudo-masks alone, "
+                   "then fine-tuned (the baseline ours must beat). Also: ours+fkd (needs --fkd-weights), ours+semi (ours' pretraining fine-tuned semi-supervised with the table's pseudo-masks), ours+pic (ours' "
                    "pretraining fine-tuned with PIC CutMix), ours+ilka (the I-LKA + deformable decoder).")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Local backbone checkpoint every pretraining and the same-init row start from.")

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from pipeline.atomic import write_bytes
+from pipeline.atomic import atomic_batch, write_bytes
 from pipeline.guard import GuardError, Ledger, check_out_dir, check_plain_name, make_out_dir
 from pipeline.shards import ShardReader, find_shards
 
@@ -23,12 +23,17 @@ def mask_to_original(mask: np.ndarray, orig_shape: tuple[int, int]) -> np.ndarra
     return np.where(soft >= 0.5, 255, 0).astype(np.uint8)
 
 
-def write_mask_png(path: Path, mask: np.ndarray) -> None:
-    """Write an ``(H, W) uint8`` 0/255 mask as a single-channel PNG, atomically."""
+def encode_png(mask: np.ndarray, name: str = "mask") -> bytes:
+    """An ``(H, W) uint8`` image as single-channel PNG bytes (``name`` for the error message)."""
     ok, buf = cv2.imencode(".png", mask)
     if not ok:
-        raise RuntimeError(f"{path}: PNG encoding failed")
-    write_bytes(path, buf.tobytes())
+        raise RuntimeError(f"{name}: PNG encoding failed")
+    return buf.tobytes()
+
+
+def write_mask_png(path: Path, mask: np.ndarray) -> None:
+    """Write an ``(H, W) uint8`` 0/255 mask as a single-channel PNG, atomically."""
+    write_bytes(path, encode_png(mask, str(path)))
 
 
 def export_masks(shards: str | Path, out_dir: str | Path, *, progress: bool = True, overwrite: bool = False) -> int:
@@ -54,10 +59,11 @@ def export_masks(shards: str | Path, out_dir: str | Path, *, progress: bool = Tr
     Ledger(out_dir).claim(sorted(names), overwrite=overwrite)
     n = 0
     for path in paths:
-        with ShardReader(path) as shard:
+        with ShardReader(path) as shard, atomic_batch(out_dir) as batch:  # one sync per shard
             for sample in tqdm(shard, total=len(shard), desc=f"export {path.name}", unit="mask",
                                disable=not progress):
                 mask = mask_to_original(sample["pseudo_mask"], sample["orig_shape"])
-                write_mask_png(out_dir / f"{sample['id']}_segmentation.png", mask)
+                name = f"{sample['id']}_segmentation.png"
+                batch.write_bytes(name, encode_png(mask, name))
                 n += 1
     return n

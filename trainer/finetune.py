@@ -36,7 +36,9 @@ from trainer.engine.schedules import cosine_schedule
 from trainer.losses.seg import seg_loss
 from trainer.metrics import binary_scores
 from trainer.models.decoders import DECODERS
-from trainer.models.segmenter import SegModel, build_seg_model
+from trainer.models.segmenter import SegModel, build_seg_model, load_seg_model, save_seg_model
+
+MODEL = "model.pt"
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,13 @@ class FinetuneConfig:
     ``pic`` turns on progressive imbalance-aware CutMix on the augmented batch (:mod:`trainer.data.cutmix`).
     ``decoder`` ('aux' or 'fresh') says where the decoder's weights start; ``decoder_arch`` ('conv' or 'ilka')
     is its kind for runs without an export (an export rebuilds its own kind).
+
+    Semi-supervised (ours, off unless ``pseudo_shards`` is given): each step also draws ``pseudo_batch`` images
+    of the unlabelled pool (the shards of ``pseudomasks``, minus the validation and test ids) with their
+    pseudo-masks, cropped the same way, and adds ``pseudo_weight * ramp * L_seg(pseudo)`` to the expert loss,
+    with the walker's uncertain band ``pseudo_band`` ignored (:func:`trainer.losses.seg.seg_loss`); ``ramp``
+    rises linearly from 0 to 1 over the first ``pseudo_ramp_frac`` of the iterations (:func:`semi_loss`).
+    ``tta`` averages the test-time probabilities over the 8 flips/quarter turns (:func:`predict_probability`).
     """
 
     init: str = "pretrain"
@@ -69,10 +78,21 @@ class FinetuneConfig:
     decoder_arch: str = "conv"  # decoder kind without an export; with one, the export's kind is used
     seed: int = 0
     pic: PICConfig | None = None
+    decoder_skip: bool = True  # edge path of a decoder without an export; with one, the export's
+    patch_size: int | None = None  # patch size without an export (None: the arch's); with one, the export's
+    pseudo_shards: str | None = None  # semi-supervised: shards of the unlabelled pool (None: expert labels only)
+    pseudo_batch: int = 8             # pool images per step beside the batch_size labelled ones
+    pseudo_weight: float = 0.5        # weight of the pseudo-mask loss, relative to the expert loss
+    pseudo_ramp_frac: float = 0.2     # the weight ramps linearly 0 -> pseudo_weight over this fraction of iters
+    pseudo_band: tuple[float, float] = (0.1, 0.9)  # the walker's uncertain band, ignored in the pseudo loss
+    tta: bool = False                 # test-time averaging over flips and quarter turns
 
     def __post_init__(self):
         if self.decoder_arch not in DECODERS:
             raise ValueError(f"decoder_arch: expected one of {DECODERS}, got {self.decoder_arch!r}")
+        if not self.pseudo_weight >= 0 or self.pseudo_batch < 1 or not 0 <= self.pseudo_ramp_frac <= 1:
+            raise ValueError(f"pseudo_weight >= 0, pseudo_batch >= 1 and 0 <= pseudo_ramp_frac <= 1 expected, got "
+                             f"{self.pseudo_weight}, {self.pseudo_batch}, {self.pseudo_ramp_frac}")
 
 
 @dataclass
@@ -99,14 +119,28 @@ def _load(samples: Sequence[datasets.Sample], size: int) -> tuple[torch.Tensor, 
 
 @torch.no_grad()
 def predict_probability(model: SegModel, images: torch.Tensor, *, size: int, device: torch.device,
-                        batch: int = 16) -> np.ndarray:
-    """``(N, 3, S, S) uint8 -> (N, size, size) float32`` lesion probabilities."""
+                        batch: int = 16, tta: bool = False) -> np.ndarray:
+    """``(N, 3, S, S) uint8 -> (N, size, size) float32`` lesion probabilities.
+
+    ``tta``: the mean of the probabilities over the 8 symmetries of the square (4 quarter turns, with and
+    without a horizontal flip), each mapped back before averaging.
+    """
     model.eval()
     out = []
     for i in range(0, len(images), batch):
         x = normalise(images[i:i + batch].to(device), size)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out.append(torch.sigmoid(model(x).float())[:, 0].cpu().numpy())
+            if not tta:
+                out.append(torch.sigmoid(model(x).float())[:, 0].cpu().numpy())
+                continue
+            acc = torch.zeros(x.shape[0], 1, size, size, device=device)
+            for flip in (False, True):
+                xf = x.flip(-1) if flip else x
+                for k in range(4):
+                    p = torch.sigmoid(model(torch.rot90(xf, k, (-2, -1))).float())
+                    p = torch.rot90(p, -k, (-2, -1))
+                    acc += p.flip(-1) if flip else p
+            out.append((acc / 8)[:, 0].cpu().numpy())
     return np.concatenate(out)
 
 
@@ -124,8 +158,10 @@ def finetune(data: Sequence[str | Path] | str | Path, frac: float, out_dir: str 
              ) -> FinetuneResult:
     """Fine-tune on ``frac`` of the labelled training images of ``data``; write predictions and metrics.
 
-    Writes ``out_dir/subset.json`` (the ids used), ``predictions/<ID>_segmentation.png`` at each test image's
-    original size (0/255), ``metrics.json`` (per image and mean) and ``best_worst.png``.
+    Writes ``out_dir/subset.json`` (the ids used), ``model.pt`` (the selected segmenter, everything needed to
+    rebuild it: :func:`trainer.models.segmenter.save_seg_model`; ``predict`` reads it),
+    ``predictions/<ID>_segmentation.png`` at each test image's original size (0/255), ``metrics.json`` (per
+    image and mean) and ``best_worst.png``.
     """
     roots = [data] if isinstance(data, (str, Path)) else list(data)
     out_dir = check_out_dir(out_dir, roots + list(test_data or []) + ([checkpoint] if checkpoint else []))
@@ -146,7 +182,8 @@ def finetune(data: Sequence[str | Path] | str | Path, frac: float, out_dir: str 
     check_before_training(subset + splits.validation + splits.test, progress=progress)
     model, info = build_seg_model(config.init, checkpoint=checkpoint, arch=config.arch, img_size=config.img_size,
                                   decoder=config.decoder, decoder_hidden=config.decoder_hidden,
-                                  decoder_arch=config.decoder_arch)
+                                  decoder_arch=config.decoder_arch, decoder_skip=config.decoder_skip,
+                                  patch=config.patch_size)
     size = int(info["img_size"])
     model.to(dev)
     make_out_dir(out_dir)
@@ -157,10 +194,17 @@ def finetune(data: Sequence[str | Path] | str | Path, frac: float, out_dir: str 
                                                     "excluded_for_leakage": splits.n_excluded}, indent=1))
     train_x, train_y = _load(subset, size)
     val_x, val_y = _load(splits.validation, size)
+    pool = None
+    if config.pseudo_shards:
+        held_out = {s.id for s in splits.validation} | {s.id for s in splits.test}
+        pool = _PseudoPool(config.pseudo_shards, held_out, config.seed)
     best_state, best_iter, best_val = _train(model, train_x, train_y, val_x, val_y, config=config, size=size,
-                                             device=dev, progress=progress)
+                                             device=dev, progress=progress, pool=pool)
     model.load_state_dict(best_state)
-    means, rows = _predict_test(model, splits, out_dir, size=size, device=dev, progress=progress)
+    save_seg_model(model, info, out_dir / MODEL, extra={
+        "frac": frac, "n_labelled": len(subset), "labelled_ids": [s.id for s in subset], "best_iter": best_iter,
+        "best_val_jaccard": best_val, "init": info, "config": json.loads(json.dumps(dataclasses.asdict(config)))})
+    means, rows = _predict_test(model, splits, out_dir, size=size, device=dev, progress=progress, tta=config.tta)
     write_text(out_dir / "metrics.json", json.dumps({
         "mean": means, "n_test": len(rows), "per_image": rows, "frac": frac, "n_labelled": len(subset),
         "best_iter": best_iter, "best_val_jaccard": best_val, "model": info,
@@ -188,7 +232,68 @@ def check_before_training(samples: Sequence[datasets.Sample], *, progress: bool 
         raise datasets.DatasetError(problems)
 
 
-def _train(model, train_x, train_y, val_x, val_y, *, config, size, device, progress):
+def score_model(model_path: str | Path, splits: Splits, out_dir: str | Path, *, device: str = "auto",
+                progress: bool = True) -> dict[str, float]:
+    """Score a saved segmenter as it is (no training) on ``splits.test``: the 0-labels column of the table.
+
+    ``model_path`` is a ``model.pt`` or a pretraining ``export.pt`` (its auxiliary decoder). Writes
+    ``predictions/``, ``metrics.json`` (``n_labelled`` 0) and ``best_worst.png`` into ``out_dir``; returns the means.
+    """
+    out_dir = Path(out_dir)
+    dev = resolve_device(device)
+    model, info = load_seg_model(model_path)
+    model.to(dev)
+    means, rows = _predict_test(model, splits, out_dir, size=int(info["img_size"]), device=dev, progress=progress)
+    write_text(out_dir / "metrics.json", json.dumps({
+        "mean": means, "n_test": len(rows), "per_image": rows, "frac": 0.0, "n_labelled": 0,
+        "model": {k: v for k, v in info.items() if k != "extra"}, "source": str(model_path)}, indent=1,
+        default=str))
+    _best_worst_sheet(rows, splits, out_dir)
+    return means
+
+
+def semi_loss(logits: torch.Tensor, targets: torch.Tensor, n_labelled: int, pseudo_prob: torch.Tensor | None, *,
+              weight: float, band: tuple[float, float]) -> tuple[torch.Tensor, dict[str, float]]:
+    r"""The semi-supervised fine-tuning loss of one mixed batch.
+
+    ``logits`` and ``targets`` are ``(B_l + B_p, 1, H, W)``: the first ``n_labelled`` rows are labelled crops
+    (expert masks), the rest pool crops (pseudo-masks, ``pseudo_prob`` ``(B_p, 1, H, W)`` their walker
+    probability). :math:`L = L_{seg}(\text{expert}) + w \cdot L_{seg}(\text{pseudo}; \text{band ignored})`, each
+    :func:`trainer.losses.seg.seg_loss` (BCE + soft Dice) over its own rows. Returns ``(L, parts)``.
+    """
+    loss = seg_loss(logits[:n_labelled], targets[:n_labelled])
+    parts = {"expert": float(loss.detach())}
+    if pseudo_prob is not None and len(logits) > n_labelled:
+        pseudo = seg_loss(logits[n_labelled:], targets[n_labelled:], pseudo_prob, band=band, band_weight=0.0)
+        parts["pseudo"] = float(pseudo.detach())
+        loss = loss + weight * pseudo
+    return loss, parts
+
+
+class _PseudoPool:
+    """Random batches of pool images with their pseudo-mask and walker probability, read lazily from the shards."""
+
+    def __init__(self, shards: str | Path, exclude_ids: set[str], seed: int) -> None:
+        from trainer.data.shard_dataset import ShardDataset
+
+        self.dataset = ShardDataset([shards], exclude_ids=exclude_ids)
+        valid = [i for i in range(len(self.dataset)) if float(self.dataset[i]["valid"]) > 0]
+        if not valid:
+            raise ValueError(f"pseudo_shards {shards}: no usable pseudo-mask (all excluded or without a lesion)")
+        self.valid = np.asarray(valid)
+        self.rng = np.random.default_rng(seed + 7919)
+        log.info("semi-supervised: %d pool image(s) with pseudo-masks (%d left out: validation/test ids)",
+                 len(valid), self.dataset.n_excluded)
+
+    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(n, 3, S, S) uint8`` images and ``(n, 2, S, S) float`` maps: pseudo-mask {0, 1}, probability."""
+        items = [self.dataset[int(i)] for i in self.rng.choice(self.valid, n)]
+        images = torch.stack([it["image"] for it in items])
+        maps = torch.stack([it["maps"][:2] for it in items]).float() / 255.0
+        return images, maps
+
+
+def _train(model, train_x, train_y, val_x, val_y, *, config, size, device, progress, pool=None):
     backbone_params = list(model.backbone.parameters())
     decoder_params = list(model.decoder.parameters())
     optimizer = torch.optim.AdamW([{"params": backbone_params, "scale": config.backbone_lr_scale},
@@ -211,11 +316,21 @@ def _train(model, train_x, train_y, val_x, val_y, *, config, size, device, progr
         if config.pic is not None and float(torch.rand((), generator=generator, device=device)) < config.pic.prob:
             bias = pic_bias(it / config.iters, config.pic.anneal)
             inputs, targets, _ = pic_cutmix(inputs, targets, bias=bias, generator=generator, area=config.pic.area)
+        pseudo_prob = None
+        if pool is not None:
+            p_images, p_maps = pool.batch(config.pseudo_batch)
+            p_view = multi_crop(p_images.to(device), p_maps.to(device), config=crops, generator=generator,
+                                binary_channels=(0,))
+            inputs = torch.cat([inputs, p_view.global_views[0]])
+            targets = torch.cat([targets, p_view.global_maps[0][:, 0:1]])
+            pseudo_prob = p_view.global_maps[0][:, 1:2]
         for group in optimizer.param_groups:
             group["lr"] = float(lr[it]) * group["scale"]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(inputs)
-        loss = seg_loss(logits.float(), targets)
+        ramp = min(1.0, (it + 1) / max(1.0, config.pseudo_ramp_frac * config.iters))
+        loss, _ = semi_loss(logits.float(), targets, config.batch_size, pseudo_prob,
+                            weight=config.pseudo_weight * ramp, band=config.pseudo_band)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
@@ -239,14 +354,25 @@ def _test_input(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     return image, datasets.image_size(Path(path))
 
 
-def _predict_test(model, splits: Splits, out_dir: Path, *, size, device, progress):
+def predict_image(model: SegModel, path: str | Path, *, size: int, device: torch.device,
+                  tta: bool = False) -> np.ndarray:
+    """The lesion probability of one image file at its original size: ``(H, W) float32`` in [0, 1].
+
+    The image is squashed to ``size`` x ``size`` (area interpolation), segmented, and the probability resized
+    back bilinearly; cut it at 0.5 for the mask. ``finetune`` (test predictions) and ``predict`` share it, so
+    both give the same mask for the same image and model.
+    """
+    image, (height, width) = _test_input(str(path), size)
+    prob = predict_probability(model, torch.from_numpy(image.copy()).permute(2, 0, 1)[None], size=size,
+                               device=device, tta=tta)[0]
+    return cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def _predict_test(model, splits: Splits, out_dir: Path, *, size, device, progress, tta=False):
     pred_dir = out_dir / "predictions"
     rows = []
     for s in tqdm(splits.test, desc="predict test", unit="img", disable=not progress, leave=False):
-        image, (height, width) = _test_input(str(s.image), size)
-        prob = predict_probability(model, torch.from_numpy(image.copy()).permute(2, 0, 1)[None], size=size,
-                                   device=device)[0]
-        full = cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR) >= 0.5
+        full = predict_image(model, s.image, size=size, device=device, tta=tta) >= 0.5
         write_mask_png(pred_dir / f"{s.id}_segmentation.png", full.astype(np.uint8) * 255)
         rows.append({"id": s.id, **binary_scores(full, datasets.read_mask(s.mask))})
     keys = [k for k in rows[0] if k != "id"] if rows else []

@@ -25,7 +25,7 @@ def pretrain_picture(model, dataset, path: str | Path, *, img_size: int, device:
     was_training = model.training
     model.eval()
     _, patches = forward_tokens(model.backbone, x)
-    pred = torch.sigmoid(model.decoder(patches, (img_size, img_size)))[:, 0].float().cpu().numpy()
+    pred = torch.sigmoid(model.decoder(patches, (img_size, img_size), x))[:, 0].float().cpu().numpy()
     attention = cls_attention(model.backbone, x).float().cpu().numpy()
     model.train(was_training)
     cols = ["image", "pseudo-mask", "predicted mask", "CLS attention"]

@@ -61,7 +61,9 @@ PREVIOUS = "checkpoint-previous.pt"  # the checkpoint before LATEST: the fallbac
 # Fields that must match to resume a run (the rest, e.g. epochs, may change between runs).
 # A field missing from an older checkpoint's config counts as its default here (e.g. decoder: "conv").
 ARCHITECTURE_FIELDS = ("arch", "img_size", "out_dim", "decoder_hidden", "head_hidden", "bottleneck_dim", "decoder",
-                       "fkd_teacher")
+                       "fkd_teacher", "decoder_skip", "patch_size")
+# ... except these, whose default changed after checkpoints without them were written: missing = this value.
+_MISSING_MEANS = {"decoder_skip": False}
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -118,6 +120,8 @@ class PretrainConfig:
     num_workers: int = 2
     picture_every: int = 10
     log_every: int = 10
+    decoder_skip: bool = True        # ours: the decoder's high-resolution edge path (borders from pixels)
+    patch_size: int | None = None    # ours: patch size in place of the arch's own (None: the arch's)
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:
@@ -156,7 +160,8 @@ class PretrainConfig:
         """The student network; ``fkd_dim`` (the foundation teacher's width) adds its FKD projector."""
         return DINOModel(self.arch, img_size=self.img_size, out_dim=self.out_dim, decoder_hidden=self.decoder_hidden,
                          decoder=self.decoder, weights=self.weights, drop_path_rate=self.drop_path,
-                         head_hidden=self.head_hidden, bottleneck_dim=self.bottleneck_dim, fkd_dim=fkd_dim)
+                         head_hidden=self.head_hidden, bottleneck_dim=self.bottleneck_dim, fkd_dim=fkd_dim,
+                         decoder_skip=self.decoder_skip, patch_size=self.patch_size)
 
 
 @dataclass
@@ -421,6 +426,7 @@ def _end_of_epoch(run: _Run, epoch: int, out_dir: Path, device: torch.device) ->
 def _check_resumable(state: dict, config: PretrainConfig, path: Path) -> None:
     old = state.get("config", {})
     defaults = {f.name: f.default for f in dataclasses.fields(PretrainConfig)}
+    defaults.update(_MISSING_MEANS)
     old = {k: old.get(k, defaults[k]) for k in ARCHITECTURE_FIELDS}
     diff = {k: (old[k], getattr(config, k)) for k in ARCHITECTURE_FIELDS if old[k] != getattr(config, k)}
     if diff:

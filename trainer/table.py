@@ -11,8 +11,17 @@ Rows (METHOD.md section 6):
 - ``ours+fkd``: ours plus foundation knowledge distillation from a frozen model (DINO-Mix's FKD; needs
   ``fkd_weights``, a local checkpoint: nothing is downloaded);
 - ``ours+pic``: ours' pretraining, fine-tuned with progressive imbalance-aware CutMix (DINO-Mix's PIC);
+- ``ours+semi``: ours' pretraining, fine-tuned semi-supervised: each step mixes the labelled crops with pool
+  crops and their pseudo-masks (``FinetuneConfig.pseudo_shards``; weight and schedule documented there);
 - ``ours+ilka``: ours with S^3-Net's I-LKA + deformable-conv decoder (pretraining and fine-tuning);
+- ``unet-pseudo``: a small U-Net (:mod:`trainer.models.unet`) trained on the pseudo-masks alone
+  (:mod:`trainer.unet_pseudo`), then fine-tuned with the same labels: no DINO, no ViT. Ours must beat it to
+  claim that self-distillation adds anything beyond the pseudo-masks;
 - ``pseudo-masks``: the test images' own pseudo-masks scored as predictions (no label used at all).
+
+Columns: **0 labels** (frac 0) for every row whose pretraining trained a segmentation decoder (``pseudo-only``,
+``ours``, ``ours+fkd``, ``ours+ilka``, ``unet-pseudo``): the pretrained model used directly as the segmenter
+(:func:`trainer.models.segmenter.load_seg_model` on its export), and the pseudo-masks; then one column per FRAC.
 
 Every cell writes its own folder; a rerun skips finished cells. Outputs: ``results.csv`` (one line per cell),
 ``results.md`` (mean +- std), ``results.png`` (Jaccard vs labelled images, one line per method).
@@ -36,20 +45,23 @@ from pipeline.guard import check_out_dir
 from pipeline.run import RunConfig, run_pseudomasks
 from trainer import finetune as finetune_loop  # called through the module: tests replace the loops
 from trainer import pretrain as pretrain_loop
+from trainer import unet_pseudo as unet_loop
 from trainer.data.cutmix import PICConfig
 from trainer.data.splits import split_dataset
 from trainer.engine.export import EXPORT
 from trainer.metrics import binary_scores
-from trainer.presets import finetune_preset, pretrain_preset
+from trainer.presets import finetune_preset, pretrain_preset, unet_pseudo_preset
 from trainer.pretrain import PretrainConfig
 
 log = logging.getLogger(__name__)
 
 PRETRAINED = {"dino": {"lambda_seg": 0.0}, "pseudo-only": {"distill": False}, "ours": {}, "ours+fkd": {},
               "ours+ilka": {"decoder": "ilka"}}
-FINETUNE_VARIANTS = {"ours+pic": "ours"}  # rows that fine-tune another row's pretraining differently
-METHODS = ("scratch", "same-init", "dino", "pseudo-only", "ours", "ours+fkd", "ours+pic", "ours+ilka",
-           "pseudo-masks")
+FINETUNE_VARIANTS = {"ours+pic": "ours", "ours+semi": "ours"}  # another row's pretraining, fine-tuned differently
+METHODS = ("scratch", "same-init", "unet-pseudo", "dino", "pseudo-only", "ours", "ours+fkd", "ours+pic", "ours+semi",
+           "ours+ilka", "pseudo-masks")
+ZERO_LABEL_ROWS = ("unet-pseudo", "pseudo-only", "ours", "ours+fkd", "ours+ilka")  # a decoder trained on pseudo-masks
+UNET = "unet-pseudo"
 METRICS = ("jaccard", "dice", "thresholded_jaccard", "accuracy", "sensitivity", "specificity")
 
 
@@ -84,9 +96,11 @@ def _pretrain_overrides(method: str, spec: TableSpec) -> dict:
     return {"fkd_teacher": spec.fkd_teacher, "fkd_weights": spec.fkd_weights, "fkd_weight": spec.fkd_weight}
 
 
-def _finetune_overrides(method: str) -> dict:
+def _finetune_overrides(method: str, shard_dir: Path | None = None) -> dict:
     if method == "ours+pic":
         return {"pic": PICConfig()}
+    if method == "ours+semi":
+        return {"pseudo_shards": str(shard_dir)}
     return {}
 
 
@@ -111,7 +125,8 @@ def run_table(spec: TableSpec, *, progress: bool = True) -> Path:
     for folder in spec.test_data:
         test_ids |= set(datasets.open_dataset(folder).ids)
     exports, base_pre = _pretraining_phase(spec, out, test_ids, progress=progress)
-    rows = _finetune_grid(spec, out, exports, base_pre, progress=progress)
+    rows = _zero_label_rows(spec, out, exports, progress=progress)
+    rows += _finetune_grid(spec, out, exports, base_pre, progress=progress)
     if "pseudo-masks" in spec.methods:
         rows += _pseudo_mask_rows(spec, out, progress=progress)
     return write_results(rows, out)
@@ -121,11 +136,12 @@ def _pretraining_phase(spec: TableSpec, out: Path, test_ids: set[str], *, progre
                        ) -> tuple[dict[str, Path], PretrainConfig]:
     """Pseudo-masks (unless given) and one pretraining per pretrained row; the exports by row, and the preset."""
     shard_dir = Path(spec.shards) if spec.shards else out / "shards"
-    reused = {m: Path(d) / EXPORT for m, d in spec.pretrained}
+    reused = {m: Path(d) / ("model.pt" if m == UNET else EXPORT) for m, d in spec.pretrained}
     wanted = list(spec.methods) + [FINETUNE_VARIANTS[m] for m in spec.methods if m in FINETUNE_VARIANTS]
     pretrain_needed = [m for m in PRETRAINED if m in wanted]
     overrides = {m: _pretrain_overrides(m, spec) for m in pretrain_needed}  # errors before any long work
-    if any(m not in reused for m in pretrain_needed) and not spec.shards:
+    unet_needed = UNET in wanted and UNET not in reused
+    if (unet_needed or any(m not in reused for m in pretrain_needed)) and not spec.shards:
         log.info("table: pseudo-masks for %s", ", ".join(spec.data + spec.unlabelled))
         summary = run_pseudomasks(list(spec.data + spec.unlabelled), shard_dir, config=RunConfig(), jobs=spec.jobs,
                                   progress=progress, exclude_ids=test_ids)
@@ -136,6 +152,10 @@ def _pretraining_phase(spec: TableSpec, out: Path, test_ids: set[str], *, progre
     if spec.weights:
         base_pre = dataclasses.replace(base_pre, weights=spec.weights)
     exports = {}
+    if UNET in wanted:
+        exports[UNET] = reused.get(UNET) or unet_loop.train_unet_on_pseudomasks(
+            shard_dir, out / f"pretrain-{UNET}", unet_pseudo_preset(spec.preset, img_size=base_pre.img_size),
+            exclude_ids=test_ids, device=spec.device, progress=progress)
     for method in pretrain_needed:
         if method in reused:
             exports[method] = reused[method]
@@ -148,6 +168,23 @@ def _pretraining_phase(spec: TableSpec, out: Path, test_ids: set[str], *, progre
                                    progress=progress)
         exports[method] = run_dir / EXPORT
     return exports, base_pre
+
+
+def _zero_label_rows(spec: TableSpec, out: Path, exports: dict[str, Path], *, progress: bool) -> list[dict]:
+    """The 0-labels column: each pretrained segmenter (:data:`ZERO_LABEL_ROWS`) scored on the test split as is."""
+    rows = []
+    for method in ZERO_LABEL_ROWS:
+        if method not in spec.methods or method not in exports:
+            continue
+        cell = _cell_dir(out, method, 0.0, 0)
+        metrics_path = cell / "metrics.json"
+        if not metrics_path.exists():
+            test = datasets.open_dataset(list(spec.test_data), require_masks=True) if spec.test_data else None
+            splits = split_dataset(datasets.open_dataset(list(spec.data)), test=test)
+            log.info("table: %s with 0 labels (the pretrained decoder as the segmenter)", method)
+            finetune_loop.score_model(exports[method], splits, cell, device=spec.device, progress=progress)
+        rows.append(_row(method, 0.0, 0, json.loads(metrics_path.read_text())))
+    return rows
 
 
 def _finetune_grid(spec: TableSpec, out: Path, exports: dict[str, Path], base_pre: PretrainConfig, *,
@@ -166,12 +203,14 @@ def _finetune_grid(spec: TableSpec, out: Path, exports: dict[str, Path], base_pr
                 metrics_path = cell / "metrics.json"
                 if not metrics_path.exists():
                     if method in exports or method in FINETUNE_VARIANTS:
-                        ft = dataclasses.replace(base_ft, init="pretrain", seed=seed, **_finetune_overrides(method))
+                        ft = dataclasses.replace(base_ft, init="pretrain", seed=seed,
+                                                 **_finetune_overrides(method, Path(spec.shards or out / "shards")))
                         checkpoint = exports[FINETUNE_VARIANTS.get(method, method)]
                     else:
                         init = f"weights:{spec.weights}" if method == "same-init" else "scratch"
                         ft = dataclasses.replace(base_ft, init=init, arch=base_pre.arch, img_size=base_pre.img_size,
-                                                 seed=seed, decoder="fresh", decoder_hidden=base_pre.decoder_hidden)
+                                                 seed=seed, decoder="fresh", decoder_hidden=base_pre.decoder_hidden,
+                                                 patch_size=base_pre.patch_size, decoder_skip=base_pre.decoder_skip)
                         checkpoint = None
                     log.info("table: %s, frac %g, seed %d", method, frac, seed)
                     finetune_loop.finetune(list(spec.data), frac, cell, checkpoint=checkpoint,
@@ -210,7 +249,7 @@ def _pseudo_mask_rows(spec: TableSpec, out: Path, *, progress: bool) -> list[dic
         write_text(metrics_path, json.dumps({"mean": means, "n_test": len(per), "per_image": per,
                                              "n_labelled": 0}, indent=1))
     metrics = json.loads(metrics_path.read_text())
-    return [_row("pseudo-masks", frac, 0, metrics) for frac in spec.fracs]
+    return [_row("pseudo-masks", frac, 0, metrics) for frac in (0.0, *spec.fracs)]
 
 
 def write_results(rows: Sequence[dict], out: Path) -> Path:
@@ -221,7 +260,8 @@ def write_results(rows: Sequence[dict], out: Path) -> Path:
     write_text(out / "results.csv", "\n".join(lines) + "\n")
     methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
     fracs = sorted({r["frac"] for r in rows})
-    md = ["| method | " + " | ".join(f"FRAC {f:g} (n={_n(rows, f)})" for f in fracs) + " |",
+    md = ["| method | " + " | ".join("0 labels" if f == 0 else f"FRAC {f:g} (n={_n(rows, f)})" for f in fracs)
+          + " |",
           "|---|" + "---|" * len(fracs)]
     for m in methods:
         cells = []
@@ -249,14 +289,17 @@ def _plot(rows, methods, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    all_fracs = sorted({r["frac"] for r in rows})
+    position = {f: k for k, f in enumerate(all_fracs)}  # evenly spaced, one tick per label count
     for m in methods:
         fracs = sorted({r["frac"] for r in rows if r["method"] == m})
-        x = [max(_n(rows, f), 1) for f in fracs]
+        x = [position[f] for f in fracs]
         vals = [[r["jaccard"] for r in rows if r["method"] == m and r["frac"] == f] for f in fracs]
         style = "--" if m == "pseudo-masks" else "-o"
         ax.errorbar(x, [np.mean(v) for v in vals], yerr=[np.std(v) for v in vals], fmt=style, capsize=3, label=m)
-    ax.set_xscale("log")
-    ax.set_xlabel("labelled training images")
+    ax.set_xticks(range(len(all_fracs)), [str(_n(rows, f)) for f in all_fracs])
+    ax.minorticks_off()
+    ax.set_xlabel("labelled training images (0: the pretrained model as is)")
     ax.set_ylabel("mean Jaccard on the test split")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

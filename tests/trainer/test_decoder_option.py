@@ -13,7 +13,7 @@ from trainer.engine.checkpoint import load_checkpoint, save_checkpoint
 from trainer.engine.export import EXPORT, export_model, read_export
 from trainer.engine.run_log import read_log
 from trainer.finetune import FinetuneConfig
-from trainer.models.decoders import ILKADecoder, SegDecoder
+from trainer.models.decoders import EdgePath, ILKADecoder, SegDecoder
 from trainer.models.segmenter import build_seg_model
 from trainer.pretrain import LATEST, PretrainConfig, pretrain
 
@@ -44,7 +44,8 @@ def test_ilka_pretraining_logs_the_terms_exports_and_finetunes_from_it(shards, t
         assert torch.equal(value, export["decoder"][name]), name
     fresh, _ = build_seg_model("pretrain", checkpoint=out / EXPORT, decoder="fresh")
     assert isinstance(fresh.decoder, ILKADecoder)
-    assert not torch.equal(fresh.decoder.out.weight, export["decoder"]["out.weight"])
+    assert export["decoder_skip"] and isinstance(fresh.decoder.edge, EdgePath)  # the default edge path
+    assert not torch.equal(fresh.decoder.edge.out.weight, export["decoder"]["edge.out.weight"])
     with pytest.raises(ValueError, match=r"another architecture \(decoder: 'ilka' -> 'conv'\)"):
         pretrain(shards, out, dataclasses.replace(config, epochs=2, decoder="conv"), device="cpu", progress=False)
 

@@ -126,7 +126,12 @@ def test_table_runs_skips_finished_cells_and_writes_results(synth, export, tmp_p
     monkeypatch.setattr(presets, "finetune_preset", lambda name: TINY_FT)
     md = run_table(spec, progress=False)
     rows = read_results(tmp_path / "table" / "results.csv")
-    assert {(r["method"], r["frac"]) for r in rows} == {(m, f) for m in ("scratch", "ours") for f in ("0.1", "0.3")}
+    # ours also gets the 0-labels column: its pretrained decoder scored as is; scratch has nothing to score there
+    assert {(r["method"], r["frac"]) for r in rows} == {(m, f) for m in ("scratch", "ours") for f in ("0.1", "0.3")
+                                                        } | {("ours", "0.0")}
+    zero = json.loads((tmp_path / "table" / "cells" / "ours-frac0-seed0" / "metrics.json").read_text())
+    assert zero["n_labelled"] == 0 and zero["n_test"] == len(split_dataset(open_dataset(synth)).test)
+    assert "| 0 labels | FRAC 0.1" in md.read_text().replace("| method ", "")
     assert "| scratch |" in md.read_text() and (tmp_path / "table" / "results.png").exists()
     calls = []
     monkeypatch.setattr("trainer.finetune.finetune", lambda *a, **k: calls.append(1))

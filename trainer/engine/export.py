@@ -1,7 +1,8 @@
 """The ``export.pt`` format: what ``pretrain`` hands to ``finetune`` (and to FKD as a teacher), and its one reader.
 
 An export holds the pretrained teacher's backbone and segmentation decoder as plain state dicts, with what is
-needed to rebuild them (``arch``, ``img_size``, ``decoder_arch``, ``decoder_hidden``) and the resolved pretraining
+needed to rebuild them (``arch``, ``img_size``, ``decoder_arch``, ``decoder_hidden``, ``decoder_skip``: the
+decoder's edge path, absent = False in exports written before it existed) and the resolved pretraining
 config. It is written atomically and loads with ``weights_only`` (:func:`trainer.engine.checkpoint.torch_load`).
 """
 from __future__ import annotations
@@ -29,7 +30,9 @@ def export_model(teacher: nn.Module, config: Any, path: str | Path, *, step: int
     """
     return save_checkpoint(Path(path), {
         "format": EXPORT_FORMAT, "arch": config.arch, "img_size": config.img_size,
-        "decoder_hidden": config.decoder_hidden, "decoder_arch": config.decoder, "step": step,
+        "decoder_hidden": config.decoder_hidden, "decoder_arch": config.decoder,
+        "decoder_skip": bool(getattr(config, "decoder_skip", False)),
+        "patch_size": int(teacher.backbone.patch_embed.patch_size[0]), "step": step,
         "backbone": {k: v.detach().cpu() for k, v in teacher.backbone.state_dict().items()},
         "decoder": {k: v.detach().cpu() for k, v in teacher.decoder.state_dict().items()},
         "config": json.loads(json.dumps(dataclasses.asdict(config)))})
@@ -46,7 +49,8 @@ def read_export(path: str | Path) -> dict:
 
 
 def export_metadata(path: str | Path) -> Mapping[str, Any] | None:
-    """``{'arch', 'img_size'}`` of the edgedino export at ``path``, or None for any other checkpoint file.
+    """``{'arch', 'img_size', 'patch_size'}`` of the edgedino export at ``path`` (``patch_size`` None in exports
+    written before it was recorded: the arch's own), or None for any other checkpoint file.
 
     The file is memory-mapped, so a multi-GB foundation checkpoint is not read just to look at one key.
     """
@@ -57,5 +61,5 @@ def export_metadata(path: str | Path) -> Mapping[str, Any] | None:
         return None
     obj = torch_load(path, mmap=True)
     if isinstance(obj, Mapping) and obj.get("format") == EXPORT_FORMAT:
-        return {"arch": obj["arch"], "img_size": obj["img_size"]}
+        return {"arch": obj["arch"], "img_size": obj["img_size"], "patch_size": obj.get("patch_size")}
     return None

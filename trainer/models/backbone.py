@@ -29,6 +29,7 @@ __all__ = [
     "patch_tokens",
     "patch_size",
     "patch_grid",
+    "patch_kwargs",
 ]
 
 #: Checkpoint containers tried in this order when the file is a dict of dicts (DINO: 'teacher', timm/DeiT:
@@ -114,6 +115,15 @@ def create_backbone(
         report = load_weights(model, weights)
         log.info("%s", report)
     return model
+
+
+def patch_kwargs(patch: int | None) -> dict[str, Any]:
+    """``create_backbone`` keyword arguments for a patch size in place of the arch's own (None: the arch's)."""
+    if patch is None:
+        return {}
+    if int(patch) < 1:
+        raise ValueError(f"patch_size: expected a positive integer or None, got {patch}")
+    return {"patch_size": int(patch)}
 
 
 def extract_state_dict(obj: Any, *, key: str | None = None) -> tuple[dict[str, torch.Tensor], str | None, list[str]]:

@@ -1,5 +1,11 @@
 """Segmentation decoders on the backbone's patch tokens: ``conv`` (:class:`SegDecoder`) and ``ilka``
-(:class:`ILKADecoder`, S^3-Net blocks), with the helpers they share; :func:`build_decoder` picks one by name."""
+(:class:`ILKADecoder`, S^3-Net blocks), with the helpers they share; :func:`build_decoder` picks one by name.
+
+Either decoder may carry an :class:`EdgePath` (``skip=True``): a light high-resolution path from the input crop
+itself, fused with the upsampled token features by skip connections, so that borders come from pixels and
+meaning from tokens. Without it (``skip=False``, the layout of exports written before it existed) the
+decoder sees tokens only and its mask is drawn on the token grid.
+"""
 from __future__ import annotations
 
 import math
@@ -10,7 +16,7 @@ from torch import nn
 
 from pipeline.pseudomask.s3net_layers import ILKA, DeformConv2d
 
-__all__ = ["SegDecoder", "ILKADecoder", "DECODERS", "build_decoder"]
+__all__ = ["EdgePath", "SegDecoder", "ILKADecoder", "DECODERS", "build_decoder", "has_edge_path"]
 
 
 def _groups(c: int) -> int:
@@ -35,6 +41,43 @@ def _up_stages(channels: int, n_up: int, min_channels: int) -> tuple[list[list[n
     return stages, c
 
 
+class EdgePath(nn.Module):
+    """The high-resolution path of an edge-aware decoder (ours; U-Net-style skips on the input crop).
+
+    Pixels: ``(B, 3, H, W)`` normalised crop -> 3x3 conv stride 2 (``c2`` channels, 1/2) -> 3x3 conv stride 2
+    (``c4`` channels, 1/4). Fusion: the token features ``(B, C, h, w)`` (any stride, resized bilinearly to 1/4
+    when they are not there) are concatenated with the 1/4 pixel features -> 3x3 conv (``c4``) -> bilinear 2x ->
+    concatenated with the 1/2 pixel features -> 3x3 conv (``c2``) -> 1x1 conv to one logit at 1/2; every conv
+    but the last is followed by GroupNorm + GELU. Cost at a 96 px crop with ``c2=16, c4=32`` and 16 token
+    channels: about 28 MMACs per image (ViT-Ti on 144 tokens: about 0.8 GMACs); ``bench/bench_edge_decoder.py``
+    measures the step time.
+
+    Forward: ``(features (B, C, h, w), image (B, 3, H, W)) -> logits (B, 1, ceil(H / 2), ceil(W / 2))``.
+    """
+
+    def __init__(self, in_channels: int, *, c2: int = 16, c4: int = 32) -> None:
+        super().__init__()
+        self.pix2 = nn.Sequential(nn.Conv2d(3, c2, 3, stride=2, padding=1, bias=False), *_norm_act(c2))
+        self.pix4 = nn.Sequential(nn.Conv2d(c2, c4, 3, stride=2, padding=1, bias=False), *_norm_act(c4))
+        self.fuse4 = nn.Sequential(nn.Conv2d(in_channels + c4, c4, 3, padding=1, bias=False), *_norm_act(c4))
+        self.fuse2 = nn.Sequential(nn.Conv2d(c4 + c2, c2, 3, padding=1, bias=False), *_norm_act(c2))
+        self.out = nn.Conv2d(c2, 1, kernel_size=1)
+
+    def forward(self, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        p2 = self.pix2(image)
+        p4 = self.pix4(p2)
+        if features.shape[-2:] != p4.shape[-2:]:
+            features = F.interpolate(features, size=p4.shape[-2:], mode="bilinear", align_corners=False)
+        x = self.fuse4(torch.cat([features, p4], dim=1))
+        x = F.interpolate(x, size=p2.shape[-2:], mode="bilinear", align_corners=False)
+        return self.out(self.fuse2(torch.cat([x, p2], dim=1)))
+
+
+def has_edge_path(state_dict) -> bool:
+    """Whether a decoder state dict holds an :class:`EdgePath` (keys ``edge.*``); exports older than it do not."""
+    return any(k.startswith("edge.") for k in state_dict)
+
+
 class _TokenDecoder(nn.Module):
     """What every decoder on ViT patch tokens shares: argument checks, the number of 2x upsamplings
     ``n_up = floor(log2(patch_size / out_stride))``, tokens -> grid, and the final resize of the logits."""
@@ -49,6 +92,7 @@ class _TokenDecoder(nn.Module):
         if out_stride < 1:
             raise ValueError(f"out_stride: expected >= 1, got {out_stride}")
         self.embed_dim, self.patch_size, self.out_stride = embed_dim, patch_size, out_stride
+        self.edge: EdgePath | None = None
         self.n_up = max(0, int(math.floor(math.log2(patch_size / out_stride)))) if patch_size > out_stride else 0
 
     def _grid(self, tokens: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
@@ -64,6 +108,17 @@ class _TokenDecoder(nn.Module):
                 f"patch size {self.patch_size} (pass patch tokens only, without class/register tokens)"
             )
         return tokens.transpose(1, 2).reshape(b, d, h, w)
+
+    def _head(self, features: torch.Tensor, image: torch.Tensor | None, out_size: tuple[int, int]) -> torch.Tensor:
+        """Token features at the output stride -> logits at ``out_size``: through the :class:`EdgePath` when the
+        decoder has one (``image`` required), else the token-only 1x1 ``out`` conv."""
+        if self.edge is None:
+            return self._to_size(self.out(features), out_size)
+        if image is None:
+            raise ValueError("this decoder has an edge path (skip=True): pass the input crop as `image`")
+        if tuple(image.shape[-2:]) != (int(out_size[0]), int(out_size[1])):
+            raise ValueError(f"image: expected a {tuple(out_size)} crop, got {tuple(image.shape[-2:])}")
+        return self._to_size(self.edge(features, image), out_size)
 
     @staticmethod
     def _to_size(logits: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
@@ -98,8 +153,12 @@ class SegDecoder(_TokenDecoder):
         Resolution of the predicted logits before the final bilinear resize (4; 1 = predict at full size).
     min_channels : int
         Floor of the channel halving (16).
+    skip : bool
+        Add the :class:`EdgePath` (high-resolution path from the input crop, fused at 1/4 and 1/2); the 1x1
+        ``out`` conv is then replaced by the path's. False: tokens only (the layout of older exports).
 
-    Forward: ``(tokens (B, N, D), out_size (H, W)) -> logits (B, 1, H, W)`` with ``N = (H // p) * (W // p)``.
+    Forward: ``(tokens (B, N, D), out_size (H, W), image (B, 3, H, W) or None) -> logits (B, 1, H, W)`` with
+    ``N = (H // p) * (W // p)``; ``image`` (the normalised crop the tokens came from) is needed with ``skip``.
     """
 
     def __init__(
@@ -110,6 +169,7 @@ class SegDecoder(_TokenDecoder):
         *,
         out_stride: int = 4,
         min_channels: int = 16,
+        skip: bool = False,
     ) -> None:
         super().__init__(embed_dim, patch_size, hidden, out_stride=out_stride, min_channels=min_channels)
         self.proj = nn.Sequential(
@@ -119,10 +179,14 @@ class SegDecoder(_TokenDecoder):
         stages, c = _up_stages(hidden, self.n_up, min_channels)
         self.stages = nn.Sequential(*[m for stage in stages for m in stage],
                                     nn.Conv2d(c, c, kernel_size=3, padding=1, bias=False), *_norm_act(c))
-        self.out = nn.Conv2d(c, 1, kernel_size=1)
+        if skip:
+            self.edge = EdgePath(c)
+        else:
+            self.out = nn.Conv2d(c, 1, kernel_size=1)
 
-    def forward(self, tokens: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
-        return self._to_size(self.out(self.stages(self.proj(self._grid(tokens, out_size)))), out_size)
+    def forward(self, tokens: torch.Tensor, out_size: tuple[int, int],
+                image: torch.Tensor | None = None) -> torch.Tensor:
+        return self._head(self.stages(self.proj(self._grid(tokens, out_size))), image, out_size)
 
 
 class ILKADecoder(_TokenDecoder):
@@ -136,11 +200,13 @@ class ILKADecoder(_TokenDecoder):
     because its CPU backward costs about the same per pixel whatever the channels (0.25 s vs 0.53 s for 32
     maps of 96 px on 2 cores).
 
-    Forward: ``(tokens (B, N, D), out_size (H, W)) -> logits (B, 1, H, W)``, as ``SegDecoder``.
+    With ``skip`` the :class:`EdgePath` replaces the final 1x1 conv, as in ``SegDecoder``.
+
+    Forward: ``(tokens (B, N, D), out_size (H, W), image=None) -> logits (B, 1, H, W)``, as ``SegDecoder``.
     """
 
     def __init__(self, embed_dim: int, patch_size: int, hidden: int = 128, *, out_stride: int = 4,
-                 min_channels: int = 16) -> None:
+                 min_channels: int = 16, skip: bool = False) -> None:
         super().__init__(embed_dim, patch_size, hidden, out_stride=out_stride, min_channels=min_channels)
         self.proj = nn.Sequential(nn.Conv2d(embed_dim, hidden, 1, bias=False), *_norm_act(hidden))
         self.ilka = ILKA(hidden)
@@ -152,24 +218,29 @@ class ILKADecoder(_TokenDecoder):
         c_deform = stages[0][0].out_channels if stages else hidden
         self.deform = DeformConv2d(c_deform, c_deform)
         self.deform_norm = nn.Sequential(*_norm_act(c_deform))
-        self.out = nn.Conv2d(c, 1, kernel_size=1)
+        if skip:
+            self.edge = EdgePath(c)
+        else:
+            self.out = nn.Conv2d(c, 1, kernel_size=1)
 
-    def forward(self, tokens: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, out_size: tuple[int, int],
+                image: torch.Tensor | None = None) -> torch.Tensor:
         x = self.proj(self._grid(tokens, out_size))
         x = self.ilka_norm(x + self.ilka(x))
         x = self.first(x)
         x = self.deform_norm(x + self.deform(x))
-        return self._to_size(self.out(self.rest(x)), out_size)
+        return self._head(self.rest(x), image, out_size)
 
 
 DECODERS = ("conv", "ilka")
 
 
-def build_decoder(kind: str, embed_dim: int, patch_size: int, hidden: int = 128) -> nn.Module:
+def build_decoder(kind: str, embed_dim: int, patch_size: int, hidden: int = 128, *, skip: bool = False) -> nn.Module:
     """The segmentation decoder by name: ``conv`` (:class:`SegDecoder`) or ``ilka`` (S^3-Net blocks,
-    :class:`ILKADecoder`). Both map ``(tokens (B, N, D), (H, W)) -> (B, 1, H, W)``."""
+    :class:`ILKADecoder`), with the :class:`EdgePath` when ``skip``. Both map
+    ``(tokens (B, N, D), (H, W), image (B, 3, H, W) or None) -> (B, 1, H, W)``."""
     if kind == "conv":
-        return SegDecoder(embed_dim, patch_size, hidden=hidden)
+        return SegDecoder(embed_dim, patch_size, hidden=hidden, skip=skip)
     if kind == "ilka":
-        return ILKADecoder(embed_dim, patch_size, hidden=hidden)
+        return ILKADecoder(embed_dim, patch_size, hidden=hidden, skip=skip)
     raise ValueError(f"decoder: expected one of {DECODERS}, got {kind!r}")

@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainer.models.backbone import create_backbone, forward_tokens, patch_size
+from trainer.models.backbone import create_backbone, forward_tokens, patch_kwargs
+from trainer.models.backbone import patch_size as backbone_patch_size
 from trainer.models.decoders import build_decoder
 from trainer.models.dino_head import DINOHead
 from trainer.models.fkd import FKDProjector
@@ -30,6 +31,10 @@ class DINOModel(nn.Module):
     decoder : {'conv', 'ilka'}
         Decoder kind (:func:`trainer.models.decoders.build_decoder`): the light conv decoder or S^3-Net's I-LKA +
         deformable-conv blocks.
+    decoder_skip : bool
+        Give the decoder its high-resolution edge path (:class:`trainer.models.decoders.EdgePath`).
+    patch_size : int, optional
+        Patch size in place of the arch's own (e.g. 8 on ``vit_tiny_patch16_224``: four times the tokens).
     weights : str, optional
         Local checkpoint for the backbone.
     drop_path_rate : float
@@ -41,13 +46,16 @@ class DINOModel(nn.Module):
 
     def __init__(self, arch: str, *, img_size: int, out_dim: int, decoder_hidden: int = 128, decoder: str = "conv",
                  weights: str | None = None, drop_path_rate: float = 0.1, head_hidden: int = 2048,
-                 bottleneck_dim: int = 256, fkd_dim: int | None = None):
+                 bottleneck_dim: int = 256, fkd_dim: int | None = None, decoder_skip: bool = False,
+                 patch_size: int | None = None):
         super().__init__()
-        self.backbone = create_backbone(arch, img_size=img_size, weights=weights, drop_path_rate=drop_path_rate)
+        self.backbone = create_backbone(arch, img_size=img_size, weights=weights, drop_path_rate=drop_path_rate,
+                                        **patch_kwargs(patch_size))
         dim = self.backbone.embed_dim
         self.head = DINOHead(dim, out_dim, hidden_dim=head_hidden, bottleneck_dim=bottleneck_dim)
         self.fkd_proj = FKDProjector(dim, fkd_dim) if fkd_dim else None
-        self.decoder = build_decoder(decoder, dim, patch_size(self.backbone), hidden=decoder_hidden)
+        self.decoder = build_decoder(decoder, dim, backbone_patch_size(self.backbone), hidden=decoder_hidden,
+                                     skip=decoder_skip)
 
     def forward(self, global_views: list[torch.Tensor], local_views: list[torch.Tensor] = (), *,
                 segment: bool = True, project: bool = True, fkd: bool = False) -> tuple[torch.Tensor | None, ...]:
@@ -56,11 +64,13 @@ class DINOModel(nn.Module):
         ``head_out`` is ``(V * B, K)`` view-major (globals first, then locals), or None when ``project`` is
         False; ``seg_logits`` is ``(G * B, 1, g, g)`` for the global views, or None when ``segment`` is False.
         Views of one size go through the backbone as one batch. ``fkd_feats`` (``fkd=True``, which needs
-        ``fkd_dim``) is ``(G * B, N, D_t)``: the global views' patch tokens through ``fkd_proj``.
+        ``fkd_dim``) is ``(G * B, N, D_t)``: the global views' patch tokens through ``fkd_proj``. The decoder also
+        receives the global views themselves (its edge path draws borders from their pixels).
         """
         if fkd and self.fkd_proj is None:
             raise ValueError("fkd: this model has no fkd_proj; build it with fkd_dim")
-        cls_g, patches_g = forward_tokens(self.backbone, torch.cat(global_views))
+        globals_ = torch.cat(global_views)
+        cls_g, patches_g = forward_tokens(self.backbone, globals_)
         cls = [cls_g]
         if project and local_views:
             cls.append(forward_tokens(self.backbone, torch.cat(list(local_views)))[0])
@@ -68,7 +78,7 @@ class DINOModel(nn.Module):
         seg = None
         if segment:
             size = global_views[0].shape[-2:]
-            seg = self.decoder(patches_g, (int(size[0]), int(size[1])))
+            seg = self.decoder(patches_g, (int(size[0]), int(size[1])), globals_)
         if fkd:
             return head_out, seg, self.fkd_proj(patches_g)
         return head_out, seg
@@ -97,7 +107,7 @@ def cls_attention(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
         q, k = attn.q_norm(q), attn.k_norm(k)
     weights = (q[:, :, :1] * attn.scale @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, heads, 1, N)
     prefix = backbone.num_prefix_tokens
-    p = patch_size(backbone)
+    p = backbone_patch_size(backbone)
     grid = (x.shape[-2] // p, x.shape[-1] // p)
     maps = weights[:, :, 0, prefix:].mean(dim=1)
     maps = maps / maps.sum(dim=-1, keepdim=True)

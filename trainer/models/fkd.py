@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.engine.export import export_metadata
-from trainer.models.backbone import create_backbone, patch_size, patch_tokens
+from trainer.models.backbone import create_backbone, patch_kwargs, patch_size, patch_tokens
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,8 @@ class FoundationTeacher(nn.Module):
             raise ValueError("name: a timm ViT name is needed (e.g. 'vit_small_patch14_dinov2') unless weights "
                              "is an edgedino export.pt, whose arch is used"
                              + (f"; {weights} is not one" if weights is not None else ""))
-        self.model = create_backbone(name, img_size=img_size or 224, weights=weights, drop_path_rate=0.0)
+        self.model = create_backbone(name, img_size=img_size or 224, weights=weights, drop_path_rate=0.0,
+                                     **patch_kwargs(export["patch_size"] if export is not None else None))
         if weights is None:
             log.warning("FKD teacher %s has random weights (no fkd_weights): only meaningful for tests and "
                         "benchmarks; give a foundation checkpoint for real runs", name)

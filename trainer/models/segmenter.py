@@ -7,9 +7,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trainer.engine.export import read_export
-from trainer.models.backbone import create_backbone, forward_tokens, patch_size
-from trainer.models.decoders import DECODERS, build_decoder
+from trainer.data.colour import IMAGENET_MEAN, IMAGENET_STD
+from trainer.engine.checkpoint import load_checkpoint, save_checkpoint
+from trainer.engine.export import EXPORT_FORMAT, read_export
+from trainer.models.backbone import create_backbone, forward_tokens, patch_kwargs, patch_size
+from trainer.models.decoders import DECODERS, build_decoder, has_edge_path
+from trainer.models.unet import UNet
 
 INITS = ("pretrain", "scratch", "weights:PATH")
 
@@ -27,12 +30,13 @@ class SegModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, patches = forward_tokens(self.backbone, x)
-        return self.decoder(patches, (x.shape[-2], x.shape[-1]))
+        return self.decoder(patches, (x.shape[-2], x.shape[-1]), x)
 
 
 def build_seg_model(init: str, *, checkpoint: str | Path | None = None, arch: str | None = None,
                     img_size: int | None = None, decoder: str = "aux", decoder_hidden: int = 128,
-                    decoder_arch: str = "conv") -> tuple[SegModel, dict]:
+                    decoder_arch: str = "conv", decoder_skip: bool = True,
+                    patch: int | None = None) -> tuple[SegModel, dict]:
     """Build the segmenter to fine-tune.
 
     Parameters
@@ -42,7 +46,8 @@ def build_seg_model(init: str, *, checkpoint: str | Path | None = None, arch: st
         random init; ``weights:PATH``: backbone from a local checkpoint (the same init pretraining started
         from), fresh decoder.
     checkpoint : path
-        The ``export.pt`` for ``init='pretrain'``.
+        The ``export.pt`` for ``init='pretrain'``, or a ``model.pt`` (:func:`save_seg_model`; e.g. the U-Net
+        trained on pseudo-masks), rebuilt as it was saved.
     arch : str, optional
         timm ViT name; with ``pretrain`` it must match the export's (a different one is an error).
     img_size : int, optional
@@ -54,6 +59,12 @@ def build_seg_model(init: str, *, checkpoint: str | Path | None = None, arch: st
     decoder_arch : {'conv', 'ilka'}
         Decoder kind without an export (:func:`trainer.models.decoders.build_decoder`). With ``pretrain`` the export's
         ``decoder_arch`` wins (``conv`` for exports written before it was recorded), with ``aux`` or ``fresh``.
+    decoder_skip : bool
+        Edge path (:class:`trainer.models.decoders.EdgePath`) of a decoder without an export. With ``pretrain``
+        the export's wins: its ``decoder_skip``, or, for exports written before it was recorded, whether its
+        decoder weights hold the path (they do not: those build the token-only decoder they were trained as).
+    patch : int, optional
+        Patch size in place of the arch's own, without an export (with one, the export's).
 
     Returns
     -------
@@ -67,12 +78,22 @@ def build_seg_model(init: str, *, checkpoint: str | Path | None = None, arch: st
     if init == "pretrain":
         if checkpoint is None:
             raise ValueError("init 'pretrain' needs --checkpoint (the export.pt written by 'pretrain')")
+        if _file_format(checkpoint) == MODEL_FORMAT:  # a saved segmenter (e.g. the U-Net on pseudo-masks)
+            model, meta = load_seg_model(checkpoint)
+            return model.train(), {"init": "pretrain", "checkpoint": str(checkpoint), "decoder": "aux",
+                                   **{k: meta[k] for k in ("arch", "img_size", "decoder_arch", "decoder_hidden",
+                                                           "decoder_skip")}}
         return _from_export(checkpoint, arch=arch, img_size=img_size, decoder=decoder, decoder_arch=decoder_arch)
     if init == "scratch" or init.startswith("weights:"):
         weights = init.split(":", 1)[1] if init.startswith("weights:") else None
         return _fresh(init, weights=weights, arch=arch, img_size=img_size, decoder_hidden=decoder_hidden,
-                      decoder_arch=decoder_arch)
+                      decoder_arch=decoder_arch, decoder_skip=decoder_skip, patch=patch)
     raise ValueError(f"init must be one of {INITS}, got {init!r}")
+
+
+def _file_format(path: str | Path) -> str | None:
+    state = load_checkpoint(path)
+    return state.get("format") if isinstance(state, dict) else None
 
 
 def _from_export(checkpoint: str | Path, *, arch: str | None, img_size: int | None, decoder: str,
@@ -83,7 +104,8 @@ def _from_export(checkpoint: str | Path, *, arch: str | None, img_size: int | No
         raise ValueError(f"{checkpoint}: the checkpoint is a {export['arch']!r} backbone, not {arch!r}; "
                          "drop --arch or pass a checkpoint of that architecture")
     size = img_size or int(export["img_size"])
-    backbone = create_backbone(export["arch"], img_size=int(export["img_size"]), drop_path_rate=0.1)
+    backbone = create_backbone(export["arch"], img_size=int(export["img_size"]), drop_path_rate=0.1,
+                               **patch_kwargs(export.get("patch_size")))
     try:
         backbone.load_state_dict(export["backbone"], strict=True)
     except RuntimeError as exc:
@@ -92,23 +114,90 @@ def _from_export(checkpoint: str | Path, *, arch: str | None, img_size: int | No
     if kind != decoder_arch:
         log.info("decoder architecture %r from %s (decoder_arch %r applies to runs without an export)",
                  kind, checkpoint, decoder_arch)
-    dec = build_decoder(kind, backbone.embed_dim, patch_size(backbone), hidden=int(export["decoder_hidden"]))
+    skip = bool(export.get("decoder_skip", has_edge_path(export["decoder"])))
+    dec = build_decoder(kind, backbone.embed_dim, patch_size(backbone), hidden=int(export["decoder_hidden"]),
+                        skip=skip)
     if decoder == "aux":
         try:
             dec.load_state_dict(export["decoder"], strict=True)
         except RuntimeError as exc:
             raise ValueError(f"{checkpoint}: decoder weights do not fit a {kind!r} decoder: {exc}") from None
     info = {"init": "pretrain", "checkpoint": str(checkpoint), "arch": export["arch"], "img_size": size,
-            "decoder": decoder, "decoder_arch": kind, "pretrain_step": int(export["step"])}
+            "decoder": decoder, "decoder_arch": kind, "decoder_skip": skip, "pretrain_step": int(export["step"]),
+            "decoder_hidden": int(export["decoder_hidden"])}
     return SegModel(backbone, dec), info
 
 
 def _fresh(init: str, *, weights: str | None, arch: str | None, img_size: int | None, decoder_hidden: int,
-           decoder_arch: str) -> tuple[SegModel, dict]:
+           decoder_arch: str, decoder_skip: bool, patch: int | None) -> tuple[SegModel, dict]:
     """A random-init backbone (or one from local ``weights``) with a fresh decoder."""
     name = arch or "vit_small_patch16_224"
     size = img_size or 224
-    backbone = create_backbone(name, img_size=size, weights=weights, drop_path_rate=0.1)
-    dec = build_decoder(decoder_arch, backbone.embed_dim, patch_size(backbone), hidden=decoder_hidden)
-    info = {"init": init, "arch": name, "img_size": size, "decoder": "fresh", "decoder_arch": decoder_arch}
+    backbone = create_backbone(name, img_size=size, weights=weights, drop_path_rate=0.1, **patch_kwargs(patch))
+    dec = build_decoder(decoder_arch, backbone.embed_dim, patch_size(backbone), hidden=decoder_hidden,
+                        skip=decoder_skip)
+    info = {"init": init, "arch": name, "img_size": size, "decoder": "fresh", "decoder_arch": decoder_arch,
+            "decoder_skip": decoder_skip, "decoder_hidden": decoder_hidden}
     return SegModel(backbone, dec), info
+
+
+#: Format tag of ``model.pt``, the fine-tuned segmenter that ``finetune`` writes and ``predict`` reads.
+MODEL_FORMAT = "edgedino-model/1"
+
+
+def save_seg_model(model: SegModel | UNet, info: dict, path: str | Path, *, extra: dict | None = None) -> Path:
+    """Write ``model.pt`` atomically: the whole segmenter's weights and everything needed to rebuild it.
+
+    Stored: ``format``, ``arch``, ``img_size`` (the square input the model sees), ``patch_size``,
+    ``decoder_arch``, ``decoder_hidden``, ``decoder_skip``, ``normalisation`` (how a picture becomes the input:
+    RGB, squashed to ``img_size`` with area interpolation, ``/255``, ImageNet mean and std), ``threshold`` (0.5 on
+    the sigmoid), ``state_dict`` and ``extra`` (e.g. the fine-tuning config, the labelled ids). No pretraining run
+    is needed to load it (:func:`load_seg_model`). A :class:`~trainer.models.unet.UNet` is stored with ``arch``
+    ``'unet'`` and its ``unet_channels`` (no patch size, decoder kind ``'unet'``).
+    """
+    if isinstance(model, UNet):
+        shape = {"arch": "unet", "patch_size": None, "decoder_arch": "unet", "decoder_hidden": 0,
+                 "decoder_skip": False, "unet_channels": list(model.channels)}
+    else:
+        shape = {"arch": info["arch"], "patch_size": int(patch_size(model.backbone)),
+                 "decoder_arch": info["decoder_arch"], "decoder_hidden": int(info["decoder_hidden"]),
+                 "decoder_skip": model.decoder.edge is not None}
+    return save_checkpoint(Path(path), {
+        "format": MODEL_FORMAT, "img_size": int(info["img_size"]), **shape,
+        "normalisation": {"colour": "RGB", "resize": "squash to img_size x img_size, cv2.INTER_AREA",
+                          "scale": 1 / 255, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "threshold": 0.5,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "extra": extra or {}})
+
+
+def load_seg_model(path: str | Path) -> tuple[SegModel, dict]:
+    """Rebuild the segmenter of a ``model.pt`` (:func:`save_seg_model`), weights loaded strictly, in eval mode.
+
+    An ``export.pt`` of ``pretrain`` is accepted too: its teacher backbone and auxiliary decoder are the
+    segmenter with no label used (the "0 labels" column of the table). Returns ``(model, info)`` with
+    ``img_size`` and what the file says about itself.
+    """
+    state = load_checkpoint(path)
+    fmt = state.get("format") if isinstance(state, dict) else None
+    if fmt == EXPORT_FORMAT:
+        model, info = _from_export(path, arch=None, img_size=None, decoder="aux", decoder_arch="conv")
+        return model.eval(), {**info, "format": fmt}
+    if fmt != MODEL_FORMAT:
+        raise ValueError(f"{path}: not an edgedino model (format {fmt!r}, expected {MODEL_FORMAT!r}); pass the "
+                         "model.pt that 'finetune' writes (or a pretraining export.pt)")
+    if state["arch"] == "unet":
+        model = UNet(tuple(state["unet_channels"]))
+    else:
+        backbone = create_backbone(state["arch"], img_size=int(state["img_size"]), drop_path_rate=0.0,
+                                   **patch_kwargs(state["patch_size"]))
+        dec = build_decoder(state["decoder_arch"], backbone.embed_dim, patch_size(backbone),
+                            hidden=int(state["decoder_hidden"]), skip=bool(state["decoder_skip"]))
+        model = SegModel(backbone, dec)
+    try:
+        model.load_state_dict(state["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not fit the model it describes: {exc}") from None
+    info = {k: state[k] for k in ("arch", "img_size", "patch_size", "decoder_arch", "decoder_hidden",
+                                  "decoder_skip", "normalisation", "threshold", "extra")}
+    return model.eval(), {**info, "format": fmt}
