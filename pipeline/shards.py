@@ -27,6 +27,7 @@ stored, so the same inputs and config give byte-identical shards (checked by sha
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,10 +101,12 @@ def write_shard(path: Path, records: Sequence[ShardRecord], *, size: int, config
     n, s = len(records), size
     diag_keys = sorted({k for r in records for k in r.diagnostics})
     with atomic_path(path) as tmp:
-        # HDF5 writes into memory (the core driver, same bytes as on disk); Python then writes the file. A full
-        # disk is then one clean OSError: HDF5 failing to write its own file ended in a flood of errors and a
-        # segfault at exit.
-        with h5py.File(path.name, "w", driver="core", backing_store=False, track_order=True) as f:
+        # HDF5 writes into a BytesIO (h5py's file-object driver); Python then writes the file. A full disk is then
+        # one clean OSError: HDF5 failing to write its own file ended in a flood of errors and a segfault at exit.
+        # Not the core driver: its buffer is not zeroed, so gaps HDF5 never writes held whatever memory held, and
+        # shards stopped being byte-identical across processes. A BytesIO fills such gaps with zeros, as a file.
+        image = io.BytesIO()
+        with h5py.File(image, "w", track_order=True) as f:
             def dataset(name, shape, dtype, data, chunk, gzip=False):
                 kwargs = dict(shape=shape, dtype=dtype, fletcher32=True, track_times=False)
                 if n:
@@ -138,9 +141,7 @@ def write_shard(path: Path, records: Sequence[ShardRecord], *, size: int, config
                               ("rejects", json.dumps(list(rejects))),
                               ("versions", json.dumps(versions, sort_keys=True))):
                 f.attrs[key] = np.bytes_(text.encode())  # fixed-length: see _fixed_text
-            f.flush()
-            file_image = f.id.get_file_image()
-        tmp.write_bytes(file_image)
+        tmp.write_bytes(image.getvalue())
 
 
 def _checked(group: h5py.Group, name: str, data: np.ndarray) -> None:
