@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
 from pipeline.shards import ShardRecord, write_shard
 from trainer import pretrain as pretrain_module
@@ -170,6 +171,8 @@ def test_collapse_monitor_fires_on_a_collapsing_run_and_stays_silent_on_a_health
     assert (tmp_path / "bad" / "pictures" / "collapse.png").exists()
     assert "WARNING: DINO uniform collapse" in pretrain_module.run_summary(tmp_path / "bad")
     assert "WARNING: DINO collapse (uniform at steps" in cli._pretrain_health(bad)
+    shown = CliRunner().invoke(cli.main, ["inspect", str(tmp_path / "bad")])
+    assert shown.exit_code == 0 and "WARNING: DINO uniform collapse for 6 steps" in shown.output
 
     caplog.clear()
     with caplog.at_level("WARNING", logger="trainer.pretrain"):
