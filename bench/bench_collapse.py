@@ -8,6 +8,7 @@ one after the other, one thread. Printed per candidate, from ``log.jsonl``, as m
 - ``H_t/lnK``: the teacher's mean entropy over ``ln K`` (uniform collapse: near 1);
 - ``H(mean)/lnK``: the entropy of the batch's mean target (one-hot collapse: near 0; at most about
   ``ln(2B) / ln K`` for a sharp teacher on a batch of ``B`` images: 0.5 at B = 16, K = 1024);
+- ``H(ep.mean)/lnK``: the entropy of the mean target over the whole last epoch (the issue's target: >= 0.9);
 - ``KL``: student-teacher KL (nats); ``protos``: distinct teacher argmax per batch (at most 2B);
 - ``probe``: the linear probe's patch Jaccard against held-out pseudo-masks, before -> after training
   (:mod:`trainer.probe`); ``collapse``: the detector's verdict (patience: 20 steps).
@@ -40,10 +41,17 @@ CANDIDATES = {
     "baseline": {},
     "tt0.04": {"teacher_temp": 0.04, "warmup_teacher_temp": 0.04},
     "lr5e-4": {"lr": 5e-4},
+    "lr2e-2": {"lr": 2e-2},
+    "cm0.99": {"center_momentum": 0.99},
     "K256": {"out_dim": 256},
     "mom0.996": {"momentum_teacher": 0.996},
     "sinkhorn": {"centering": "sinkhorn"},
+    "tt0.02": {"teacher_temp": 0.02, "warmup_teacher_temp": 0.02},
+    "tt0.01": {"teacher_temp": 0.01, "warmup_teacher_temp": 0.01},
+    "tt0.02+sinkhorn": {"teacher_temp": 0.02, "warmup_teacher_temp": 0.02, "centering": "sinkhorn"},
+    "tt0.02+koleo0.1": {"teacher_temp": 0.02, "warmup_teacher_temp": 0.02, "koleo_weight": 0.1},
     "koleo0.1": {"koleo_weight": 0.1},
+    "koleo1.0": {"koleo_weight": 1.0},
     "sinkhorn+koleo": {"centering": "sinkhorn", "koleo_weight": 0.1},
     "tt=ts(collapse)": {"teacher_temp": 0.1, "warmup_teacher_temp": 0.1},
 }
@@ -82,6 +90,8 @@ def run_candidate(name: str, overrides: dict, shards: Path, out: Path, *, epochs
     mean = {k: float(np.mean([r[k] for r in last])) for k in ("dino", "teacher_entropy_frac", "entropy_of_mean_frac",
                                                                "kl", "prototypes_used")}
     mean["dino_frac"] = mean["dino"] / last[0]["log_k"]
+    epoch = [r for r in read_log(out / "log.jsonl") if r.get("event") == "epoch"][-1]
+    mean["epoch_mean_frac"] = epoch.get("epoch_entropy_of_mean_frac", float("nan"))
     p = result.probe
     return {"name": name, **mean, "probe_init": p.get("probe_init_jaccard", float("nan")),
             "probe": p.get("probe_jaccard", float("nan")), "collapse": result.collapse.get("status", "-"),
@@ -116,13 +126,14 @@ def main() -> None:
         parser.error(f"unknown candidate(s) {unknown}; known: {list(CANDIDATES)}")
     print(f"shards {shards}, {args.epochs} epoch(s), plain DINO (lambda_seg 0), cpu preset + overrides, "
           f"{args.threads} thread(s)")
-    head = (f"{'candidate':<17} {'dino/lnK':>8} {'H_t/lnK':>8} {'H(mean)/lnK':>11} {'KL':>6} {'protos':>6} "
+    head = (f"{'candidate':<17} {'dino/lnK':>8} {'H_t/lnK':>8} {'H(mean)/lnK':>11} {'H(ep.mean)/lnK':>14} "
+            f"{'KL':>6} {'protos':>6} "
             f"{'probe start->end':>17} {'collapse':>9} {'s':>6}")
     print(head)
     for name in names:
         r = run_candidate(name, CANDIDATES[name], shards, out_root / name, epochs=args.epochs, base=base)
         print(f"{name:<17} {r['dino_frac']:8.3f} {r['teacher_entropy_frac']:8.3f} {r['entropy_of_mean_frac']:11.3f} "
-              f"{r['kl']:6.3f} {r['prototypes_used']:6.1f} {r['probe_init']:8.3f}->{r['probe']:.3f} "
+              f"{r['epoch_mean_frac']:14.3f} {r['kl']:6.3f} {r['prototypes_used']:6.1f} {r['probe_init']:8.3f}->{r['probe']:.3f} "
               f"{r['collapse']:>9} {r['seconds']:6.0f}", flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
 

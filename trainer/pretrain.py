@@ -44,7 +44,7 @@ from trainer.engine.schedules import (
     update_momentum,
 )
 from trainer.losses.affine import affine_loss, rot90
-from trainer.losses.collapse import CollapseDetector
+from trainer.losses.collapse import CollapseDetector, entropy
 from trainer.losses.dino import CENTERINGS, DINOLoss
 from trainer.losses.fkd import fkd_loss
 from trainer.losses.koleo import koleo_loss
@@ -385,6 +385,7 @@ def _train_epoch(run: _Run, epoch: int, run_log: RunLog, info, *, progress: bool
     run.student.train()
     sums: dict[str, float] = {}
     last: dict[str, float] = {}
+    mean_target = torch.zeros(config.out_dim, device=info.device)  # sum of the batches' mean targets
     tic = time.perf_counter()
     bar = tqdm(run.loader, desc=f"pretrain epoch {epoch + 1}/{config.epochs}", unit="batch",
                disable=not (progress and info.is_main), leave=False)
@@ -398,14 +399,19 @@ def _train_epoch(run: _Run, epoch: int, run_log: RunLog, info, *, progress: bool
         if run.step % config.log_every == 0:
             run_log.write({"step": run.step, "epoch": epoch, **last})
         _watch_collapse(run, last, run_log, info)
+        if "teacher_entropy" in last:
+            mean_target += run.dino_loss.last_mean_target
         bar.set_postfix(loss=f"{last['loss']:.3f}")
         run.step += 1
     means = {k: v / run.steps_per_epoch for k, v in sums.items()}
+    if "teacher_entropy" in means:  # the entropy of the mean target over the whole epoch (this process's rows)
+        means["epoch_entropy_of_mean"] = entropy(mean_target)
+        means["epoch_entropy_of_mean_frac"] = means["epoch_entropy_of_mean"] / means["log_k"]
     run_log.write({"event": "epoch", "epoch": epoch + 1, "step": run.step,
                    "seconds": round(time.perf_counter() - tic, 2), **means})
     if info.is_main:
         shown = ("loss", "dino", "seg", "fkd", "affine", "spatial", "koleo", "teacher_entropy_frac",
-                 "entropy_of_mean_frac", "prototypes_used")
+                 "epoch_entropy_of_mean_frac", "prototypes_used")
         log.info("epoch %d/%d: %s", epoch + 1, config.epochs,
                  "  ".join(f"{k} {v:.4f}" for k, v in means.items() if k in shown))
     return last
@@ -563,8 +569,9 @@ def run_summary(out_dir: str | Path) -> str:
         e, log_k = epochs[-1], monitored[-1]["log_k"]
         lines.append(f"  last epoch: DINO loss {e['dino']:.3f} = {e['dino'] / log_k:.3f} ln K "
                      f"(K = {math.exp(log_k):.0f}); "
-                     f"teacher entropy {e['teacher_entropy_frac']:.3f} ln K; entropy of the mean "
-                     f"{e['entropy_of_mean_frac']:.3f} ln K; {e['prototypes_used']:.1f} prototypes per batch")
+                     f"teacher entropy {e['teacher_entropy_frac']:.3f} ln K; entropy of the epoch's mean target "
+                     f"{e.get('epoch_entropy_of_mean_frac', float('nan')):.3f} ln K (per batch "
+                     f"{e['entropy_of_mean_frac']:.3f}); {e['prototypes_used']:.1f} prototypes per batch")
     warnings = [r["message"] for r in records if r.get("event") == "collapse"]
     if not monitored:
         lines.append("  collapse: not monitored (no distillation)")

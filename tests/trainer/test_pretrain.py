@@ -180,6 +180,9 @@ def test_collapse_monitor_fires_on_a_collapsing_run_and_stays_silent_on_a_health
     steps = [r for r in read_log(tmp_path / "good" / "log.jsonl") if "teacher_entropy" in r and "event" not in r]
     assert max(r["teacher_entropy_frac"] for r in steps) < 0.95
     assert min(r["entropy_of_mean_frac"] for r in steps) > 0.1
+    for e in [r for r in read_log(tmp_path / "good" / "log.jsonl") if r.get("event") == "epoch"]:
+        # the entropy of an epoch's mean target is at least the mean of its batches' (entropy is concave)
+        assert e["entropy_of_mean_frac"] - 1e-6 <= e["epoch_entropy_of_mean_frac"] <= 1.0
     assert good.collapse == {"status": "healthy", "episodes": [], "runs": {"uniform": 0, "one-hot": 0}, "patience": 5}
     assert not any("collapse" in m for m in caplog.messages)
     assert "collapse: none (healthy)" in pretrain_module.run_summary(tmp_path / "good")

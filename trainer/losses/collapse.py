@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["CollapseStats", "collapse_stats", "CollapseDetector"]
+__all__ = ["CollapseStats", "collapse_stats", "CollapseDetector", "entropy"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,12 @@ class CollapseStats:
 def _entropy(p: torch.Tensor) -> torch.Tensor:
     """``(..., K) -> (...)``: ``-sum_k p ln p`` with ``0 ln 0 = 0``."""
     return -torch.special.xlogy(p, p).sum(dim=-1)
+
+
+def entropy(p: torch.Tensor) -> float:
+    """``(K,) -> float``: the entropy of one distribution, e.g. the mean target over a whole epoch, whose
+    entropy is not bounded by a batch's ``ln N`` (the issue's target is ``>= 0.9 ln K`` over an epoch)."""
+    return float(_entropy(p.float() / p.float().sum()))
 
 
 @torch.no_grad()

@@ -101,7 +101,8 @@ class DINOLoss(nn.Module):
     the centred softmax (DINOv2); the centre is still tracked but not used.
 
     After each call, ``last_stats`` holds the collapse monitor's numbers
-    (:func:`trainer.losses.collapse.collapse_stats` of :math:`P_t` and :math:`\log P_s`).
+    (:func:`trainer.losses.collapse.collapse_stats` of :math:`P_t` and :math:`\log P_s`) and
+    ``last_mean_target`` the batch's mean target :math:`\bar P_t` ``(K,)``.
 
     Parameters
     ----------
@@ -179,6 +180,7 @@ class DINOLoss(nn.Module):
         self.centering = centering
         self.sinkhorn_iters = sinkhorn_iters
         self.last_stats: CollapseStats | None = None
+        self.last_mean_target: torch.Tensor | None = None
         self.out_dim = out_dim
         self.n_crops = n_crops
         self.n_global_crops = n_global_crops
@@ -234,6 +236,7 @@ class DINOLoss(nn.Module):
         pair[:, :g].fill_diagonal_(False)
         loss = cross[pair].mean()
         self.last_stats = collapse_stats(p_t, log_p_s.detach())
+        self.last_mean_target = p_t.detach().float().mean(dim=(0, 1))  # (K,): for the epoch's entropy of the mean
 
         if update_center:
             self.update_center(teacher_out)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.losses.collapse import CollapseDetector, CollapseStats, collapse_stats
+from trainer.losses.collapse import CollapseDetector, CollapseStats, collapse_stats, entropy
 from trainer.losses.dino import DINOLoss
 
 
@@ -94,3 +94,9 @@ def test_detector_arguments():
         CollapseDetector(uniform_frac=0.1, onehot_frac=0.5)
     with pytest.raises(ValueError, match="student_log_probs"):
         collapse_stats(torch.full((2, 3, 4), 0.25), torch.zeros(1, 3, 4))
+
+
+def test_entropy_of_an_epoch_mean():
+    assert entropy(torch.full((16,), 3.0)) == pytest.approx(math.log(16))  # normalised first
+    assert entropy(torch.tensor([0.0, 1.0, 0.0])) == pytest.approx(0.0)
+    assert entropy(torch.tensor([0.25, 0.75])) == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)))
