@@ -1,8 +1,9 @@
 """DINO collapse at the cpu preset: short pretrainings of each prevention candidate, side by side.
 
 Each candidate is the cpu preset with a few fields replaced (table ``CANDIDATES``); each runs as plain DINO
-(``lambda_seg=0``: the auxiliary loss would hide what the distillation does) on the same shards for the same steps,
-one after the other, one thread. Printed per candidate, from ``log.jsonl``, as means over the last epoch:
+(``lambda_seg=0``: the auxiliary loss would hide what the distillation does; ``--lambda-seg 0.5`` gives 'ours') on
+the same shards for the same steps, one after the other, one thread. Printed per candidate, from ``log.jsonl``, as
+means over the last epoch:
 
 - ``dino/lnK``: the DINO loss over ``ln K`` (uniform collapse: 1.0; the issue's target: <= 0.85);
 - ``H_t/lnK``: the teacher's mean entropy over ``ln K`` (uniform collapse: near 1);
@@ -48,6 +49,7 @@ CANDIDATES = {
     "sinkhorn": {"centering": "sinkhorn"},
     "tt0.02": {"teacher_temp": 0.02, "warmup_teacher_temp": 0.02},
     "tt0.01": {"teacher_temp": 0.01, "warmup_teacher_temp": 0.01},
+    "tt0.02-0.04": {"teacher_temp": 0.04, "warmup_teacher_temp": 0.02},
     "tt0.02+sinkhorn": {"teacher_temp": 0.02, "warmup_teacher_temp": 0.02, "centering": "sinkhorn"},
     "tt0.02+koleo0.1": {"teacher_temp": 0.02, "warmup_teacher_temp": 0.02, "koleo_weight": 0.1},
     "koleo0.1": {"koleo_weight": 0.1},
@@ -77,8 +79,9 @@ def _synthetic_shards(folder: Path, n: int = 48) -> Path:
     return folder
 
 
-def run_candidate(name: str, overrides: dict, shards: Path, out: Path, *, epochs: int, base: dict) -> dict:
-    config = dataclasses.replace(pretrain_preset("cpu"), **{"epochs": epochs, "lambda_seg": 0.0,
+def run_candidate(name: str, overrides: dict, shards: Path, out: Path, *, epochs: int, base: dict,
+                  lambda_seg: float = 0.0) -> dict:
+    config = dataclasses.replace(pretrain_preset("cpu"), **{"epochs": epochs, "lambda_seg": lambda_seg,
                                                             "collapse_patience": 20, "picture_every": epochs,
                                                             "log_every": 1, **base, **overrides})
     shutil.rmtree(out, ignore_errors=True)
@@ -105,6 +108,8 @@ def main() -> None:
     parser.add_argument("--only", default="", help="Comma-separated candidate names (default: all).")
     parser.add_argument("--out", type=Path, default=None, help="Where the runs go (default: a temporary folder).")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--lambda-seg", type=float, default=0.0,
+                        help="Weight of the auxiliary pseudo-mask loss (0: plain DINO, the default; 0.5: 'ours').")
     parser.add_argument("--quick", action="store_true", help="Synthetic 64 px shards, 2 candidates, tiny sizes.")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -124,14 +129,15 @@ def main() -> None:
     unknown = [n for n in names if n not in CANDIDATES]
     if unknown:
         parser.error(f"unknown candidate(s) {unknown}; known: {list(CANDIDATES)}")
-    print(f"shards {shards}, {args.epochs} epoch(s), plain DINO (lambda_seg 0), cpu preset + overrides, "
+    print(f"shards {shards}, {args.epochs} epoch(s), lambda_seg {args.lambda_seg}, cpu preset + overrides, "
           f"{args.threads} thread(s)")
     head = (f"{'candidate':<17} {'dino/lnK':>8} {'H_t/lnK':>8} {'H(mean)/lnK':>11} {'H(ep.mean)/lnK':>14} "
             f"{'KL':>6} {'protos':>6} "
             f"{'probe start->end':>17} {'collapse':>9} {'s':>6}")
     print(head)
     for name in names:
-        r = run_candidate(name, CANDIDATES[name], shards, out_root / name, epochs=args.epochs, base=base)
+        r = run_candidate(name, CANDIDATES[name], shards, out_root / name, epochs=args.epochs, base=base,
+                         lambda_seg=args.lambda_seg)
         print(f"{name:<17} {r['dino_frac']:8.3f} {r['teacher_entropy_frac']:8.3f} {r['entropy_of_mean_frac']:11.3f} "
               f"{r['epoch_mean_frac']:14.3f} {r['kl']:6.3f} {r['prototypes_used']:6.1f} {r['probe_init']:8.3f}->{r['probe']:.3f} "
               f"{r['collapse']:>9} {r['seconds']:6.0f}", flush=True)
