@@ -52,6 +52,8 @@ CANDIDATES = {
     "tt0.02-0.04": {"teacher_temp": 0.04, "warmup_teacher_temp": 0.02},
     "tt0.02+sinkhorn": {"teacher_temp": 0.02, "warmup_teacher_temp": 0.02, "centering": "sinkhorn"},
     "tt0.02+koleo0.1": {"teacher_temp": 0.02, "warmup_teacher_temp": 0.02, "koleo_weight": 0.1},
+    "tt0.01+sinkhorn": {"teacher_temp": 0.01, "warmup_teacher_temp": 0.01, "centering": "sinkhorn"},
+    "tt0.005+sinkhorn": {"teacher_temp": 0.005, "warmup_teacher_temp": 0.005, "centering": "sinkhorn"},
     "koleo0.1": {"koleo_weight": 0.1},
     "koleo1.0": {"koleo_weight": 1.0},
     "sinkhorn+koleo": {"centering": "sinkhorn", "koleo_weight": 0.1},
