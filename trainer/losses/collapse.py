@@ -157,13 +157,15 @@ class CollapseDetector:
         if kind == "uniform":
             what = (f"teacher entropy {stats.teacher_entropy:.3f} >= {self.uniform_frac} ln K = "
                     f"{self.uniform_frac * stats.log_k:.3f}")
-            fix = "lower the teacher temperature, try --centering sinkhorn or --koleo-weight 0.1, or lower --lr"
+            fix = ("Lower the teacher temperature (--warmup-teacher-temp 0.02 --teacher-temp 0.02 moved the cpu preset "
+                   "off ln K; Sinkhorn, KoLeo, K, lr and momenta did not: docs/DINO_COLLAPSE.md)")
         else:
             what = (f"entropy of the mean target {stats.entropy_of_mean:.3f} <= {self.onehot_frac} ln K = "
                     f"{self.onehot_frac * stats.log_k:.3f}")
-            fix = "raise the teacher temperature or the centre momentum's effect (--center-momentum below 1)"
+            fix = ("Raise the teacher temperature, keep centring on (--center-momentum below 1), or try "
+                   "--centering sinkhorn")
         return (f"DINO {kind} collapse for {self.patience + 1} steps (steps {step - self.patience}-{step}): {what}; "
-                f"the distillation teaches nothing. {fix}")
+                f"the distillation teaches nothing. {fix}.")
 
     @property
     def status(self) -> str:
