@@ -27,9 +27,75 @@ def _parse_size(value: str) -> tuple[int, int]:
     return w, h
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120,
-                             "terminal_width": 120})
-@click.option("-v", "--verbose", is_flag=True, help="Log debug messages (per-shard and per-sample detail).")
+class OneLineError(click.ClickException):
+    """A known failure, shown as one line ``edgedino: error: <file>: <problem>`` (exit 1, 130 when interrupted)."""
+
+    def show(self, file=None) -> None:
+        click.echo(f"edgedino: error: {self.format_message()}", err=True)
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line naming the file and the problem, for every failure a user can cause (no traceback)."""
+    import errno
+    import pickle
+
+    if isinstance(exc, OSError) and exc.errno is not None:
+        where = exc.filename if exc.filename is not None else ""
+        if exc.errno == errno.ENOSPC:
+            return f"{where or 'output'}: no space left on the device; free some space and rerun (finished work is kept)"
+        reason = {errno.EACCES: "permission denied", errno.EROFS: "read-only file system",
+                  errno.ENOTDIR: "a part of the path is not a folder", errno.ELOOP: "symbolic link loop",
+                  errno.EISDIR: "is a folder, not a file"}.get(exc.errno, exc.strerror or str(exc))
+        return f"{where}: {reason}" if where else reason
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc):
+        # torch's text suggests weights_only=False, i.e. running code from the file: never pass that on.
+        return "not a loadable checkpoint: truncated, written by another program, or holding code that " \
+               "edgedino refuses to run"
+    problems = getattr(exc, "problems", None)  # a dataset check (DatasetError)
+    if problems and len(problems) == 1:
+        return str(problems[0])
+    text = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+    if problems or (isinstance(exc, click.ClickException) and "Original Traceback" not in text):
+        return text.strip()  # a command's own message; a dataset's problems one per line below the count
+    if text.startswith("Caught ") and "Original Traceback" in text:  # re-raised from a DataLoader worker
+        original = text.strip().splitlines()[-1]
+        return original.split(": ", 1)[1] if ": " in original else original
+    return _first_line(text) or type(exc).__name__
+
+
+class EdgedinoGroup(click.Group):
+    """The one top-level error handler: known failures become one line and exit 1; ``-v`` adds the traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.UsageError, click.Abort, OneLineError):
+            raise
+        except KeyboardInterrupt:
+            error = OneLineError("interrupted; finished work is kept, rerun to resume")
+            error.exit_code = 130
+            raise error from None
+        except (click.ClickException, Exception) as exc:
+            verbose = bool(ctx.params.get("verbose"))
+            if verbose:
+                import traceback
+
+                traceback.print_exception(exc, file=sys.stderr)
+            code = exc.exit_code if isinstance(exc, click.ClickException) else 1
+            known = isinstance(exc, (click.ClickException, OSError, ValueError, RuntimeError))
+            error = OneLineError(describe_error(exc) + ("" if verbose or known else "  (-v shows the traceback)"))
+            error.exit_code = code
+            raise error from None
+
+
+@click.group(cls=EdgedinoGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120,
+                                                  "terminal_width": 120})
+@click.option("-v", "--verbose", is_flag=True,
+              help="Log debug messages (per-shard and per-sample detail) and show the traceback of an error.")
 def main(verbose: bool) -> None:
     """edgedino: self-distillation with edge-aware pseudo-masks for skin-lesion segmentation.
 
@@ -54,11 +120,22 @@ def main(verbose: bool) -> None:
 @click.option("--size", default="512x384", show_default=True,
               help="Image size WIDTHxHEIGHT. Larger images look more like real dermoscopy but cost more.")
 @click.option("--jobs", default=1, show_default=True, help="Parallel workers (-1: all cores).")
-def synth(out: Path, n: int, seed: int, size: str, jobs: int) -> None:
+@click.option("--overwrite", is_flag=True,
+              help="Replace files in --out that synth did not write (e.g. a synthetic set made by an older version). "
+                   "Never point it at real data.")
+def synth(out: Path, n: int, seed: int, size: str, jobs: int, overwrite: bool) -> None:
     """Generate synthetic dermoscopy images with known lesion and hair masks."""
+    from pipeline.guard import Ledger, cap_jobs, make_out_dir
     from pipeline.synth import write_synthetic_dataset
 
-    ids = write_synthetic_dataset(out, n, seed=seed, size=_parse_size(size), jobs=jobs)
+    names = [name for i in range(n) for name in (f"images/SYN_{i:07d}.jpg", f"masks/SYN_{i:07d}_segmentation.png",
+                                                 f"hair/SYN_{i:07d}_hair.png", f"clean/SYN_{i:07d}.png")]
+    ledger = Ledger(make_out_dir(out))
+    present = [f"{sub}/{p.name}" for sub in ("images", "masks") if (out / sub).is_dir() for p in (out / sub).iterdir()]
+    if ledger.foreign(present) and not overwrite:  # never mix synthetic images into a real data set
+        raise click.ClickException(f"{out}: holds images or masks synth did not write; choose an empty folder")
+    ledger.claim(names, overwrite=overwrite)  # never over files it did not write
+    ids = write_synthetic_dataset(out, n, seed=seed, size=_parse_size(size), jobs=cap_jobs(jobs, n))
     click.echo(f"wrote {len(ids)} synthetic images to {out}")
 
 
@@ -99,6 +176,9 @@ def pseudomasks(data, out, jobs, size, shard_size, backend, scheduler, exclude_f
 
     if scheduler and backend != "dask":
         raise click.BadParameter("--scheduler needs --backend dask", param_hint="--scheduler")
+    from pipeline.guard import check_out_dir
+
+    check_out_dir(out, exclude_from)  # the test set is read too: never written into
     exclude = set()
     for folder in exclude_from:
         exclude |= set(datasets.open_dataset(folder).ids)
@@ -122,12 +202,17 @@ def pseudomasks(data, out, jobs, size, shard_size, backend, scheduler, exclude_f
 @click.option("--shards", required=True, type=click.Path(exists=True, path_type=Path),
               help="A shard file or the pseudomasks output folder.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for <ID>_segmentation.png masks at each image's original size (0/255).")
-def export(shards: Path, out: Path) -> None:
+              help="Folder for <ID>_segmentation.png masks at each image's original size (0/255). Must not be the "
+                   "shards folder; masks already there that an earlier export did not write are never replaced "
+                   "unless --overwrite.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace <ID>_segmentation.png files in --out that an earlier export did not write. Never point "
+                   "it at your expert masks.")
+def export(shards: Path, out: Path, overwrite: bool) -> None:
     """Write pseudo-masks at original size as ISIC-style PNGs (to score or view)."""
     from pipeline.export import export_masks
 
-    n = export_masks(shards, out)
+    n = export_masks(shards, out, overwrite=overwrite)
     click.echo(f"wrote {n} mask(s) to {out}")
 
 
@@ -139,6 +224,7 @@ def export(shards: Path, out: Path) -> None:
 def inspect(path: Path, png: Path | None, rows: int) -> None:
     """Summarise a shard or a folder of shards (counts, config, distributions, rejects), or a pretraining run
     folder (its collapse monitor and linear probe)."""
+    from pipeline.guard import check_out_dir
     from pipeline.report import contact_sheet, summarise
     from pipeline.shards import ShardError
 
@@ -147,6 +233,8 @@ def inspect(path: Path, png: Path | None, rows: int) -> None:
 
         click.echo(run_summary(path))
         return
+    if png:
+        check_out_dir(png.parent, [path], option="--png folder", flat_inputs=True)
     try:
         click.echo(summarise(path).text())
         if png:
@@ -173,7 +261,8 @@ def verify(path: Path) -> None:
 @click.option("--shards", required=True, multiple=True, type=click.Path(exists=True, path_type=Path),
               help="Pseudo-mask shards (a pseudomasks output folder or shard files). Repeatable.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Run folder: checkpoint-latest.pt, export.pt, log.jsonl, pictures/. Rerunning resumes.")
+              help="Run folder: checkpoint-latest.pt (and the one before, checkpoint-previous.pt), export.pt, "
+                   "log.jsonl, pictures/. Rerunning resumes on the same data.")
 @click.option("--preset", type=click.Choice(["auto", "cpu", "paper"]), default="auto", show_default=True,
               help="paper: ViT-S/16, 224/96 px crops, DINO's sizes (a GPU). cpu: ViT-Ti/16 at 96/48 px with "
                    "small heads, minutes on a laptop. auto: paper when CUDA is present, else cpu. "
@@ -222,6 +311,9 @@ def verify(path: Path) -> None:
 @click.option("--seed", type=int, help="Seed of the crops, sampler and init.")
 @click.option("--exclude-from", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="Leave out shard samples whose ids are in this data folder (your test set). Repeatable.")
+@click.option("--new-data", is_flag=True,
+              help="Resume a run on data other than it was trained on (other shards, more or fewer samples): "
+                   "training goes on from the next epoch over the new data. Without it such a resume is refused.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
 @click.option("--teacher-temp", type=click.FloatRange(min=0, min_open=True),
               help="Teacher temperature after its warm-up (DINO: 0.07). Lower it (0.04) when the collapse monitor "
@@ -255,7 +347,7 @@ def verify(path: Path) -> None:
               help="Images of the last shard held out for the end-of-run linear probe of the patch features "
                    "(default 64; held out only when the data has 4x as many; 0 = no probe). More: a steadier "
                    "number, a few more seconds.")
-def pretrain(shards, out, preset, exclude_from, no_progress, device, no_distill, **options):
+def pretrain(shards, out, preset, exclude_from, no_progress, device, no_distill, new_data, **options):
     """DINO self-distillation + auxiliary pseudo-mask segmentation (stage 2)."""
     import dataclasses
 
@@ -271,7 +363,7 @@ def pretrain(shards, out, preset, exclude_from, no_progress, device, no_distill,
         config = dataclasses.replace(pretrain_preset(preset), **overrides)
         exclude = {i for folder in exclude_from for i in datasets.open_dataset(folder).ids}
         result = run_pretrain(list(shards), out, config, device=device, exclude_ids=exclude,
-                              progress=not no_progress)
+                              progress=not no_progress, new_data=new_data)
     except (ValueError, NonFiniteLoss, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
     if result.resumed_from is not None:
@@ -381,8 +473,11 @@ def finetune(data, frac, checkpoint, out, test_data, seed, init, decoder, decode
               help="Also write per-image and mean metrics to this JSON file.")
 def evaluate(pred: Path, truth: Path, json_out: Path | None) -> None:
     """Score predicted masks against expert masks like ISIC (Jaccard, Dice, thresholded Jaccard...)."""
+    from pipeline.guard import check_out_dir
     from trainer.metrics import evaluate_folders, write_metrics_json
 
+    if json_out:
+        check_out_dir(json_out.parent, [pred, truth], option="--json folder", flat_inputs=True)
     if (truth / "masks").is_dir():
         truth = truth / "masks"
     try:
@@ -398,10 +493,15 @@ def evaluate(pred: Path, truth: Path, json_out: Path | None) -> None:
 
 
 def _floats(value: str) -> tuple[float, ...]:
+    """Label fractions: comma-separated numbers, each in (0, 1]."""
     try:
-        return tuple(float(v) for v in value.split(","))
+        fracs = tuple(float(v) for v in value.split(","))
     except ValueError:
         raise click.BadParameter(f"expected comma-separated numbers such as 0.002,0.01, got {value!r}") from None
+    bad = [f for f in fracs if not 0 < f <= 1]  # nan fails this too
+    if bad:
+        raise click.BadParameter(f"each fraction must be in (0, 1], got {bad[0]} in {value!r}")
+    return fracs
 
 
 @main.command()

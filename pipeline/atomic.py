@@ -25,6 +25,12 @@ def _publish(tmp: str | os.PathLike, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _name_the_file(exc: BaseException, path: Path) -> None:
+    """Give an OSError from a write (e.g. ENOSPC, disk full) the file it was for, when it names none."""
+    if isinstance(exc, OSError) and exc.filename is None:
+        exc.filename = str(path)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb", *, suffix: str = ".partial") -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success fsync it and rename it onto ``path``.
@@ -51,9 +57,10 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *, suffix: str = ".p
             fh.flush()
             os.fsync(fh.fileno())
         _publish(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        _name_the_file(exc, path)
         raise
 
 
@@ -73,9 +80,10 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = ".partial") -> Iterato
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         _publish(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        _name_the_file(exc, path)
         raise
 
 

@@ -218,16 +218,75 @@ def image_size(path: Path) -> tuple[int, int]:
     path = Path(path)
     if path.is_dir():
         raise ImageReadError(f"{path}: is a directory, not an image file")
-    if not path.exists():
-        raise ImageReadError(f"{path}: file does not exist")
+    _check_exists(path)
     if path.stat().st_size == 0:
         raise ImageReadError(f"{path}: empty file (0 bytes)")
     try:
         with Image.open(path) as im:
             width, height = im.size
+            orientation = _exif_orientation(im)
     except Exception as exc:  # PIL raises many types for bad files
         raise ImageReadError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
-    return height, width
+    return (width, height) if orientation in _SWAPS_SIDES else (height, width)
+
+
+# EXIF orientation (tag 0x0112): how to turn the stored pixels upright, as image viewers do (and as the ISIC
+# masks assume). Values 5-8 swap height and width. Applied by ``_orient`` after every decode, whatever its size.
+_EXIF_ORIENTATION = 0x0112
+_SWAPS_SIDES = (5, 6, 7, 8)
+
+
+def _exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation of an open Pillow image (1 = upright, also for no or a bad tag)."""
+    try:
+        value = int(im.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # a damaged EXIF block: treat the pixels as upright, like most viewers
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _orient(image: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn decoded pixels upright: ``(H, W, ...) -> (H, W, ...)`` or ``(W, H, ...)`` for orientations 5-8.
+
+    The eight EXIF cases (TIFF 6.0 / EXIF 2.32, tag 274): 2 mirror left-right, 3 rotate 180, 4 mirror
+    top-bottom, 5 transpose, 6 rotate 90 clockwise, 7 transverse, 8 rotate 90 anticlockwise.
+    """
+    ops = {1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: a.swapaxes(0, 1), 6: lambda a: a.swapaxes(0, 1)[:, ::-1],
+           7: lambda a: a.swapaxes(0, 1)[::-1, ::-1], 8: lambda a: a.swapaxes(0, 1)[::-1]}
+    return np.ascontiguousarray(ops[orientation](image))
+
+
+def _file_orientation(path: Path) -> int:
+    return _header(path)[0]
+
+
+def _header(path: Path) -> tuple[int, str]:
+    """EXIF orientation and Pillow mode of an image file (``(1, '')`` when Pillow cannot say)."""
+    try:
+        with Image.open(path) as im:
+            return _exif_orientation(im), im.mode
+    except Exception:
+        return 1, ""
+
+
+GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")  # Pillow modes without colour
+
+
+def _check_exists(path: Path) -> None:
+    """Name why ``path`` cannot be opened: missing, a broken or looping symbolic link, no permission."""
+    import errno
+
+    try:
+        path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageReadError(f"{path}: symbolic link loop") from None
+        if exc.errno == errno.ENOENT and path.is_symlink():
+            raise ImageReadError(f"{path}: broken symbolic link (its target does not exist)") from None
+        if exc.errno == errno.ENOENT:
+            raise ImageReadError(f"{path}: file does not exist") from None
+        raise ImageReadError(f"{path}: cannot open ({exc.strerror})") from None
 
 
 def _reduction_flag(size: tuple[int, int], min_long_side: int | None) -> tuple[int, int]:
@@ -256,7 +315,8 @@ def read_image(path: str | Path, *, min_long_side: int | None = None) -> np.ndar
     Returns
     -------
     (H, W, 3) uint8
-        RGB. RGBA loses its alpha channel; 16-bit images are scaled to 8 bits.
+        RGB, turned upright by the file's EXIF orientation (as viewers show it; :func:`image_size` reports the
+        same upright size at every decode size). RGBA loses its alpha channel; 16-bit images are scaled to 8 bits.
 
     Raises
     ------
@@ -271,7 +331,9 @@ def read_image(path: str | Path, *, min_long_side: int | None = None) -> np.ndar
     flag, _ = _reduction_flag((height, width), min_long_side)
     with warnings.catch_warnings():
         data = np.fromfile(path, dtype=np.uint8)
-        image = cv2.imdecode(data, flag)
+        # OpenCV applies EXIF orientation in reduced decodes but not with IMREAD_UNCHANGED: switch it off
+        # everywhere and apply it once, below, so every decode size gives the same upright picture.
+        image = cv2.imdecode(data, flag if flag == cv2.IMREAD_UNCHANGED else flag | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
         raise ImageReadError(f"{path}: corrupt or truncated image (the decoder returned nothing)")
     if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
@@ -284,7 +346,10 @@ def read_image(path: str | Path, *, min_long_side: int | None = None) -> np.ndar
         image = image[:, :, :3]
     if _is_truncated_jpeg(path, data):
         raise ImageReadError(f"{path}: truncated JPEG (no end-of-image marker)")
-    return np.ascontiguousarray(image[:, :, ::-1])
+    orientation, mode = _header(path)
+    if mode in GREY_MODES:  # OpenCV expands grey + alpha to 4 equal colour channels
+        raise ImageReadError(f"{path}: grey-scale image (mode {mode}); dermoscopy images must be colour")
+    return _orient(image[:, :, ::-1], orientation)
 
 
 def _is_truncated_jpeg(path: Path, data: np.ndarray) -> bool:
@@ -309,6 +374,7 @@ def read_mask(path: str | Path) -> np.ndarray:
         raise ImageReadError(f"{path}: corrupt or unreadable mask")
     if mask.ndim == 3:
         mask = mask[:, :, 0]
+    mask = _orient(mask, _file_orientation(path))  # as image_size reports it
     values = np.unique(mask)
     if not (set(values.tolist()) <= {0, 255} or set(values.tolist()) <= {0, 1}):
         shown = ", ".join(str(v) for v in values[:6]) + (", ..." if values.size > 6 else "")

@@ -8,6 +8,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pipeline.atomic import write_bytes
+from pipeline.guard import GuardError, Ledger, check_out_dir, check_plain_name, make_out_dir
 from pipeline.shards import ShardReader, find_shards
 
 
@@ -30,12 +31,27 @@ def write_mask_png(path: Path, mask: np.ndarray) -> None:
     write_bytes(path, buf.tobytes())
 
 
-def export_masks(shards: str | Path, out_dir: str | Path, *, progress: bool = True) -> int:
-    """Write every pseudo-mask in ``shards`` (file or folder) to ``out_dir``; return how many."""
-    out_dir = Path(out_dir)
+def export_masks(shards: str | Path, out_dir: str | Path, *, progress: bool = True, overwrite: bool = False) -> int:
+    """Write every pseudo-mask in ``shards`` (file or folder) to ``out_dir``; return how many.
+
+    Refuses (``GuardError``, before writing anything) an ``out_dir`` that overlaps the shards, an id that is
+    not a plain file name, an id found twice, and a mask file already in ``out_dir`` that an earlier export
+    did not write (e.g. the expert masks), unless ``overwrite``.
+    """
+    out_dir = check_out_dir(out_dir, [shards], flat_inputs=True)
     paths = find_shards(shards)
     if not paths:
         raise FileNotFoundError(f"{shards}: no shard files (shard-*.h5) found")
+    names: dict[str, Path] = {}
+    for path in paths:
+        with ShardReader(path) as shard:
+            for sample_id in shard.ids:
+                name = f"{check_plain_name(sample_id, source=path)}_segmentation.png"
+                if name in names:
+                    raise GuardError(f"{path}: id {sample_id!r} is also in {names[name]}; export one run's shards")
+                names[name] = path
+    make_out_dir(out_dir)
+    Ledger(out_dir).claim(sorted(names), overwrite=overwrite)
     n = 0
     for path in paths:
         with ShardReader(path) as shard:

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +20,14 @@ import numpy as np
 
 from pipeline import datasets
 from pipeline.atomic import write_text
+from pipeline.guard import FolderLock, cap_jobs, check_out_dir, inputs_hash, make_out_dir, parent_is_gone, watch_parent
 from pipeline.pseudomask.per_image import PseudoMaskConfig, make_pseudo_mask
 from pipeline.shards import (
     REJECTS,
     ShardError,
     ShardReader,
     ShardRecord,
+    _read_every_chunk,
     find_shards,
     ids_hash,
     read_manifest,
@@ -161,10 +164,16 @@ def process_sample(sample: datasets.Sample, config: RunConfig) -> ShardRecord:
                        no_lesion=bool(result.no_lesion), diagnostics=diagnostics)
 
 
-def process_shard(plan: ShardPlan, out_dir: str | Path, config: RunConfig) -> dict:
+class ParentGone(RuntimeError):
+    """The run that started this worker is gone (killed): the worker stops without writing."""
+
+
+def process_shard(plan: ShardPlan, out_dir: str | Path, config: RunConfig, owner_pid: int | None = None) -> dict:
     """Process every sample of ``plan`` and write its shard; return its manifest entry.
 
     A sample that fails is recorded in the shard's rejects with the reason, and the shard goes on.
+    ``owner_pid`` (the run's process, for local workers) is checked before each sample and before the write:
+    a worker orphaned by a killed run stops instead of writing into ``out_dir``.
     """
     import cv2
     from threadpoolctl import threadpool_limits
@@ -172,8 +181,14 @@ def process_shard(plan: ShardPlan, out_dir: str | Path, config: RunConfig) -> di
     cv2.setNumThreads(1)
     start = time.perf_counter()
     records, rejects = [], []
+    if parent_is_gone(owner_pid):
+        raise ParentGone(f"{plan.name}: the run that started this worker is gone; stopping")
+    watch_parent(owner_pid)  # and end this worker as soon as the run dies, even while it waits for work
+    provenance = inputs_hash(plan.samples)
     with threadpool_limits(1):  # same arithmetic whatever the backend: results do not depend on --jobs
         for sample in plan.samples:
+            if parent_is_gone(owner_pid):
+                raise ParentGone(f"{plan.name}: the run that started this worker is gone; stopping")
             try:
                 records.append(process_sample(sample, config))
             except datasets.ImageReadError as exc:
@@ -183,8 +198,10 @@ def process_shard(plan: ShardPlan, out_dir: str | Path, config: RunConfig) -> di
                 rejects.append({"id": sample.id, "path": str(sample.image),
                                 "reason": f"{sample.image}: pseudo-mask failed ({type(exc).__name__}: {exc})"})
     path = Path(out_dir) / plan.name
+    if parent_is_gone(owner_pid):
+        raise ParentGone(f"{plan.name}: the run that started this worker is gone; not writing it")
     write_shard(path, records, size=config.size, config_json=config.to_json(), config_hash=config.hash,
-                planned_ids=plan.ids, rejects=rejects, versions=library_versions())
+                planned_ids=plan.ids, rejects=rejects, versions=library_versions(), inputs_hash=provenance)
     return _entry(path, len(records), rejects, seconds=time.perf_counter() - start,
                   n_no_lesion=sum(r.no_lesion for r in records))
 
@@ -211,6 +228,8 @@ def _existing_entry(path: Path, plan: ShardPlan, config: RunConfig, old: dict, *
             if not stale and attrs.get("ids_hash") != ids_hash(plan.ids):
                 log.info("%s: the data changed since it was written; redoing it", path)
                 return None
+            if not stale and not _same_inputs_and_intact(path, shard, plan, old.get(path.name)):
+                return None
             rows, rejects = len(shard), shard.rejects
             n_no_lesion = int(shard.column("no_lesion").sum()) if rows else 0
     except ShardError as exc:
@@ -223,6 +242,31 @@ def _existing_entry(path: Path, plan: ShardPlan, config: RunConfig, old: dict, *
         return None
     seconds = old.get(path.name, {}).get("seconds")
     return _entry(path, rows, rejects, seconds=seconds, n_no_lesion=n_no_lesion)
+
+
+def _same_inputs_and_intact(path: Path, shard: ShardReader, plan: ShardPlan, entry: dict | None) -> bool:
+    """True when ``shard`` was made from exactly these input files and its bytes are whole.
+
+    A shard is reused only when its ``inputs_hash`` matches the files now planned for it (same ids, paths and
+    bytes), its sha256 matches ``manifest.json`` when listed there, and every chunk passes its fletcher32
+    checksum. Otherwise it is redone; a damaged shard is never re-blessed with a new sha256.
+    """
+    recorded = shard.attrs.get("inputs_hash")
+    if not recorded:
+        log.warning("%s: made by an older edgedino that did not record its input files; redoing it", path)
+        return False
+    if recorded != inputs_hash(plan.samples):
+        log.warning("%s: made from other input files (same ids, other paths or contents); redoing it", path)
+        return False
+    if entry is not None and entry.get("sha256") != sha256_file(path):
+        log.warning("%s: sha256 differs from manifest.json (damaged or replaced); redoing it", path)
+        return False
+    try:
+        _read_every_chunk(shard._file)
+    except (OSError, ValueError) as exc:
+        log.warning("%s: a chunk fails its checksum (%s); redoing it", path, exc)
+        return False
+    return True
 
 
 def _clean_partials(out_dir: Path) -> None:
@@ -254,13 +298,26 @@ def run_pseudomasks(data: Sequence[str | Path] | str | Path, out_dir: str | Path
         Delete shards made with another configuration instead of refusing to mix them.
     exclude_ids : iterable of str
         Ids to leave out (e.g. the images of an external test set).
+
+    Raises
+    ------
+    GuardError
+        ``out_dir`` overlaps a data folder, is not a writable folder, or another run holds its lock.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = check_out_dir(out_dir, [data] if isinstance(data, (str, Path)) else data)
+    dataset = datasets.open_dataset(data)  # before creating out_dir: a missing data folder leaves nothing behind
+    make_out_dir(out_dir)
+    with FolderLock(out_dir, command="pseudomasks"):
+        return _run_locked(dataset, data, out_dir, config=config, jobs=jobs, backend=backend, scheduler=scheduler,
+                           overwrite=overwrite, progress=progress, exclude_ids=exclude_ids)
+
+
+def _run_locked(dataset: datasets.Dataset, data, out_dir: Path, *, config: RunConfig, jobs: int, backend: str,
+                scheduler: str | None, overwrite: bool, progress: bool, exclude_ids: Iterable[str]) -> RunSummary:
+    """:func:`run_pseudomasks` once ``out_dir`` is checked and locked."""
     _clean_partials(out_dir)
-    dataset = datasets.open_dataset(data)
     excluded = set(exclude_ids)
     if excluded:
         kept = tuple(s for s in dataset.samples if s.id not in excluded)
@@ -321,14 +378,15 @@ def _execute(plans: list[ShardPlan], out_dir: Path, config: RunConfig, *, jobs: 
     if backend == "dask":
         yield from _execute_dask(plans, out_dir, config, jobs=jobs, scheduler=scheduler)
         return
-    if jobs == 1 or len(plans) == 1:
+    jobs = cap_jobs(jobs, len(plans))
+    if jobs == 1:
         for plan in plans:
             yield process_shard(plan, out_dir, config)
         return
     from joblib import Parallel, delayed
 
     parallel = Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered")
-    yield from parallel(delayed(process_shard)(plan, str(out_dir), config) for plan in plans)
+    yield from parallel(delayed(process_shard)(plan, str(out_dir), config, os.getpid()) for plan in plans)
 
 
 def _execute_dask(plans, out_dir, config, *, jobs, scheduler):
@@ -340,7 +398,7 @@ def _execute_dask(plans, out_dir, config, *, jobs, scheduler):
     if scheduler:
         client = Client(scheduler)
     else:
-        cluster = LocalCluster(n_workers=max(1, jobs), threads_per_worker=1, processes=True,
+        cluster = LocalCluster(n_workers=cap_jobs(jobs, len(plans)), threads_per_worker=1, processes=True,
                                dashboard_address=None)
         client = Client(cluster)
     try:

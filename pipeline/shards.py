@@ -1,7 +1,8 @@
 """HDF5 shards: the contract between the pseudo-mask stage and the trainer (schema version 1).
 
 A shard holds a few hundred samples at the storage resolution S x S (every image squashed, aspect ratio not
-kept; ``orig_shape`` maps back by a plain resize). Layout, one sample per chunk, fletcher32 on everything,
+kept; ``orig_shape`` maps back by a plain resize). Layout, one sample per chunk (the small per-sample columns:
+one chunk each), fletcher32 on every dataset,
 gzip on the masks and probability, so h5ls/h5dump/HDFView read it without plugins:
 
 ============== ============== ======= ==============================================
@@ -19,6 +20,7 @@ diag/<name>    (N,)           float32 per-sample diagnostics
 ============== ============== ======= ==============================================
 
 File attributes: ``schema_version``, ``config`` (JSON), ``config_hash``, ``ids_hash`` (the planned ids),
+``inputs_hash`` (ids, paths and bytes of the input files: a resume redoes a shard whose inputs changed),
 ``rejects`` (JSON list of the inputs this shard skipped), ``versions`` (JSON). Nothing time-dependent is
 stored, so the same inputs and config give byte-identical shards (checked by sha256 in ``manifest.json``).
 """
@@ -78,7 +80,8 @@ class ShardRecord:
 
 
 def write_shard(path: Path, records: Sequence[ShardRecord], *, size: int, config_json: str, config_hash: str,
-                planned_ids: Sequence[str], rejects: Sequence[dict], versions: dict[str, str]) -> None:
+                planned_ids: Sequence[str], rejects: Sequence[dict], versions: dict[str, str],
+                inputs_hash: str = "") -> None:
     """Write ``records`` to ``path`` atomically (``*.partial`` then rename).
 
     Parameters
@@ -91,11 +94,16 @@ def write_shard(path: Path, records: Sequence[ShardRecord], *, size: int, config
         Every id this shard was planned to hold, kept or rejected (resume checks it).
     rejects : sequence of dict
         ``{"id", "path", "reason"}`` per rejected input.
+    inputs_hash : str
+        What the shard was made from (``pipeline.guard.inputs_hash``: ids, paths, file bytes); resume checks it.
     """
     n, s = len(records), size
     diag_keys = sorted({k for r in records for k in r.diagnostics})
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w", track_order=True) as f:
+        # HDF5 writes into memory (the core driver, same bytes as on disk); Python then writes the file. A full
+        # disk is then one clean OSError: HDF5 failing to write its own file ended in a flood of errors and a
+        # segfault at exit.
+        with h5py.File(path.name, "w", driver="core", backing_store=False, track_order=True) as f:
             def dataset(name, shape, dtype, data, chunk, gzip=False):
                 kwargs = dict(shape=shape, dtype=dtype, fletcher32=True, track_times=False)
                 if n:
@@ -117,30 +125,37 @@ def write_shard(path: Path, records: Sequence[ShardRecord], *, size: int, config
                     np.stack([r.pseudo_mask for r in records]).astype(np.uint8) if n else None, (1, s, s), True)
             _fixed_text(f, "id", [r.id for r in records])
             _fixed_text(f, "path", [r.path for r in records])
-            f.create_dataset("orig_shape", data=np.array([r.orig_shape for r in records], np.int32).reshape(n, 2),
-                             track_times=False)
-            f.create_dataset("no_lesion", data=np.array([r.no_lesion for r in records], np.uint8),
-                             track_times=False)
+            _checked(f, "orig_shape", np.array([r.orig_shape for r in records], np.int32).reshape(n, 2))
+            _checked(f, "no_lesion", np.array([r.no_lesion for r in records], np.uint8))
             group = f.create_group("diag", track_order=True)
             for key in diag_keys:
-                group.create_dataset(key, data=np.array([r.diagnostics.get(key, np.nan) for r in records],
-                                                        np.float32), track_times=False)
+                _checked(group, key, np.array([r.diagnostics.get(key, np.nan) for r in records], np.float32))
             f.attrs["schema_version"] = SCHEMA_VERSION
             f.attrs["size"] = size
             f.attrs["n_planned"] = len(planned_ids)
             for key, text in (("config", config_json), ("config_hash", config_hash),
-                              ("ids_hash", ids_hash(planned_ids)), ("rejects", json.dumps(list(rejects))),
+                              ("ids_hash", ids_hash(planned_ids)), ("inputs_hash", inputs_hash),
+                              ("rejects", json.dumps(list(rejects))),
                               ("versions", json.dumps(versions, sort_keys=True))):
                 f.attrs[key] = np.bytes_(text.encode())  # fixed-length: see _fixed_text
+            f.flush()
+            file_image = f.id.get_file_image()
+        tmp.write_bytes(file_image)
+
+
+def _checked(group: h5py.Group, name: str, data: np.ndarray) -> None:
+    """A small per-sample dataset with a fletcher32 checksum (which needs chunks, hence none when empty)."""
+    kwargs = dict(chunks=data.shape, fletcher32=True) if len(data) else {}
+    group.create_dataset(name, data=data, track_times=False, **kwargs)
 
 
 def _fixed_text(f: h5py.File, name: str, values: list[str]) -> None:
-    """A fixed-length string dataset (UTF-8 bytes). Variable-length strings live in HDF5's global heap, whose
-    padding is written from uninitialised memory: the file bytes would then differ between processes."""
+    """A fixed-length string dataset (UTF-8 bytes) with a fletcher32 checksum. Variable-length strings live in
+    HDF5's global heap, whose padding is written from uninitialised memory: the file bytes would then differ
+    between processes."""
     data = [v.encode() for v in values]
     length = max([len(d) for d in data] + [1])
-    f.create_dataset(name, shape=(len(data),), dtype=f"S{length}",
-                     data=np.array(data, dtype=f"S{length}") if data else None, track_times=False)
+    _checked(f, name, np.array(data, dtype=f"S{length}").reshape(len(data)))
 
 
 def _text(value) -> object:
@@ -202,17 +217,28 @@ class ShardReader:
 
     @property
     def ids(self) -> list[str]:
-        return [_text(x) for x in self._file["id"][...]]
+        return [_text(x) for x in self.column("id")]
 
     def column(self, name: str) -> np.ndarray:
         """A whole per-sample column (``orig_shape``, ``no_lesion``, ``diag/<name>``)."""
-        return self._file[name][...]
+        try:
+            return self._file[name][...]
+        except OSError as exc:  # a chunk failing its fletcher32 checksum
+            raise ShardError(f"{self.path}: dataset {name!r} cannot be read ({exc}); the shard is damaged: check "
+                             "the folder with 'verify' and rerun 'pseudomasks' to redo it") from None
 
     @property
     def diagnostics(self) -> dict[str, np.ndarray]:
         return {k: v[...] for k, v in self._file["diag"].items()}
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        try:
+            return self._sample(i)
+        except OSError as exc:  # a chunk failing its fletcher32 checksum
+            raise ShardError(f"{self.path}: sample {i} cannot be read ({exc}); the shard is damaged: check the "
+                             "folder with 'verify' and rerun 'pseudomasks' to redo it") from None
+
+    def _sample(self, i: int) -> dict[str, np.ndarray]:
         f = self._file
         return {
             "id": _text(f["id"][i]),

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from pipeline import datasets
 from pipeline.atomic import save_figure, write_text
 from pipeline.export import write_mask_png
+from pipeline.guard import check_out_dir, make_out_dir
 from pipeline.report import draw_contour
 from trainer.data.cutmix import PICConfig, pic_bias, pic_cutmix
 from trainer.data.multicrop import MultiCropConfig, multi_crop
@@ -126,7 +127,8 @@ def finetune(data: Sequence[str | Path] | str | Path, frac: float, out_dir: str 
     Writes ``out_dir/subset.json`` (the ids used), ``predictions/<ID>_segmentation.png`` at each test image's
     original size (0/255), ``metrics.json`` (per image and mean) and ``best_worst.png``.
     """
-    out_dir = Path(out_dir)
+    roots = [data] if isinstance(data, (str, Path)) else list(data)
+    out_dir = check_out_dir(out_dir, roots + list(test_data or []) + ([checkpoint] if checkpoint else []))
     dev = resolve_device(device)
     torch.manual_seed(config.seed)
     dataset = datasets.open_dataset(data)
@@ -141,12 +143,13 @@ def finetune(data: Sequence[str | Path] | str | Path, frac: float, out_dir: str 
         dupes = near_duplicates(subset + splits.validation, splits.test)
         for a, b, d in dupes:
             log.warning("near-duplicate images across ids: %s (training) and %s (test), dHash distance %d", a, b, d)
+    check_before_training(subset + splits.validation + splits.test, progress=progress)
     model, info = build_seg_model(config.init, checkpoint=checkpoint, arch=config.arch, img_size=config.img_size,
                                   decoder=config.decoder, decoder_hidden=config.decoder_hidden,
                                   decoder_arch=config.decoder_arch)
     size = int(info["img_size"])
     model.to(dev)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_out_dir(out_dir)
     write_text(out_dir / "subset.json", json.dumps({"frac": frac, "seed": config.seed,
                                                     "ids": [s.id for s in subset],
                                                     "validation": [s.id for s in splits.validation],
@@ -164,6 +167,25 @@ def finetune(data: Sequence[str | Path] | str | Path, frac: float, out_dir: str 
         "config": dataclasses.asdict(config), "splits": describe(splits, subset)}, indent=1))
     _best_worst_sheet(rows, splits, out_dir)
     return FinetuneResult(out_dir, means, best_iter, best_val, [s.id for s in subset])
+
+
+def check_before_training(samples: Sequence[datasets.Sample], *, progress: bool = False) -> None:
+    """Check every image and mask that fine-tuning will read, before any training: all problems in one error.
+
+    Raises
+    ------
+    DatasetError
+        A missing mask, an unreadable image or mask, a mask of another size than its image, a non-binary mask.
+    """
+    problems = []
+    for s in samples:
+        if s.mask is None:
+            problems.append(datasets.Problem(s.image, "image without a mask (masks are required here)", s.id, True))
+    checked = datasets.Dataset(tuple(s for s in samples if s.mask is not None), ())
+    problems += [datasets.Problem(p.path, p.reason, p.id, True)
+                 for p in datasets.check_dataset(checked, check_mask_values=True, progress=progress)]
+    if problems:
+        raise datasets.DatasetError(problems)
 
 
 def _train(model, train_x, train_y, val_x, val_y, *, config, size, device, progress):

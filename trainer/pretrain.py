@@ -15,10 +15,13 @@ more than ``collapse_patience`` steps; ``centering="sinkhorn"`` and ``koleo_weig
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import hashlib
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +31,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from pipeline.guard import FolderLock, check_out_dir, make_out_dir
+from pipeline.shards import read_manifest, sha256_file
 from trainer.data.multicrop import MultiCropConfig, multi_crop
 from trainer.data.shard_dataset import ShardAwareSampler, ShardDataset
 from trainer.engine import distributed as dist_utils
@@ -60,6 +65,7 @@ from trainer.probe import patch_probe
 log = logging.getLogger(__name__)
 
 LATEST = "checkpoint-latest.pt"
+PREVIOUS = "checkpoint-previous.pt"  # the checkpoint before LATEST: the fallback when LATEST is damaged
 # Fields that must match to resume a run (the rest, e.g. epochs, may change between runs).
 # A field missing from an older checkpoint's config counts as its default here (e.g. decoder: "conv").
 ARCHITECTURE_FIELDS = ("arch", "img_size", "out_dim", "decoder_hidden", "head_hidden", "bottleneck_dim", "decoder",
@@ -219,24 +225,39 @@ class PretrainResult:
 
 
 def pretrain(shards: str | Path | Iterable[str | Path], out_dir: str | Path, config: PretrainConfig = PretrainConfig(),
-             *, device: str = "auto", exclude_ids: Iterable[str] = (), progress: bool = True) -> PretrainResult:
+             *, device: str = "auto", exclude_ids: Iterable[str] = (), progress: bool = True,
+             new_data: bool = False) -> PretrainResult:
     """Pretrain on the shards; write ``checkpoint-latest.pt`` every epoch and ``export.pt`` at the end.
 
     Rerunning with the same ``out_dir`` resumes from the latest checkpoint (a larger ``epochs`` continues the
-    run). Launch with ``torchrun --nproc-per-node N cli.py pretrain ...`` for DDP; one process needs nothing.
+    run; a damaged latest checkpoint falls back to ``checkpoint-previous.pt``). The data a run trains on is
+    recorded; resuming on other data is refused unless ``new_data``. Launch with ``torchrun --nproc-per-node N
+    cli.py pretrain ...`` for DDP; one process needs nothing.
 
     Raises
     ------
     NonFiniteLoss
         The loss became NaN/inf (the last checkpoint stays as it was).
+    ValueError
+        ``out_dir`` overlaps the shards, or a resume would change the architecture or (without ``new_data``)
+        the data.
     """
+    sources = [shards] if isinstance(shards, (str, Path)) else list(shards)
+    out_dir = check_out_dir(out_dir, sources, flat_inputs=True)
     info = dist_utils.init_distributed(device)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    run = _set_up(shards, config, info, exclude_ids)
-    resumed_from = _resume(run, out_dir / LATEST, info.device)
+    run = _set_up(sources, config, info, exclude_ids)
+    make_out_dir(out_dir)
+    # one run per folder: a second pretrain on the same --out is refused (a dead run's lock is taken over)
+    with FolderLock(out_dir, command="pretrain") if info.is_main else contextlib.nullcontext():
+        return _train(run, out_dir, info, new_data=new_data, progress=progress)
+
+
+def _train(run: "_Run", out_dir: Path, info, *, new_data: bool, progress: bool) -> PretrainResult:
+    """Resume (when a checkpoint is there), train the remaining epochs, save every epoch, export at the end."""
+    resumed_from = _resume(run, out_dir, info.device, new_data=new_data)
     run_log = RunLog(out_dir, enabled=info.is_main)
-    run_log.write({"event": "start", "config": dataclasses.asdict(run.config), "samples": len(run.dataset),
+    run_log.write({"event": "start", "config": dataclasses.asdict(run.config), "data": run.data,
+                   "samples": len(run.dataset),
                    "batch_per_process": run.batch, "world_size": info.world_size, "device": str(info.device),
                    "steps_per_epoch": run.steps_per_epoch, "resumed_from": resumed_from})
     probe: dict = {}
@@ -305,6 +326,7 @@ class _Run:
     probe_dataset: ShardDataset
     probe_indices: list
     probe_heldout: bool
+    data: dict
     step: int = 0
 
 
@@ -355,27 +377,81 @@ def _set_up(shards, config: PretrainConfig, info, exclude_ids) -> _Run:
                 steps_per_epoch=steps_per_epoch, sched=Schedules.build(config, steps_per_epoch, batch * info.world_size),
                 student=student, teacher=teacher, ddp_student=ddp_student,
                 optimizer=torch.optim.AdamW(param_groups(student, config.weight_decay)), dino_loss=dino_loss,
-                generator=generator, fkd_teacher=fkd_teacher, detector=CollapseDetector(config.collapse_patience),
-                probe_dataset=probe_dataset, probe_indices=probe_indices, probe_heldout=probe_heldout)
+                generator=generator, fkd_teacher=fkd_teacher, data=data_record(dataset),
+                detector=CollapseDetector(config.collapse_patience), probe_dataset=probe_dataset,
+                probe_indices=probe_indices, probe_heldout=probe_heldout)
 
 
-def _resume(run: _Run, latest: Path, device: torch.device) -> int | None:
-    """Load ``latest`` into ``run`` when it exists (after checking it is this architecture); its step or None."""
-    if not latest.exists():
+def data_record(dataset: ShardDataset) -> dict:
+    """What a run trains on: the sample count and one hash of the shard contents and the ids used.
+
+    A shard's sha256 comes from the ``manifest.json`` beside it when listed there (no re-read), else from the
+    file itself.
+    """
+    digest = hashlib.sha256()
+    manifests: dict[Path, dict] = {}
+    for path in dataset.paths:
+        folder = path.parent
+        if folder not in manifests:
+            manifests[folder] = {e["file"]: e.get("sha256") for e in read_manifest(folder).get("shards", [])}
+        digest.update(f"{path.name}:{manifests[folder].get(path.name) or sha256_file(path)}\n".encode())
+    digest.update("\n".join(dataset.ids).encode("utf-8", "surrogateescape"))
+    return {"samples": len(dataset), "fingerprint": digest.hexdigest()[:32]}
+
+
+def _resume(run: _Run, out_dir: Path, device: torch.device, *, new_data: bool = False) -> int | None:
+    """Load the newest loadable checkpoint into ``run`` (``LATEST``, else ``PREVIOUS`` with a warning).
+
+    Checks that it is this architecture and (unless ``new_data``) that it was trained on the same data.
+    Resumes at the start of the epoch after the last finished one, counted in this data's steps per epoch.
+    Returns its step, or None for a fresh run.
+    """
+    candidates = [out_dir / name for name in (LATEST, PREVIOUS) if (out_dir / name).exists()]
+    if not candidates:
         return None
-    state = load_checkpoint(latest, map_location=device)
-    _check_resumable(state, run.config, latest)
+    for path in candidates:
+        try:
+            state = load_checkpoint(path, map_location=device)
+            break
+        except RuntimeError as exc:
+            log.warning("%s; trying the previous checkpoint", exc)
+    else:
+        raise ValueError(f"{out_dir}: no loadable checkpoint ({', '.join(p.name for p in candidates)} are damaged); "
+                         "use a new --out or delete them to start over")
+    if path.name != LATEST:
+        log.warning("resuming from %s: %s could not be loaded", path, LATEST)
+    _check_resumable(state, run.config, path)
+    _check_same_data(state, run, path, new_data=new_data)
     run.student.load_state_dict(state["student"])
     run.teacher.load_state_dict(state["teacher"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.dino_loss.center.copy_(state["center"])
-    run.step = int(state["step"])
+    epochs_done = int(state.get("epoch", int(state["step"]) // run.steps_per_epoch))
+    run.step = epochs_done * run.steps_per_epoch
+    if run.step != int(state["step"]):
+        log.warning("%s: step %d was counted with another number of steps per epoch; continuing at epoch %d, "
+                    "step %d", path, int(state["step"]), epochs_done, run.step)
     set_rng_state(state["rng"])
     run.generator.set_state(state["generator"].cpu())
     if "collapse" in state:  # older checkpoints have none: the detector starts afresh
         run.detector.load(state["collapse"])
-    log.info("resumed from step %d (epoch %d) of %s", run.step, run.step // run.steps_per_epoch, latest)
+    log.info("resumed from step %d (epoch %d) of %s", run.step, epochs_done, path)
     return run.step
+
+
+def _check_same_data(state: dict, run: _Run, path: Path, *, new_data: bool) -> None:
+    old = state.get("data")
+    if old is None:
+        log.warning("%s records no training data (an older run); cannot check that the data is the same", path)
+        return
+    if old == run.data:
+        return
+    change = (f"{old.get('samples')} sample(s), fingerprint {old.get('fingerprint')} -> {run.data['samples']} "
+              f"sample(s), fingerprint {run.data['fingerprint']}")
+    if not new_data:
+        raise ValueError(f"{path}: this run was trained on other data ({change}); add --new-data to continue on "
+                         "this data anyway, or use a new --out")
+    log.warning("%s: continuing on new data (%s)", path, change)
 
 
 def _train_epoch(run: _Run, epoch: int, run_log: RunLog, info, *, progress: bool) -> dict[str, float]:
@@ -429,13 +505,16 @@ def _watch_collapse(run: _Run, last: dict, run_log: RunLog, info) -> None:
 
 
 def _end_of_epoch(run: _Run, epoch: int, out_dir: Path, device: torch.device) -> None:
-    """Save ``checkpoint-latest.pt`` (atomically) and, every ``picture_every`` epochs and at the end, a picture."""
+    """Save ``checkpoint-latest.pt`` (atomically; the one before becomes ``checkpoint-previous.pt``) and, every
+    ``picture_every`` epochs and at the end, a picture."""
     config = run.config
+    if (out_dir / LATEST).exists():
+        os.replace(out_dir / LATEST, out_dir / PREVIOUS)
     save_checkpoint(out_dir / LATEST, {
         "student": run.student.state_dict(), "teacher": run.teacher.state_dict(),
         "optimizer": run.optimizer.state_dict(), "scaler": {}, "center": run.dino_loss.center,
         "step": run.step, "epoch": epoch + 1, "rng": rng_state(), "generator": run.generator.get_state(),
-        "config": dataclasses.asdict(config), "collapse": run.detector.summary()})
+        "config": dataclasses.asdict(config), "data": run.data, "collapse": run.detector.summary()})
     if config.picture_every and ((epoch + 1) % config.picture_every == 0 or epoch + 1 == config.epochs):
         pretrain_picture(run.teacher, run.dataset, out_dir / "pictures" / f"epoch-{epoch + 1:04d}.png",
                          img_size=config.img_size, device=device)

@@ -32,6 +32,7 @@ import numpy as np
 from pipeline import datasets
 from pipeline.atomic import save_figure, write_text
 from pipeline.export import export_masks
+from pipeline.guard import check_out_dir
 from pipeline.run import RunConfig, run_pseudomasks
 from trainer import finetune as finetune_loop  # called through the module: tests replace the loops
 from trainer import pretrain as pretrain_loop
@@ -99,6 +100,13 @@ def run_table(spec: TableSpec, *, progress: bool = True) -> Path:
     unknown = set(spec.methods) - set(METHODS)
     if unknown:
         raise ValueError(f"methods: unknown {sorted(unknown)}; choose from {', '.join(METHODS)}")
+    bad = [f for f in spec.fracs if not 0 < f <= 1]  # nan fails this too
+    if bad:
+        raise ValueError(f"fracs: each must be in (0, 1] (0.01 means 1 % of the labels), got {bad[0]}")
+    check_out_dir(out, spec.data + spec.unlabelled + spec.test_data)
+    labelled = datasets.open_dataset(spec.data).labelled  # every mask checked before any long work
+    finetune_loop.check_before_training(labelled + tuple(datasets.open_dataset(spec.test_data).labelled
+                                                         if spec.test_data else ()), progress=progress)
     test_ids = set()
     for folder in spec.test_data:
         test_ids |= set(datasets.open_dataset(folder).ids)

@@ -75,10 +75,15 @@ class ShardDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         k, r = self.rows[index]
         f = self._reader(int(k))._file
-        image = torch.from_numpy(f["image"][r]).permute(2, 0, 1).contiguous()
-        maps = np.stack([f["pseudo_mask"][r] * np.uint8(255), f["prob"][r], f["hair_mask"][r] * np.uint8(255)])
+        try:
+            image = torch.from_numpy(f["image"][r]).permute(2, 0, 1).contiguous()
+            maps = np.stack([f["pseudo_mask"][r] * np.uint8(255), f["prob"][r], f["hair_mask"][r] * np.uint8(255)])
+            no_lesion = f["no_lesion"][r]
+        except OSError as exc:  # a chunk failing its fletcher32 checksum, a truncated file
+            raise ShardError(f"{self.paths[int(k)]}: sample {int(r)} cannot be read ({exc}); check the folder with "
+                             "'verify' and rerun 'pseudomasks' to redo the shard") from None
         return {"image": image, "maps": torch.from_numpy(maps),
-                "valid": torch.tensor(0.0 if f["no_lesion"][r] else 1.0), "index": torch.tensor(index)}
+                "valid": torch.tensor(0.0 if no_lesion else 1.0), "index": torch.tensor(index)}
 
     def __getstate__(self):
         state = self.__dict__.copy()

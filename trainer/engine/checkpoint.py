@@ -19,6 +19,7 @@ import torch
 from pipeline.atomic import atomic_write
 
 __all__ = [
+    "CheckpointError",
     "torch_load",
     "save_checkpoint",
     "load_checkpoint",
@@ -55,12 +56,33 @@ def torch_load(path: str | Path, *, map_location: str | torch.device = "cpu", mm
     of reading it: cheap when only a few keys are looked at. ``.safetensors`` files load on the CPU.
     """
     path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file  # optional dependency, only for .safetensors files
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file  # optional dependency, only for .safetensors files
 
-        return load_file(str(path), device="cpu")
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+            return load_file(str(path), device="cpu")
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except OSError:  # missing, a folder, no permission: the caller's message names it
+        raise
+    except Exception as exc:
+        raise CheckpointError(_unloadable(path, exc)) from None
+
+
+class CheckpointError(ValueError):
+    """A torch or safetensors file that cannot be loaded; the message names it (never suggests unsafe loading)."""
+
+
+def _unloadable(path: Path, exc: Exception) -> str:
+    text = str(exc)
+    if "GLOBAL" in text:  # the weights-only unpickler met a class or function: possibly code
+        return (f"{path}: holds objects other than tensors and plain values (possibly code), which edgedino "
+                "never loads; use a checkpoint of weights only")
+    if "weights_only" in text or "Weights only" in text:
+        # torch's own text suggests weights_only=False, i.e. running code from the file: never pass that on.
+        return f"{path}: not a loadable checkpoint (truncated, or not a torch file)"
+    first = text.strip().splitlines()[0][:160] if text.strip() else type(exc).__name__
+    return f"{path}: not a loadable checkpoint, truncated or not a torch file ({first})"
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

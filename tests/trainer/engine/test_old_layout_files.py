@@ -29,6 +29,7 @@ import json, sys
 from pathlib import Path
 import numpy as np, torch
 out = Path(sys.argv[1])
+torch.set_num_threads(int(sys.argv[2]))  # the same thread count as the test: the same float sums
 from pipeline.synth import write_synthetic_dataset
 from pipeline.run import RunConfig, run_pseudomasks
 from trainer.pretrain import PretrainConfig, export_model
@@ -60,7 +61,7 @@ def old_files(tmp_path_factory) -> Path:
         tar.extractall(code, filter="data")
     assert (code / "trainer" / "seg_model.py").is_file()  # really the old layout
     out = tmp / "out"
-    run = subprocess.run([sys.executable, "-c", OLD_SCRIPT, str(out)], cwd=code, capture_output=True, text=True,
+    run = subprocess.run([sys.executable, "-c", OLD_SCRIPT, str(out), str(torch.get_num_threads())], cwd=code, capture_output=True, text=True,
                          env={"PYTHONPATH": str(code), "PATH": "/usr/bin:/bin", "HOME": str(tmp)}, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     return out

@@ -1,0 +1,35 @@
+"""What resume's input check costs: sha256 of every input file (pipeline.guard.inputs_hash), per image.
+
+    python bench/bench_provenance.py [DATA ...]     (default: ../shared/data/isic_sample)
+
+Prints the number of images, their total size, and seconds per image for a first pass (files possibly not in
+the page cache) and a second pass (cached), beside the pseudo-mask cost per image for scale (README: ~0.23 s).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from pipeline import datasets
+from pipeline.guard import inputs_hash
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main(paths: list[str]) -> None:
+    for path in paths or [str(REPO.parent / "shared" / "data" / "isic_sample")]:
+        samples = datasets.open_dataset(path).samples
+        size = sum(s.image.stat().st_size + (s.mask.stat().st_size if s.mask else 0) for s in samples)
+        times = []
+        for _ in range(2):
+            tic = time.perf_counter()
+            inputs_hash(samples)
+            times.append(time.perf_counter() - tic)
+        print(f"{path}: {len(samples)} images, {size / 1e6:.1f} MB (images + masks); sha256 of all: first pass "
+              f"{times[0]:.2f} s ({1e3 * times[0] / len(samples):.2f} ms/image), cached "
+              f"{times[1]:.2f} s ({1e3 * times[1] / len(samples):.2f} ms/image)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
