@@ -316,8 +316,9 @@ def verify(path: Path) -> None:
                    "training goes on from the next epoch over the new data. Without it such a resume is refused.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
 @click.option("--teacher-temp", type=click.FloatRange(min=0, min_open=True),
-              help="Teacher temperature after its warm-up (DINO: 0.07). Lower it (0.04) when the collapse monitor "
-                   "reports uniform collapse (teacher entropy near ln K); raise it on one-hot collapse.")
+              help="Teacher temperature after its warm-up (DINO: 0.07). Lower it when the collapse monitor reports "
+                   "uniform collapse (teacher entropy near ln K; at the cpu preset 0.02, with --warmup-teacher-temp "
+                   "0.02, delayed it: docs/DINO_COLLAPSE.md); raise it on one-hot collapse.")
 @click.option("--warmup-teacher-temp", type=click.FloatRange(min=0, min_open=True),
               help="Teacher temperature at the start, warming linearly to --teacher-temp (DINO: 0.04).")
 @click.option("--warmup-teacher-temp-epochs", type=click.IntRange(min=0),
