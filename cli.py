@@ -222,11 +222,17 @@ def export(shards: Path, out: Path, overwrite: bool) -> None:
               help="Also write a contact sheet: original, hair mask, cleaned, probability, contours.")
 @click.option("--rows", default=8, show_default=True, help="Samples in the contact sheet.")
 def inspect(path: Path, png: Path | None, rows: int) -> None:
-    """Summarise a shard or a folder of shards (counts, config, distributions, rejects)."""
+    """Summarise a shard or a folder of shards (counts, config, distributions, rejects), or a pretraining run
+    folder (its collapse monitor and linear probe)."""
     from pipeline.guard import check_out_dir
     from pipeline.report import contact_sheet, summarise
     from pipeline.shards import ShardError
 
+    if path.is_dir() and (path / "log.jsonl").exists():
+        from trainer.pretrain import run_summary  # a pretraining run folder: the trainer's stage
+
+        click.echo(run_summary(path))
+        return
     if png:
         check_out_dir(png.parent, [path], option="--png folder", flat_inputs=True)
     try:
@@ -316,6 +322,39 @@ def verify(path: Path) -> None:
               help="Resume a run on data other than it was trained on (other shards, more or fewer samples): "
                    "training goes on from the next epoch over the new data. Without it such a resume is refused.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
+@click.option("--teacher-temp", type=click.FloatRange(min=0, min_open=True),
+              help="Teacher temperature after its warm-up (DINO: 0.07). Lower it when the collapse monitor reports "
+                   "uniform collapse (teacher entropy near ln K; at the cpu preset 0.02, with --warmup-teacher-temp "
+                   "0.02, delayed it: docs/DINO_COLLAPSE.md); raise it on one-hot collapse.")
+@click.option("--warmup-teacher-temp", type=click.FloatRange(min=0, min_open=True),
+              help="Teacher temperature at the start, warming linearly to --teacher-temp (DINO: 0.04).")
+@click.option("--warmup-teacher-temp-epochs", type=click.IntRange(min=0),
+              help="Epochs of that warm-up (DINO: 30; the cpu preset 3).")
+@click.option("--student-temp", type=click.FloatRange(min=0, min_open=True),
+              help="Student temperature (DINO: 0.1). Keep it above the teacher's: equal temperatures remove the "
+                   "sharpening and the run collapses to uniform.")
+@click.option("--center-momentum", type=click.FloatRange(0, 1),
+              help="EMA momentum of DINO's centre (0.9). 1 keeps the centre at 0 (no centring: one-hot collapse); "
+                   "rarely worth changing.")
+@click.option("--centering", type=click.Choice(["centre", "sinkhorn"]),
+              help="Teacher target balancing: centre (DINO's EMA centre) or sinkhorn (DINOv2's Sinkhorn-Knopp, "
+                   "3 iterations: every batch spreads over the prototypes). Try sinkhorn when the collapse monitor "
+                   "reports uniform or one-hot collapse.")
+@click.option("--koleo-weight", type=click.FloatRange(min=0),
+              help="KoLeo spreading term on the student's global-view head outputs (DINOv2: 0.1; 0 = off). Pushes "
+                   "each image's embedding away from its nearest neighbour in the batch; try it when all images "
+                   "map to one point (uniform collapse).")
+@click.option("--momentum-teacher", type=click.FloatRange(0, 1),
+              help="Teacher EMA momentum at the start, rising to 1 (DINO: 0.996; cpu preset 0.99). Lower for "
+                   "short runs on small data.")
+@click.option("--bottleneck-dim", type=click.IntRange(min=1), help="DINO head bottleneck width (DINO: 256).")
+@click.option("--collapse-patience", type=click.IntRange(min=1),
+              help="Steps the teacher may sit at uniform or one-hot collapse before the warning (default 50). "
+                   "Lower it for short runs, raise it if a warm-up phase triggers it.")
+@click.option("--probe-samples", type=click.IntRange(min=0),
+              help="Images of the last shard held out for the end-of-run linear probe of the patch features "
+                   "(default 64; held out only when the data has 4x as many; 0 = no probe). More: a steadier "
+                   "number, a few more seconds.")
 def pretrain(shards, out, preset, exclude_from, no_progress, device, no_distill, new_data, **options):
     """DINO self-distillation + auxiliary pseudo-mask segmentation (stage 2)."""
     import dataclasses
@@ -338,6 +377,26 @@ def pretrain(shards, out, preset, exclude_from, no_progress, device, no_distill,
     if result.resumed_from is not None:
         click.echo(f"resumed from step {result.resumed_from}")
     click.echo(f"done: {result.step} steps; teacher export {out / 'export.pt'}; log {out / 'log.jsonl'}")
+    click.echo(_pretrain_health(result))
+
+
+def _pretrain_health(result) -> str:
+    """The final line of 'pretrain': probe score (start -> end) and collapse status."""
+    probe = result.probe
+    if "probe_jaccard" in probe:
+        start = (f"{probe['probe_init_jaccard']:.3f} at the start -> " if "probe_init_jaccard" in probe else "")
+        where = "held-out" if probe.get("probe_heldout") else "training"
+        text = (f"linear probe (patch Jaccard vs pseudo-masks, {probe['probe_n_images']} {where} images): "
+                f"{start}{probe['probe_jaccard']:.3f}")
+    else:
+        text = "linear probe: off"
+    collapse = result.collapse
+    if not collapse:
+        return f"{text}; collapse: not monitored"
+    if collapse.get("episodes"):
+        spans = ", ".join(f"{k} at steps {a}-{b}" for k, a, b in collapse["episodes"])
+        return f"{text}; WARNING: DINO collapse ({spans}; now: {collapse['status']})"
+    return f"{text}; collapse: none (healthy)"
 
 
 @main.command()

@@ -7,6 +7,11 @@ Schedules are precomputed per global step (as in facebookresearch/dino), so resu
 Ablations: ``lambda_seg=0`` is plain DINO; ``distill=False`` is pseudo-mask supervision only.
 Option ``fkd_weight > 0`` (DINO-Mix FKD, ``trainer.models.fkd``) adds ``fkd_weight * L_FKD``: the student's projected
 patch tokens of the global views aligned to a frozen foundation ViT's (``fkd_teacher``/``fkd_weights``).
+Collapse: every step the DINO loss's collapse monitor (:mod:`trainer.losses.collapse`) is logged, and a
+:class:`~trainer.losses.collapse.CollapseDetector` warns when the teacher sits at uniform or one-hot collapse for
+more than ``collapse_patience`` steps; ``centering="sinkhorn"`` and ``koleo_weight`` are the preventions
+(docs/DINO_COLLAPSE.md). A linear probe of the teacher's frozen patch tokens against held-out pseudo-masks
+(:mod:`trainer.probe`) runs at the start and the end of a run.
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ from trainer.data.shard_dataset import ShardAwareSampler, ShardDataset
 from trainer.engine import distributed as dist_utils
 from trainer.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from trainer.engine.export import EXPORT, export_model
-from trainer.engine.run_log import RunLog
+from trainer.engine.run_log import RunLog, read_log
 from trainer.engine.schedules import (
     cancel_last_layer_grads,
     clip_gradients,
@@ -44,15 +49,18 @@ from trainer.engine.schedules import (
     update_momentum,
 )
 from trainer.losses.affine import affine_loss, rot90
-from trainer.losses.dino import DINOLoss
+from trainer.losses.collapse import CollapseDetector, entropy
+from trainer.losses.dino import CENTERINGS, DINOLoss
 from trainer.losses.fkd import fkd_loss
+from trainer.losses.koleo import koleo_loss
 from trainer.losses.seg import seg_loss
 from trainer.losses.spatial import spatial_loss
 from trainer.models.backbone import patch_grid
 from trainer.models.decoders import DECODERS
 from trainer.models.dino_model import DINOModel
 from trainer.models.fkd import FoundationTeacher
-from trainer.pictures import pretrain_picture
+from trainer.pictures import collapse_picture, pretrain_picture
+from trainer.probe import patch_probe
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +86,13 @@ class PretrainConfig:
     shortened to fit it. ``decoder`` picks the auxiliary decoder (:func:`trainer.models.decoders.build_decoder`);
     ``affine_weight`` and ``spatial_weight`` add S^3-Net's label-free terms on the decoder's output
     (:mod:`trainer.losses.affine`, :mod:`trainer.losses.spatial`), weighted like ``L_seg`` times these factors.
+
+    DINO collapse (the last fields; docs/DINO_COLLAPSE.md): ``student_temp`` and ``center_momentum`` are DINO's
+    :math:`\\tau_s` and :math:`m`; ``centering`` is ``"centre"`` (DINO) or ``"sinkhorn"`` (Sinkhorn-Knopp targets,
+    DINOv2); ``koleo_weight`` adds ``koleo_weight * L_KoLeo`` on the student's global-view head outputs
+    (:mod:`trainer.losses.koleo`); ``collapse_patience`` is how many steps of collapse the detector tolerates
+    before it warns; ``probe_samples`` images of the last shard are held out of training (when the data has at
+    least 4x as many) for the linear probe (:mod:`trainer.probe`); 0 turns the probe off.
     """
 
     arch: str = "vit_small_patch16_224"
@@ -122,6 +137,12 @@ class PretrainConfig:
     log_every: int = 10
     decoder_skip: bool = True        # ours: the decoder's high-resolution edge path (borders from pixels)
     patch_size: int | None = None    # ours: patch size in place of the arch's own (None: the arch's)
+    student_temp: float = 0.1        # DINO's tau_s
+    center_momentum: float = 0.9     # DINO's m (1: the centre stays 0, no centring)
+    centering: str = "centre"        # "centre" (DINO) or "sinkhorn" (DINOv2's Sinkhorn-Knopp targets)
+    koleo_weight: float = 0.0        # KoLeo spreading term on the student's global head outputs (0: off)
+    collapse_patience: int = 50      # steps of collapse before the warning
+    probe_samples: int = 64          # held-out images for the end-of-run linear probe (0: off)
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:
@@ -138,8 +159,23 @@ class PretrainConfig:
                 raise ValueError(f"{name}: expected >= 0, got {getattr(self, name)}")
         if self.lambda_seg == 0 and (self.affine_weight > 0 or self.spatial_weight > 0):
             log.warning("affine_weight/spatial_weight act on the decoder, which lambda_seg 0 turns off: ignored")
+        self._check_collapse_fields()
         if self.img_size % 16 and self.img_size % 14:
             log.warning("img_size %d is not a multiple of the usual patch sizes (14, 16)", self.img_size)
+
+    def _check_collapse_fields(self) -> None:
+        if not self.student_temp > 0:
+            raise ValueError(f"student_temp: expected > 0, got {self.student_temp}")
+        if not 0.0 <= self.center_momentum <= 1.0:
+            raise ValueError(f"center_momentum: expected in [0, 1], got {self.center_momentum}")
+        if self.centering not in CENTERINGS:
+            raise ValueError(f"centering: expected one of {CENTERINGS}, got {self.centering!r}")
+        if not self.koleo_weight >= 0:
+            raise ValueError(f"koleo_weight: expected >= 0 (0: off), got {self.koleo_weight}")
+        if self.collapse_patience < 1:
+            raise ValueError(f"collapse_patience: expected >= 1 step, got {self.collapse_patience}")
+        if self.probe_samples < 0 or self.probe_samples == 1:
+            raise ValueError(f"probe_samples: expected 0 (off) or >= 2, got {self.probe_samples}")
 
     def _check_fkd(self) -> None:
         if not self.fkd_weight >= 0:
@@ -189,6 +225,8 @@ class PretrainResult:
     epochs: int
     resumed_from: int | None
     last: dict
+    collapse: dict = dataclasses.field(default_factory=dict)  # CollapseDetector.summary()
+    probe: dict = dataclasses.field(default_factory=dict)     # probe_* at the end (and probe_init_* when fresh)
 
 
 def pretrain(shards: str | Path | Iterable[str | Path], out_dir: str | Path, config: PretrainConfig = PretrainConfig(),
@@ -227,6 +265,9 @@ def _train(run: "_Run", out_dir: Path, info, *, new_data: bool, progress: bool) 
                    "samples": len(run.dataset),
                    "batch_per_process": run.batch, "world_size": info.world_size, "device": str(info.device),
                    "steps_per_epoch": run.steps_per_epoch, "resumed_from": resumed_from})
+    probe: dict = {}
+    if resumed_from is None and info.is_main:
+        probe = _probe(run, info.device, prefix="probe_init_", run_log=run_log)
     last: dict = {}
     for epoch in range(run.step // run.steps_per_epoch, run.config.epochs):
         last = _train_epoch(run, epoch, run_log, info, progress=progress)
@@ -235,10 +276,37 @@ def _train(run: "_Run", out_dir: Path, info, *, new_data: bool, progress: bool) 
         dist_utils.barrier()
     if info.is_main:
         export_model(run.teacher, run.config, out_dir / EXPORT, step=run.step)
+        probe.update(_probe(run, info.device, prefix="probe_", run_log=run_log))
+        collapse = run.detector.summary()
+        if collapse["episodes"]:
+            log.warning("DINO collapse during this run: %s (now: %s); see %s", _episodes_text(collapse["episodes"]),
+                        collapse["status"], out_dir / "pictures" / "collapse.png")
+        run_log.write({"event": "summary", "step": run.step, "collapse": collapse, **probe})
     run_log.close()
     dist_utils.cleanup()
     return PretrainResult(out_dir=out_dir, step=run.step, epochs=run.config.epochs, resumed_from=resumed_from,
-                          last=last)
+                          last=last, collapse=run.detector.summary() if run.config.distill else {}, probe=probe)
+
+
+def _episodes_text(episodes: list) -> str:
+    return ", ".join(f"{kind} at steps {a}-{b}" for kind, a, b in episodes)
+
+
+def _probe(run: "_Run", device: torch.device, *, prefix: str, run_log: RunLog) -> dict:
+    """The linear probe of the teacher's frozen patch tokens (:func:`trainer.probe.patch_probe`), logged."""
+    if not run.probe_indices:
+        return {}
+    tic = time.perf_counter()
+    result = patch_probe(run.teacher.backbone, run.probe_dataset, run.probe_indices, img_size=run.config.img_size,
+                         device=device, seed=run.config.seed).as_dict(prefix)
+    result[prefix + "heldout"] = run.probe_heldout
+    result[prefix + "seconds"] = round(time.perf_counter() - tic, 2)
+    run_log.write({"event": "probe", "step": run.step, **result})
+    log.info("linear probe (%s): patch Jaccard %.3f, balanced accuracy %.3f on %d %s images (%.1f s)",
+             "before training" if "init" in prefix else "end of run", result[prefix + "jaccard"],
+             result[prefix + "balanced_accuracy"], result[prefix + "n_images"],
+             "held-out" if run.probe_heldout else "training", result[prefix + "seconds"])
+    return result
 
 
 @dataclass
@@ -259,6 +327,10 @@ class _Run:
     dino_loss: DINOLoss
     generator: torch.Generator
     fkd_teacher: FoundationTeacher | None
+    detector: CollapseDetector
+    probe_dataset: ShardDataset
+    probe_indices: list
+    probe_heldout: bool
     data: dict
     step: int = 0
 
@@ -267,9 +339,16 @@ def _set_up(shards, config: PretrainConfig, info, exclude_ids) -> _Run:
     """Data, models, optimiser, loss and generator of a fresh run (seeded from ``config.seed`` and the rank)."""
     torch.manual_seed(config.seed * 1000 + info.rank)
     np.random.seed(config.seed * 1000 + info.rank)
-    dataset = ShardDataset(shards if not isinstance(shards, (str, Path)) else [shards], exclude_ids=exclude_ids)
+    sources = shards if not isinstance(shards, (str, Path)) else [shards]
+    dataset = ShardDataset(sources, exclude_ids=exclude_ids)
     if dataset.n_excluded:
         log.info("leakage guard: left out %d shard sample(s) whose ids are in the test data", dataset.n_excluded)
+    probe_dataset, n_probe = dataset, min(config.probe_samples, len(dataset))
+    probe_heldout = config.probe_samples > 0 and len(dataset) >= 4 * config.probe_samples
+    probe_indices = list(range(len(dataset) - n_probe, len(dataset))) if n_probe >= 2 else []
+    if probe_heldout:  # the last probe_samples ids (the last shard) stay out of training
+        dataset = ShardDataset(sources, exclude_ids=set(exclude_ids) | set(probe_dataset.ids[-n_probe:]))
+        log.info("linear probe: %d images of the last shard held out of training", n_probe)
     batch = min(config.batch_size, len(dataset) // info.world_size)
     if batch < 2:
         raise ValueError(f"{len(dataset)} sample(s) over {info.world_size} process(es): need at least 2 per process")
@@ -295,15 +374,17 @@ def _set_up(shards, config: PretrainConfig, info, exclude_ids) -> _Run:
     dino_loss = DINOLoss(config.out_dim, n_crops=2 + config.n_local,
                          warmup_teacher_temp=config.warmup_teacher_temp, teacher_temp=config.teacher_temp,
                          warmup_teacher_temp_epochs=min(config.warmup_teacher_temp_epochs, config.epochs),
-                         n_epochs=config.epochs, student_temp=0.1, steps_per_epoch=steps_per_epoch
-                         ).to(info.device)
+                         n_epochs=config.epochs, student_temp=config.student_temp, steps_per_epoch=steps_per_epoch,
+                         center_momentum=config.center_momentum, centering=config.centering).to(info.device)
     generator = torch.Generator(device=info.device)
     generator.manual_seed(config.seed * 1000 + info.rank)
     return _Run(config=config, dataset=dataset, sampler=sampler, loader=loader, batch=batch,
                 steps_per_epoch=steps_per_epoch, sched=Schedules.build(config, steps_per_epoch, batch * info.world_size),
                 student=student, teacher=teacher, ddp_student=ddp_student,
                 optimizer=torch.optim.AdamW(param_groups(student, config.weight_decay)), dino_loss=dino_loss,
-                generator=generator, fkd_teacher=fkd_teacher, data=data_record(dataset))
+                generator=generator, fkd_teacher=fkd_teacher, data=data_record(dataset),
+                detector=CollapseDetector(config.collapse_patience), probe_dataset=probe_dataset,
+                probe_indices=probe_indices, probe_heldout=probe_heldout)
 
 
 def data_record(dataset: ShardDataset) -> dict:
@@ -357,6 +438,8 @@ def _resume(run: _Run, out_dir: Path, device: torch.device, *, new_data: bool = 
                     "step %d", path, int(state["step"]), epochs_done, run.step)
     set_rng_state(state["rng"])
     run.generator.set_state(state["generator"].cpu())
+    if "collapse" in state:  # older checkpoints have none: the detector starts afresh
+        run.detector.load(state["collapse"])
     log.info("resumed from step %d (epoch %d) of %s", run.step, epochs_done, path)
     return run.step
 
@@ -383,6 +466,7 @@ def _train_epoch(run: _Run, epoch: int, run_log: RunLog, info, *, progress: bool
     run.student.train()
     sums: dict[str, float] = {}
     last: dict[str, float] = {}
+    mean_target = torch.zeros(config.out_dim, device=info.device)  # sum of the batches' mean targets
     tic = time.perf_counter()
     bar = tqdm(run.loader, desc=f"pretrain epoch {epoch + 1}/{config.epochs}", unit="batch",
                disable=not (progress and info.is_main), leave=False)
@@ -395,16 +479,34 @@ def _train_epoch(run: _Run, epoch: int, run_log: RunLog, info, *, progress: bool
             sums[k] = sums.get(k, 0.0) + v
         if run.step % config.log_every == 0:
             run_log.write({"step": run.step, "epoch": epoch, **last})
+        _watch_collapse(run, last, run_log, info)
+        if "teacher_entropy" in last:
+            mean_target += run.dino_loss.last_mean_target
         bar.set_postfix(loss=f"{last['loss']:.3f}")
         run.step += 1
     means = {k: v / run.steps_per_epoch for k, v in sums.items()}
+    if "teacher_entropy" in means:  # the entropy of the mean target over the whole epoch (this process's rows)
+        means["epoch_entropy_of_mean"] = entropy(mean_target)
+        means["epoch_entropy_of_mean_frac"] = means["epoch_entropy_of_mean"] / means["log_k"]
     run_log.write({"event": "epoch", "epoch": epoch + 1, "step": run.step,
                    "seconds": round(time.perf_counter() - tic, 2), **means})
     if info.is_main:
-        shown = ("loss", "dino", "seg", "fkd", "affine", "spatial")
+        shown = ("loss", "dino", "seg", "fkd", "affine", "spatial", "koleo", "teacher_entropy_frac",
+                 "epoch_entropy_of_mean_frac", "prototypes_used")
         log.info("epoch %d/%d: %s", epoch + 1, config.epochs,
                  "  ".join(f"{k} {v:.4f}" for k, v in means.items() if k in shown))
     return last
+
+
+def _watch_collapse(run: _Run, last: dict, run_log: RunLog, info) -> None:
+    """Feed the step's monitor numbers to the detector; warn (console and log) when a collapse outlasts patience."""
+    if "teacher_entropy" not in last:  # no distillation, nothing to watch
+        return
+    stats = run.dino_loss.last_stats
+    message = run.detector.update(stats, run.step) if stats is not None else None
+    if message and info.is_main:
+        log.warning(message)
+        run_log.write({"event": "collapse", "step": run.step, "message": message, **stats.as_dict()})
 
 
 def _end_of_epoch(run: _Run, epoch: int, out_dir: Path, device: torch.device) -> None:
@@ -417,10 +519,13 @@ def _end_of_epoch(run: _Run, epoch: int, out_dir: Path, device: torch.device) ->
         "student": run.student.state_dict(), "teacher": run.teacher.state_dict(),
         "optimizer": run.optimizer.state_dict(), "scaler": {}, "center": run.dino_loss.center,
         "step": run.step, "epoch": epoch + 1, "rng": rng_state(), "generator": run.generator.get_state(),
-        "config": dataclasses.asdict(config), "data": run.data})
+        "config": dataclasses.asdict(config), "data": run.data, "collapse": run.detector.summary()})
     if config.picture_every and ((epoch + 1) % config.picture_every == 0 or epoch + 1 == config.epochs):
         pretrain_picture(run.teacher, run.dataset, out_dir / "pictures" / f"epoch-{epoch + 1:04d}.png",
                          img_size=config.img_size, device=device)
+        if config.distill:
+            collapse_picture(out_dir / "log.jsonl", out_dir / "pictures" / "collapse.png",
+                             patience=config.collapse_patience)
 
 
 def _check_resumable(state: dict, config: PretrainConfig, path: Path) -> None:
@@ -474,6 +579,11 @@ def train_step(views, valid, *, step, epoch, config, sched, student, ddp_student
                 teacher_out, _ = teacher(views.global_views, segment=False)
             parts["dino"] = dino_loss(head_out.float(), teacher_out.float(), step)
             loss = loss + parts["dino"]
+            if config.koleo_weight > 0:
+                per_view = head_out.shape[0] // (len(views.global_views) + len(views.local_views))
+                parts["koleo"] = torch.stack([koleo_loss(head_out[i * per_view:(i + 1) * per_view])
+                                              for i in range(len(views.global_views))]).mean()
+                loss = loss + config.koleo_weight * parts["koleo"]
         if segment:
             target = torch.cat([m[:, 0:1] for m in views.global_maps])
             prob = torch.cat([m[:, 1:2] for m in views.global_maps])
@@ -498,7 +608,9 @@ def train_step(views, valid, *, step, epoch, config, sched, student, ddp_student
     cancel_last_layer_grads(student.head, epoch, config.freeze_last_layer)
     optimizer.step()
     update_momentum(student, teacher, float(sched.momentum[step]))
-    return {"loss": loss_value, **{k: float(v.detach()) for k, v in parts.items()}, "lr": float(sched.lr[step]),
+    monitor = dino_loss.last_stats.as_dict() if config.distill and dino_loss.last_stats is not None else {}
+    return {"loss": loss_value, **{k: float(v.detach()) for k, v in parts.items()}, **monitor,
+            "lr": float(sched.lr[step]),
             "wd": float(sched.wd[step]), "momentum": float(sched.momentum[step]), "lambda": lam,
             "grad_norm": float(grad_norm)}
 
@@ -523,3 +635,37 @@ def _s3net_terms(views, seg_logits, parts, *, step, config, student, scale) -> t
         parts["affine"] = affine_loss(seg_logits.float(), rotated.float(), k)
         total = total + scale * config.affine_weight * parts["affine"]
     return total
+
+
+def run_summary(out_dir: str | Path) -> str:
+    """A pretraining run folder in a few lines, from its ``log.jsonl``: steps, the collapse monitor, the probe.
+
+    What ``inspect RUN_FOLDER`` prints: the last epoch's DINO loss and teacher entropies against ``ln K``, the
+    collapse warnings (one line each) or "none", and the linear probe's patch Jaccard at the start and the end.
+    """
+    path = Path(out_dir) / "log.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{out_dir}: no log.jsonl (not a pretraining run folder)")
+    records = read_log(path)
+    epochs = [r for r in records if r.get("event") == "epoch"]
+    lines = [f"pretraining run {out_dir}: {epochs[-1]['step'] if epochs else 0} steps, {len(epochs)} epoch(s) logged"]
+    monitored = [r for r in records if "teacher_entropy" in r and "event" not in r]
+    if epochs and monitored:
+        e, log_k = epochs[-1], monitored[-1]["log_k"]
+        lines.append(f"  last epoch: DINO loss {e['dino']:.3f} = {e['dino'] / log_k:.3f} ln K "
+                     f"(K = {math.exp(log_k):.0f}); "
+                     f"teacher entropy {e['teacher_entropy_frac']:.3f} ln K; entropy of the epoch's mean target "
+                     f"{e.get('epoch_entropy_of_mean_frac', float('nan')):.3f} ln K (per batch "
+                     f"{e['entropy_of_mean_frac']:.3f}); {e['prototypes_used']:.1f} prototypes per batch")
+    warnings = [r["message"] for r in records if r.get("event") == "collapse"]
+    if not monitored:
+        lines.append("  collapse: not monitored (no distillation)")
+    else:
+        lines += [f"  WARNING: {w}" for w in warnings] or ["  collapse: none (healthy)"]
+    probes = [r for r in records if r.get("event") == "probe"]
+    for r in probes:
+        prefix = "probe_init_" if "probe_init_jaccard" in r else "probe_"
+        lines.append(f"  linear probe ({'start' if 'init' in prefix else 'end'}, step {r['step']}): patch Jaccard "
+                     f"{r[prefix + 'jaccard']:.3f}, balanced accuracy {r[prefix + 'balanced_accuracy']:.3f} on "
+                     f"{r[prefix + 'n_images']} {'held-out' if r[prefix + 'heldout'] else 'training'} images")
+    return "\n".join(lines)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
 from pipeline.shards import ShardRecord, write_shard
 from trainer import pretrain as pretrain_module
@@ -147,3 +148,72 @@ def test_works_with_distributed_sampler_and_names_a_bad_shard(shards, tmp_path):
         ShardDataset(bad)
     with pytest.raises(ShardError, match="no shard files"):
         ShardDataset(tmp_path)  # holds a folder, but no shard files
+
+
+# teacher temperature = student temperature (no sharpening) and a high learning rate: DINO's uniform collapse
+COLLAPSING = dataclasses.replace(TINY, epochs=6, lr=0.5, warmup_teacher_temp=0.2, teacher_temp=0.2, student_temp=0.2,
+                                 collapse_patience=5, picture_every=6)
+HEALTHY = dataclasses.replace(COLLAPSING, warmup_teacher_temp=0.04, teacher_temp=0.04, student_temp=0.1)
+
+
+def test_collapse_monitor_fires_on_a_collapsing_run_and_stays_silent_on_a_healthy_one(shards, tmp_path, caplog):
+    import cli
+
+    with caplog.at_level("WARNING", logger="trainer.pretrain"):
+        bad = pretrain(shards, tmp_path / "bad", COLLAPSING, device="cpu", progress=False)
+    steps = [r for r in read_log(tmp_path / "bad" / "log.jsonl") if "teacher_entropy" in r and "event" not in r]
+    assert len(steps) == 18 and steps[0]["teacher_entropy_frac"] < 0.95 < steps[-1]["teacher_entropy_frac"]
+    assert all(r["log_k"] == pytest.approx(np.log(64)) and 1 <= r["prototypes_used"] <= 8 for r in steps)
+    assert bad.collapse["status"] == "uniform" and bad.collapse["episodes"][0][0] == "uniform"
+    assert any("DINO uniform collapse for 6 steps" in m for m in caplog.messages)
+    events = [r for r in read_log(tmp_path / "bad" / "log.jsonl") if r.get("event") == "collapse"]
+    assert len(events) == 1 and events[0]["teacher_entropy_frac"] >= 0.95
+    assert (tmp_path / "bad" / "pictures" / "collapse.png").exists()
+    assert "WARNING: DINO uniform collapse" in pretrain_module.run_summary(tmp_path / "bad")
+    assert "WARNING: DINO collapse (uniform at steps" in cli._pretrain_health(bad)
+    shown = CliRunner().invoke(cli.main, ["inspect", str(tmp_path / "bad")])
+    assert shown.exit_code == 0 and "WARNING: DINO uniform collapse for 6 steps" in shown.output
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="trainer.pretrain"):
+        good = pretrain(shards, tmp_path / "good", HEALTHY, device="cpu", progress=False)
+    steps = [r for r in read_log(tmp_path / "good" / "log.jsonl") if "teacher_entropy" in r and "event" not in r]
+    assert max(r["teacher_entropy_frac"] for r in steps) < 0.95
+    assert min(r["entropy_of_mean_frac"] for r in steps) > 0.1
+    for e in [r for r in read_log(tmp_path / "good" / "log.jsonl") if r.get("event") == "epoch"]:
+        # the entropy of an epoch's mean target is at least the mean of its batches' (entropy is concave)
+        assert e["entropy_of_mean_frac"] - 1e-6 <= e["epoch_entropy_of_mean_frac"] <= 1.0
+    assert good.collapse == {"status": "healthy", "episodes": [], "runs": {"uniform": 0, "one-hot": 0}, "patience": 5}
+    assert not any("collapse" in m for m in caplog.messages)
+    assert "collapse: none (healthy)" in pretrain_module.run_summary(tmp_path / "good")
+    assert "collapse: none (healthy)" in cli._pretrain_health(good)
+
+
+def test_probe_runs_at_start_and_end_and_is_held_out_when_data_allows(shards, tmp_path):
+    config = dataclasses.replace(TINY, epochs=1, img_size=64, local_size=32, probe_samples=3)
+    res = pretrain(shards, tmp_path / "p", config, device="cpu", progress=False)
+    start = [r for r in read_log(tmp_path / "p" / "log.jsonl") if r.get("event") == "start"][0]
+    assert start["samples"] == 9 and res.step == 2  # 3 of the 12 samples held out for the probe
+    assert res.probe["probe_heldout"] and res.probe["probe_n_images"] == 3 and res.probe["probe_n_patches"] == 2 * 16
+    assert {"probe_init_jaccard", "probe_jaccard"} <= set(res.probe)
+    summary = [r for r in read_log(tmp_path / "p" / "log.jsonl") if r.get("event") == "summary"][0]
+    assert summary["probe_jaccard"] == res.probe["probe_jaccard"] or np.isnan(res.probe["probe_jaccard"])
+    off = pretrain(shards, tmp_path / "off", dataclasses.replace(config, probe_samples=0), device="cpu",
+                   progress=False)
+    assert off.probe == {}
+
+
+def test_koleo_and_sinkhorn_options_reach_the_loss(shards, tmp_path):
+    config = dataclasses.replace(TINY, epochs=1, koleo_weight=0.1, centering="sinkhorn")
+    res = pretrain(shards, tmp_path / "k", config, device="cpu", progress=False)
+    assert -np.log(2) - 1e-6 <= res.last["koleo"] < 10  # nearest distances on the unit sphere are <= 2
+    steps = [r for r in read_log(tmp_path / "k" / "log.jsonl") if "koleo" in r and "event" not in r]
+    for r in steps:
+        assert r["loss"] == pytest.approx(r["dino"] + 0.1 * r["koleo"] + r["lambda"] * r["seg"], rel=1e-4)
+
+
+@pytest.mark.parametrize("field,value", [("student_temp", 0.0), ("center_momentum", 1.5), ("centering", "sk"),
+                                         ("koleo_weight", -1.0), ("collapse_patience", 0), ("probe_samples", 1)])
+def test_collapse_fields_are_validated(field, value):
+    with pytest.raises(ValueError, match=field):
+        dataclasses.replace(TINY, **{field: value})

@@ -1,6 +1,9 @@
 """DINO self-distillation loss (Caron et al., *Emerging Properties in Self-Supervised Vision Transformers*,
-ICCV 2021, eq. 1 and section 3.1), with centring and a teacher-temperature warm-up."""
+ICCV 2021, eq. 1 and section 3.1), with centring and a teacher-temperature warm-up, or Sinkhorn-Knopp
+centring (as in DINOv2) instead of the centre; each call leaves the collapse monitor's numbers in ``last_stats``."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -8,8 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.engine.distributed import all_reduce_mean
+from trainer.losses.collapse import CollapseStats, collapse_stats
 
-__all__ = ["DINOLoss", "teacher_temp_schedule"]
+__all__ = ["DINOLoss", "teacher_temp_schedule", "sinkhorn_knopp", "CENTERINGS"]
+
+CENTERINGS = ("centre", "sinkhorn")
 
 
 def teacher_temp_schedule(
@@ -25,6 +31,48 @@ def teacher_temp_schedule(
     return np.concatenate(
         [np.linspace(warmup_teacher_temp, teacher_temp, n_warm), np.full(n - n_warm, teacher_temp)]
     ).astype(np.float64)
+
+
+@torch.no_grad()
+def sinkhorn_knopp(teacher_out: torch.Tensor, temp: float, n_iters: int = 3) -> torch.Tensor:
+    r"""Teacher targets by Sinkhorn-Knopp: rows of ``exp(teacher_out / temp)`` scaled towards equal prototype use.
+
+    Cuturi 2013 (*Sinkhorn distances*), as used for self-distillation targets by SwAV (Caron et al. 2020,
+    section 3.1) and DINOv2 (Oquab et al. 2023, section 4). With :math:`Q = \exp(g_t / \tau_t)^\top` of shape
+    ``(K, N)``, each iteration divides every prototype row by its sum and by :math:`K`, then every sample column
+    by its sum and by :math:`N`; finally columns are scaled to sum to 1:
+
+    .. math::  Q \leftarrow \frac{Q}{K\, Q \mathbf 1_N}, \quad Q \leftarrow \frac{Q}{N\, \mathbf 1_K^\top Q},
+        \qquad P_t = N\, Q^\top
+
+    so each target is a distribution and, as ``n_iters`` grows, the batch uses every prototype equally
+    (mean target :math:`1/K`), which rules out one-hot collapse and gives a uniform teacher no fixed point.
+    The scaling runs in the log domain (``logsumexp`` in place of the sums), so no temperature overflows or
+    leaves an empty row; when distributed, each prototype's sum is taken over the global batch.
+
+    ``(N, K) -> (N, K)``, rows summing to 1.
+    """
+    if n_iters < 1:
+        raise ValueError(f"n_iters: expected >= 1, got {n_iters}")
+    log_q = (teacher_out.float() / temp).t()  # (K, N)
+    k, n = log_q.shape
+    for _ in range(n_iters):
+        log_q = log_q - _global_row_logsumexp(log_q) - math.log(k)
+        log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True) - math.log(n)
+    return torch.softmax(log_q, dim=0).t()
+
+
+def _global_row_logsumexp(log_q: torch.Tensor) -> torch.Tensor:
+    """``(K, N) -> (K, 1)``: log of each row's sum over this process's columns and, when distributed, all others'.
+
+    Across processes the per-process values ``l_r`` are combined as ``c + log(mean_r exp(l_r - c))`` with ``c`` their
+    mean (a constant ``log(world_size)`` short of the sum, which the column step removes).
+    """
+    local = torch.logsumexp(log_q, dim=1, keepdim=True)
+    centre = all_reduce_mean(local)
+    if centre is local:  # a single process
+        return local
+    return centre + torch.log(all_reduce_mean(torch.exp(local - centre)))
 
 
 class DINOLoss(nn.Module):
@@ -48,7 +96,13 @@ class DINOLoss(nn.Module):
     .. math::  c \leftarrow m\,c + (1 - m)\,\frac{1}{G B} \sum_{i, b} g_t(x_i)[b]
 
     The teacher temperature warms linearly from ``warmup_teacher_temp`` to ``teacher_temp`` over
-    ``warmup_teacher_temp_epochs`` (see :func:`teacher_temp_schedule`).
+    ``warmup_teacher_temp_epochs`` (see :func:`teacher_temp_schedule`). With ``centering="sinkhorn"`` the
+    teacher targets are :func:`sinkhorn_knopp` of the raw teacher output at the same temperature, in place of
+    the centred softmax (DINOv2); the centre is still tracked but not used.
+
+    After each call, ``last_stats`` holds the collapse monitor's numbers
+    (:func:`trainer.losses.collapse.collapse_stats` of :math:`P_t` and :math:`\log P_s`) and
+    ``last_mean_target`` the batch's mean target :math:`\bar P_t` ``(K,)``.
 
     Parameters
     ----------
@@ -71,6 +125,10 @@ class DINOLoss(nn.Module):
     steps_per_epoch : int
         1 (default): the schedule is indexed by epoch, as in DINO. > 1: by global step, with the warm-up
         spread over ``warmup_teacher_temp_epochs * steps_per_epoch`` steps.
+    centering : {'centre', 'sinkhorn'}
+        How the teacher's targets are balanced: the EMA centre (DINO) or Sinkhorn-Knopp (DINOv2).
+    sinkhorn_iters : int
+        Sinkhorn-Knopp iterations (DINOv2: 3).
 
     Shapes
     ------
@@ -93,6 +151,8 @@ class DINOLoss(nn.Module):
         *,
         n_global_crops: int = 2,
         steps_per_epoch: int = 1,
+        centering: str = "centre",
+        sinkhorn_iters: int = 3,
     ) -> None:
         super().__init__()
         if out_dim < 1:
@@ -113,6 +173,14 @@ class DINOLoss(nn.Module):
                 f"n_epochs={n_epochs}, steps_per_epoch={steps_per_epoch}, "
                 f"warmup_teacher_temp_epochs={warmup_teacher_temp_epochs}: expected >= 1, >= 1, >= 0"
             )
+        if centering not in CENTERINGS:
+            raise ValueError(f"centering: expected one of {CENTERINGS}, got {centering!r}")
+        if sinkhorn_iters < 1:
+            raise ValueError(f"sinkhorn_iters: expected >= 1, got {sinkhorn_iters}")
+        self.centering = centering
+        self.sinkhorn_iters = sinkhorn_iters
+        self.last_stats: CollapseStats | None = None
+        self.last_mean_target: torch.Tensor | None = None
         self.out_dim = out_dim
         self.n_crops = n_crops
         self.n_global_crops = n_global_crops
@@ -158,12 +226,17 @@ class DINOLoss(nn.Module):
 
         with torch.autocast(student_out.device.type, enabled=False):  # float32 even under mixed precision
             log_p_s = F.log_softmax(student_out.float() / self.student_temp, dim=-1).view(v, b, k)
-            p_t = F.softmax((teacher_out.float() - self.center) / temp, dim=-1).view(g, b, k)
+            if self.centering == "sinkhorn":
+                p_t = sinkhorn_knopp(teacher_out, temp, self.sinkhorn_iters).view(g, b, k)
+            else:
+                p_t = F.softmax((teacher_out.float() - self.center) / temp, dim=-1).view(g, b, k)
             # cross[i, j] = mean over images of the cross-entropy H(P_t^(i), P_s^(j))
             cross = -torch.einsum("ibk,jbk->ij", p_t, log_p_s) / b
         pair = torch.ones(g, v, dtype=torch.bool, device=cross.device)
         pair[:, :g].fill_diagonal_(False)
         loss = cross[pair].mean()
+        self.last_stats = collapse_stats(p_t, log_p_s.detach())
+        self.last_mean_target = p_t.detach().float().mean(dim=(0, 1))  # (K,): for the epoch's entropy of the mean
 
         if update_center:
             self.update_center(teacher_out)

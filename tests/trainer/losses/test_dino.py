@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.losses.dino import DINOLoss, teacher_temp_schedule
+from trainer.losses.dino import DINOLoss, sinkhorn_knopp, teacher_temp_schedule
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -115,3 +115,64 @@ def test_bad_arguments():
         DINOLoss(8, 1)
     with pytest.raises(ValueError, match="student_temp"):
         DINOLoss(8, 2, student_temp=0)
+
+
+def reference_sinkhorn(teacher, temp, n_iters):
+    """SwAV/DINOv2 Sinkhorn-Knopp on Q = exp(teacher / temp)^T, float64, scaling written with loops."""
+    q = np.exp(teacher.astype(np.float64) / temp).T  # (K, N)
+    k, n = q.shape
+    q /= q.sum()
+    for _ in range(n_iters):
+        for r in range(k):
+            q[r] /= q[r].sum() * k
+        for c in range(n):
+            q[:, c] /= q[:, c].sum() * n
+    return (q * n).T
+
+
+@pytest.mark.parametrize("n_iters", [1, 3, 10])
+@pytest.mark.parametrize("temp", [0.04, 0.1])
+def test_sinkhorn_matches_reference(n_iters, temp):
+    rng = np.random.default_rng(n_iters)
+    teacher = rng.uniform(-1, 1, size=(6, 10))  # cosine-like logits, as the DINO head gives
+    got = sinkhorn_knopp(torch.tensor(teacher, dtype=torch.float32), temp, n_iters).double().numpy()
+    np.testing.assert_allclose(got, reference_sinkhorn(teacher, temp, n_iters), rtol=2e-4, atol=1e-6)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_sinkhorn_balances_prototypes_and_survives_tiny_temperatures():
+    rng = np.random.default_rng(1)
+    teacher = torch.tensor(rng.normal(size=(40, 8)), dtype=torch.float32)
+    teacher[:, 0] += 3.0  # every sample prefers prototype 0: a softmax batch would be nearly one-hot
+    plain = torch.softmax(teacher / 0.5, -1).mean(0)
+    balanced = sinkhorn_knopp(teacher, 0.5, n_iters=200).mean(0)
+    assert plain[0] > 0.5
+    torch.testing.assert_close(balanced, torch.full((8,), 1 / 8), rtol=1e-3, atol=1e-4)
+    tiny = sinkhorn_knopp(teacher / teacher.abs().max(), 0.001)  # exp(1000): overflows outside the log domain
+    assert torch.isfinite(tiny).all() and torch.allclose(tiny.sum(1), torch.ones(40))
+
+
+def test_dino_loss_with_sinkhorn_matches_reference():
+    rng = np.random.default_rng(7)
+    b, v, g, k = 3, 4, 2, 12
+    student = rng.normal(size=(v * b, k)) * 3
+    teacher = rng.uniform(-1, 1, size=(g * b, k))
+    loss_fn = DINOLoss(k, v, centering="sinkhorn", warmup_teacher_temp_epochs=0, n_epochs=1)
+    loss_fn.center.fill_(5.0)  # the centre must not enter the Sinkhorn targets
+    got = loss_fn(torch.tensor(student, dtype=torch.float32), torch.tensor(teacher, dtype=torch.float32),
+                  teacher_temp=0.07)
+    targets = reference_sinkhorn(teacher, 0.07, 3)
+    total, n_terms = 0.0, 0
+    for i in range(g):
+        for j in range(v):
+            if i != j:
+                total += np.mean([-(targets[i * b + s] * _log_softmax(student[j * b + s] / 0.1)).sum()
+                                  for s in range(b)])
+                n_terms += 1
+    assert got.item() == pytest.approx(total / n_terms, rel=1e-4)
+    plain = DINOLoss(k, v, warmup_teacher_temp_epochs=0, n_epochs=1)
+    plain.center.fill_(5.0)
+    assert plain(torch.tensor(student, dtype=torch.float32), torch.tensor(teacher, dtype=torch.float32),
+                 teacher_temp=0.07).item() != pytest.approx(got.item(), rel=1e-3)
+    with pytest.raises(ValueError, match="centering"):
+        DINOLoss(k, v, centering="sk")
