@@ -55,11 +55,18 @@ def main(verbose: bool) -> None:
 @click.option("--size", default="512x384", show_default=True,
               help="Image size WIDTHxHEIGHT. Larger images look more like real dermoscopy but cost more.")
 @click.option("--jobs", default=1, show_default=True, help="Parallel workers (-1: all cores).")
-def synth(out: Path, n: int, seed: int, size: str, jobs: int) -> None:
+@click.option("--fov", type=click.Choice(["auto", "circle"]), default="auto", show_default=True,
+              help="'circle': every image gets a circular field of view (random radius and offset, black or "
+                   "dark-grey corners, darker towards the rim), as on some clinics' dermoscopes. 'auto' keeps "
+                   "the usual mix (and byte-identical images).")
+@click.option("--lesion", type=click.Choice(["auto", "large"]), default="auto", show_default=True,
+              help="'large': lesions that fill 60-100 % of the frame or cross its edge, with a broad pale "
+                   "periphery. 'auto' keeps the usual 3-60 % lesions.")
+def synth(out: Path, n: int, seed: int, size: str, jobs: int, fov: str, lesion: str) -> None:
     """Generate synthetic dermoscopy images with known lesion and hair masks."""
     from pipeline.synth import write_synthetic_dataset
 
-    ids = write_synthetic_dataset(out, n, seed=seed, size=_parse_size(size), jobs=jobs)
+    ids = write_synthetic_dataset(out, n, seed=seed, size=_parse_size(size), jobs=jobs, fov=fov, lesion=lesion)
     click.echo(f"wrote {len(ids)} synthetic images to {out}")
 
 
