@@ -15,7 +15,7 @@ id             (N,)           str     image id (file stem)
 path           (N,)           str     the source image file
 orig_shape     (N, 2)         int32   original (H, W)
 no_lesion      (N,)           uint8   1 when no lesion could be seeded (empty mask)
-diag/<name>    (N,)           float32 per-sample diagnostics
+diag/<name>    (N,)           float32 per-sample diagnostics (``diag/confidence``: pseudo-mask confidence)
 ============== ============== ======= ==============================================
 
 File attributes: ``schema_version``, ``config`` (JSON), ``config_hash``, ``ids_hash`` (the planned ids),
@@ -207,6 +207,13 @@ class ShardReader:
     def column(self, name: str) -> np.ndarray:
         """A whole per-sample column (``orig_shape``, ``no_lesion``, ``diag/<name>``)."""
         return self._file[name][...]
+
+    def confidence(self) -> np.ndarray:
+        """``(N,) float32`` pseudo-mask confidence in [0, 1] (``diag/confidence``); NaN for shards written
+        before it existed."""
+        if "diag" in self._file and "confidence" in self._file["diag"]:
+            return self._file["diag/confidence"][...].astype(np.float32)
+        return np.full(len(self), np.nan, np.float32)
 
     @property
     def diagnostics(self) -> dict[str, np.ndarray]:
