@@ -9,6 +9,7 @@ then **squashed** to ``size x size`` (the shard geometry; ``orig_shape`` maps it
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -217,7 +218,9 @@ def make_pseudo_mask(image: np.ndarray, *, size: int = 256, config: PseudoMaskCo
     work = _resize_long(image, config.hair_long_side)
     small = _resize_long(work, config.walker_long_side)
     fov_small = field_of_view(small, config=config.seeds)
-    coarse_hint, _ = coarse_lesion_map(to_lab(small), fov_small, config=config.seeds)
+    # one pass is enough for a hint (it only protects the lesion core from the hair filter): ~10 ms saved
+    hint_config = dataclasses.replace(config.seeds, second_pass=False)
+    coarse_hint, _ = coarse_lesion_map(to_lab(small), fov_small, config=hint_config)
     wh = (work.shape[1], work.shape[0])
     hint = cv2.resize(coarse_hint.astype(np.uint8), wh, interpolation=cv2.INTER_NEAREST) > 0
     fov_work = cv2.resize(fov_small.astype(np.uint8), wh, interpolation=cv2.INTER_NEAREST) > 0

@@ -145,6 +145,13 @@ def test_circular_field_of_view_does_not_leak_along_the_rim():
     assert (scores < 0.3).sum() <= 1, scores
 
 
+def test_frame_filling_lesions_are_not_cut_off():
+    # today's code before issue 14: mean 0.843, three masks (0.21, 0.33, 0.54) cut to the dark core
+    scores = _synthetic_jaccards(lesion="large")
+    assert scores.mean() > 0.86, scores
+    assert (scores < 0.6).sum() <= 2, scores
+
+
 def test_fit_circle_finds_a_partial_circle_through_a_dark_lesion():
     from pipeline.fov import circular_fov, edge_run, fit_circle
 
