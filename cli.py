@@ -123,7 +123,14 @@ def main(verbose: bool) -> None:
 @click.option("--overwrite", is_flag=True,
               help="Replace files in --out that synth did not write (e.g. a synthetic set made by an older version). "
                    "Never point it at real data.")
-def synth(out: Path, n: int, seed: int, size: str, jobs: int, overwrite: bool) -> None:
+@click.option("--fov", type=click.Choice(["auto", "circle"]), default="auto", show_default=True,
+              help="'circle': every image gets a circular field of view (random radius and offset, black or "
+                   "dark-grey corners, darker towards the rim), as on some clinics' dermoscopes. 'auto' keeps "
+                   "the usual mix (and byte-identical images).")
+@click.option("--lesion", type=click.Choice(["auto", "large"]), default="auto", show_default=True,
+              help="'large': lesions that fill 60-100 % of the frame or cross its edge, with a broad pale "
+                   "periphery. 'auto' keeps the usual 3-60 % lesions.")
+def synth(out: Path, n: int, seed: int, size: str, jobs: int, overwrite: bool, fov: str, lesion: str) -> None:
     """Generate synthetic dermoscopy images with known lesion and hair masks."""
     from pipeline.guard import Ledger, cap_jobs, make_out_dir
     from pipeline.synth import write_synthetic_dataset
@@ -135,7 +142,8 @@ def synth(out: Path, n: int, seed: int, size: str, jobs: int, overwrite: bool) -
     if ledger.foreign(present) and not overwrite:  # never mix synthetic images into a real data set
         raise click.ClickException(f"{out}: holds images or masks synth did not write; choose an empty folder")
     ledger.claim(names, overwrite=overwrite)  # never over files it did not write
-    ids = write_synthetic_dataset(out, n, seed=seed, size=_parse_size(size), jobs=cap_jobs(jobs, n))
+    ids = write_synthetic_dataset(out, n, seed=seed, size=_parse_size(size), jobs=cap_jobs(jobs, n), fov=fov,
+                                  lesion=lesion)
     click.echo(f"wrote {len(ids)} synthetic images to {out}")
 
 
@@ -221,9 +229,12 @@ def export(shards: Path, out: Path, overwrite: bool) -> None:
 @click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write a contact sheet: original, hair mask, cleaned, probability, contours.")
 @click.option("--rows", default=8, show_default=True, help="Samples in the contact sheet.")
-def inspect(path: Path, png: Path | None, rows: int) -> None:
-    """Summarise a shard or a folder of shards (counts, config, distributions, rejects), or a pretraining run
-    folder (its collapse monitor and linear probe)."""
+@click.option("--min-confidence", default=0.2, show_default=True, type=click.FloatRange(0, 1),
+              help="List the samples whose pseudo-mask confidence is below this. On isic2017_256 the lowest "
+                   "10 % by confidence are the weakest masks (README); raise it to see more.")
+def inspect(path: Path, png: Path | None, rows: int, min_confidence: float) -> None:
+    """Summarise a shard or a folder of shards (counts, config, distributions, rejects, low-confidence
+    pseudo-masks), or a pretraining run folder (its collapse monitor and linear probe)."""
     from pipeline.guard import check_out_dir
     from pipeline.report import contact_sheet, summarise
     from pipeline.shards import ShardError
@@ -236,7 +247,7 @@ def inspect(path: Path, png: Path | None, rows: int) -> None:
     if png:
         check_out_dir(png.parent, [path], option="--png folder", flat_inputs=True)
     try:
-        click.echo(summarise(path).text())
+        click.echo(summarise(path, threshold=min_confidence).text())
         if png:
             click.echo(f"contact sheet: {contact_sheet(path, png, n=rows)}")
     except (ShardError, FileNotFoundError, ValueError) as exc:

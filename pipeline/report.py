@@ -12,6 +12,7 @@ from pipeline import datasets
 from pipeline.shards import ShardReader, find_shards
 
 UNCERTAIN_BAND = (0.1, 0.9)
+LOW_CONFIDENCE = 0.2
 
 
 @dataclass
@@ -27,6 +28,9 @@ class ShardSummary:
     uncertain_fraction: list = field(default_factory=list)
     rejects: list = field(default_factory=list)
     config: dict | None = None
+    confidence: list = field(default_factory=list)
+    low_confidence: list = field(default_factory=list)   # (id, confidence) below ``threshold``
+    threshold: float = LOW_CONFIDENCE
 
     def text(self) -> str:
         lines = [f"shards: {self.n_shards}   samples: {self.n_samples}   rejected: {len(self.rejects)}   "
@@ -36,11 +40,21 @@ class ShardSummary:
         for name, values in (("lesion area fraction", self.lesion_fraction),
                              ("hair fraction", self.hair_fraction),
                              (f"uncertain pixels ({UNCERTAIN_BAND[0]} < p < {UNCERTAIN_BAND[1]})",
-                              self.uncertain_fraction)):
+                              self.uncertain_fraction),
+                             ("confidence", [c for c in self.confidence if np.isfinite(c)])):
             if values:
                 q = np.quantile(values, [0, 0.1, 0.5, 0.9, 1])
                 lines.append(f"{name:>34}: min {q[0]:.3f}  p10 {q[1]:.3f}  median {q[2]:.3f}  "
                              f"p90 {q[3]:.3f}  max {q[4]:.3f}  mean {np.mean(values):.3f}")
+        if self.confidence and not any(np.isfinite(self.confidence)):
+            lines.append("confidence: not stored (shards written before it existed)")
+        elif self.confidence:
+            lines.append(f"confidence below {self.threshold}: {len(self.low_confidence)} of {len(self.confidence)}"
+                         + (" (lowest first)" if self.low_confidence else ""))
+            for sid, c in sorted(self.low_confidence, key=lambda x: x[1])[:20]:
+                lines.append(f"  low confidence {c:.3f}: {sid}")
+            if len(self.low_confidence) > 20:
+                lines.append(f"  ... and {len(self.low_confidence) - 20} more")
         if self.config:
             lines.append("config: " + json.dumps(self.config, sort_keys=True)[:600])
         for r in self.rejects[:20]:
@@ -50,12 +64,15 @@ class ShardSummary:
         return "\n".join(lines)
 
 
-def summarise(path: str | Path) -> ShardSummary:
-    """Read every shard at ``path`` (file or folder) and gather counts and distributions."""
+def summarise(path: str | Path, *, threshold: float = LOW_CONFIDENCE) -> ShardSummary:
+    """Read every shard at ``path`` (file or folder) and gather counts and distributions.
+
+    Samples whose confidence (``ShardReader.confidence``) is below ``threshold`` are listed by id.
+    """
     paths = find_shards(path)
     if not paths:
         raise FileNotFoundError(f"{path}: no shard files (shard-*.h5) found")
-    summary = ShardSummary(n_shards=len(paths))
+    summary = ShardSummary(n_shards=len(paths), threshold=threshold)
     lo, hi = (int(round(b * 255)) for b in UNCERTAIN_BAND)
     for p in paths:
         with ShardReader(p) as shard:
@@ -69,6 +86,9 @@ def summarise(path: str | Path) -> ShardSummary:
             summary.n_samples += n
             if n:
                 summary.n_no_lesion += int(shard.column("no_lesion").sum())
+            confidence = shard.confidence()
+            summary.confidence += [float(c) for c in confidence]
+            summary.low_confidence += [(sid, float(c)) for sid, c in zip(shard.ids, confidence) if c < threshold]
             f = shard._file
             for i in range(n):
                 summary.lesion_fraction.append(float(f["pseudo_mask"][i].mean()))

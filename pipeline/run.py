@@ -1,8 +1,10 @@
-"""The parallel pseudo-mask run: plan shards, process them with joblib (or Dask), resume, record rejects.
+"""The parallel pseudo-mask run: plan shards, process images with joblib (or Dask), resume, record rejects.
 
-Each shard is one task with a fixed list of ids (the sorted ids of all data folders, cut every
-``shard_size``), written by one process only. A rerun keeps every shard that exists whole with the same
-config and ids, and redoes the rest; the result does not depend on ``--jobs`` or the backend.
+Each shard has a fixed list of ids (the sorted ids of all data folders, cut every ``shard_size``). With the
+loky backend the *images* are the parallel tasks, whatever the shard size (a 99-image set in one shard still
+uses every worker); the parent assembles each shard in order as soon as all its images are back and writes
+it. With Dask each shard is one task, written by its worker. A rerun keeps every shard that exists whole with
+the same config and ids, and redoes the rest; the result does not depend on ``--jobs`` or the backend.
 """
 from __future__ import annotations
 
@@ -168,42 +170,54 @@ class ParentGone(RuntimeError):
     """The run that started this worker is gone (killed): the worker stops without writing."""
 
 
-def process_shard(plan: ShardPlan, out_dir: str | Path, config: RunConfig, owner_pid: int | None = None) -> dict:
-    """Process every sample of ``plan`` and write its shard; return its manifest entry.
+def try_sample(sample: datasets.Sample, config: RunConfig, owner_pid: int | None = None) -> ShardRecord | dict:
+    """:func:`process_sample` in one thread, or the reject ``{"id", "path", "reason"}`` when it fails.
 
-    A sample that fails is recorded in the shard's rejects with the reason, and the shard goes on.
-    ``owner_pid`` (the run's process, for local workers) is checked before each sample and before the write:
-    a worker orphaned by a killed run stops instead of writing into ``out_dir``.
+    ``owner_pid`` (the run's process, for local workers) is checked first, and watched while the worker lives:
+    a worker orphaned by a killed run stops instead of computing (and never writes: shards are written by the
+    run's own process, or by :func:`process_shard` after another check).
     """
     import cv2
     from threadpoolctl import threadpool_limits
 
     cv2.setNumThreads(1)
-    start = time.perf_counter()
-    records, rejects = [], []
     if parent_is_gone(owner_pid):
-        raise ParentGone(f"{plan.name}: the run that started this worker is gone; stopping")
+        raise ParentGone(f"{sample.image}: the run that started this worker is gone; stopping")
     watch_parent(owner_pid)  # and end this worker as soon as the run dies, even while it waits for work
-    provenance = inputs_hash(plan.samples)
     with threadpool_limits(1):  # same arithmetic whatever the backend: results do not depend on --jobs
-        for sample in plan.samples:
-            if parent_is_gone(owner_pid):
-                raise ParentGone(f"{plan.name}: the run that started this worker is gone; stopping")
-            try:
-                records.append(process_sample(sample, config))
-            except datasets.ImageReadError as exc:
-                rejects.append({"id": sample.id, "path": str(sample.image), "reason": str(exc)})
-            except Exception as exc:  # a bug or an input the method cannot handle: keep the run going
-                log.exception("pseudo-mask failed for %s", sample.image)
-                rejects.append({"id": sample.id, "path": str(sample.image),
-                                "reason": f"{sample.image}: pseudo-mask failed ({type(exc).__name__}: {exc})"})
+        try:
+            return process_sample(sample, config)
+        except datasets.ImageReadError as exc:
+            return {"id": sample.id, "path": str(sample.image), "reason": str(exc)}
+        except Exception as exc:  # a bug or an input the method cannot handle: keep the run going
+            log.exception("pseudo-mask failed for %s", sample.image)
+            return {"id": sample.id, "path": str(sample.image),
+                    "reason": f"{sample.image}: pseudo-mask failed ({type(exc).__name__}: {exc})"}
+
+
+def write_planned_shard(plan: ShardPlan, out_dir: str | Path, config: RunConfig,
+                        results: Sequence[ShardRecord | dict], seconds: float, owner_pid: int | None = None) -> dict:
+    """Write the shard of ``plan`` from its per-sample results (in plan order); return its manifest entry."""
+    records = [r for r in results if isinstance(r, ShardRecord)]
+    rejects = [r for r in results if not isinstance(r, ShardRecord)]
     path = Path(out_dir) / plan.name
     if parent_is_gone(owner_pid):
         raise ParentGone(f"{plan.name}: the run that started this worker is gone; not writing it")
     write_shard(path, records, size=config.size, config_json=config.to_json(), config_hash=config.hash,
-                planned_ids=plan.ids, rejects=rejects, versions=library_versions(), inputs_hash=provenance)
-    return _entry(path, len(records), rejects, seconds=time.perf_counter() - start,
-                  n_no_lesion=sum(r.no_lesion for r in records))
+                planned_ids=plan.ids, rejects=rejects, versions=library_versions(),
+                inputs_hash=inputs_hash(plan.samples))
+    return _entry(path, len(records), rejects, seconds=seconds, n_no_lesion=sum(r.no_lesion for r in records))
+
+
+def process_shard(plan: ShardPlan, out_dir: str | Path, config: RunConfig, owner_pid: int | None = None) -> dict:
+    """Process every sample of ``plan`` and write its shard; return its manifest entry (one process, or a Dask task).
+
+    A sample that fails is recorded in the shard's rejects with the reason, and the shard goes on. ``owner_pid``
+    is checked before each sample and before the write (see :func:`try_sample`).
+    """
+    start = time.perf_counter()
+    results = [try_sample(sample, config, owner_pid) for sample in plan.samples]
+    return write_planned_shard(plan, out_dir, config, results, time.perf_counter() - start, owner_pid)
 
 
 def _entry(path: Path, rows: int, rejects: list[dict], *, seconds: float | None, n_no_lesion: int) -> dict:
@@ -378,15 +392,29 @@ def _execute(plans: list[ShardPlan], out_dir: Path, config: RunConfig, *, jobs: 
     if backend == "dask":
         yield from _execute_dask(plans, out_dir, config, jobs=jobs, scheduler=scheduler)
         return
-    jobs = cap_jobs(jobs, len(plans))
+    jobs = cap_jobs(jobs, sum(len(plan.samples) for plan in plans))
     if jobs == 1:
         for plan in plans:
             yield process_shard(plan, out_dir, config)
         return
     from joblib import Parallel, delayed
 
-    parallel = Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered")
-    yield from parallel(delayed(process_shard)(plan, str(out_dir), config, os.getpid()) for plan in plans)
+    # One task per image (in plan order); a shard is written as soon as all its images are back.
+    tasks = [(k, sample) for k, plan in enumerate(plans) for sample in plan.samples]
+    pending = {k: [None] * len(plan.samples) for k, plan in enumerate(plans)}
+    missing = {k: len(plan.samples) for k, plan in enumerate(plans)}
+    starts = {k: time.perf_counter() for k in pending}
+    for k, plan in enumerate(plans):
+        if not plan.samples:
+            yield write_planned_shard(plan, out_dir, config, [], 0.0)
+    parallel = Parallel(n_jobs=jobs, backend="loky", return_as="generator", batch_size=1, pre_dispatch="4*n_jobs")
+    position = dict.fromkeys(pending, 0)
+    for (k, _), result in zip(tasks, parallel(delayed(try_sample)(sample, config, os.getpid()) for _, sample in tasks)):
+        pending[k][position[k]] = result
+        position[k] += 1
+        missing[k] -= 1
+        if missing[k] == 0:
+            yield write_planned_shard(plans[k], out_dir, config, pending.pop(k), time.perf_counter() - starts[k])
 
 
 def _execute_dask(plans, out_dir, config, *, jobs, scheduler):

@@ -16,7 +16,7 @@ id             (N,)           str     image id (file stem)
 path           (N,)           str     the source image file
 orig_shape     (N, 2)         int32   original (H, W)
 no_lesion      (N,)           uint8   1 when no lesion could be seeded (empty mask)
-diag/<name>    (N,)           float32 per-sample diagnostics
+diag/<name>    (N,)           float32 per-sample diagnostics (``diag/confidence``: pseudo-mask confidence)
 ============== ============== ======= ==============================================
 
 File attributes: ``schema_version``, ``config`` (JSON), ``config_hash``, ``ids_hash`` (the planned ids),
@@ -227,6 +227,13 @@ class ShardReader:
         except OSError as exc:  # a chunk failing its fletcher32 checksum
             raise ShardError(f"{self.path}: dataset {name!r} cannot be read ({exc}); the shard is damaged: check "
                              "the folder with 'verify' and rerun 'pseudomasks' to redo it") from None
+
+    def confidence(self) -> np.ndarray:
+        """``(N,) float32`` pseudo-mask confidence in [0, 1] (``diag/confidence``); NaN for shards written
+        before it existed."""
+        if "diag" in self._file and "confidence" in self._file["diag"]:
+            return self._file["diag/confidence"][...].astype(np.float32)
+        return np.full(len(self), np.nan, np.float32)
 
     @property
     def diagnostics(self) -> dict[str, np.ndarray]:

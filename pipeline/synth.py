@@ -19,6 +19,14 @@ What an image holds (every number drawn per image; lengths are given at 512 px w
   The hair mask is where the strokes cover >= ``HAIR_COVERAGE`` of a pixel and the optics leave it visible;
 - optics (after the hair, as in a dermoscope): a dark vignette, a circular frame with black corners, or none;
   then a slight blur and sensor noise, identical in ``image`` and ``clean`` so they differ only by the hair.
+
+Two options make the hard cases of other dermoscopes (off by default; the default images are unchanged):
+
+- ``fov='circle'``: a circular field of view of random radius (it may be cut by the top and bottom of the
+  frame) and centre offset, with black or dark-grey corners and a vignette that darkens towards its rim;
+  the lesion mask is cut to the field of view;
+- ``lesion='large'``: a lesion that fills 60-100 % of the frame or crosses its edge (about half each), with
+  a dark core and a broad pale periphery (its density at the contour 15-35 % of the core's).
 """
 from __future__ import annotations
 
@@ -49,6 +57,8 @@ _PIGMENTS = {
     "bluegrey": (np.array([1.00, 0.85, 0.65], np.float32), (0.5, 1.0)),
 }
 _PIGMENT_P = {"tan": 0.25, "brown": 0.4, "dark": 0.25, "bluegrey": 0.1}
+FOV_OPTIONS = ("auto", "circle")
+LESION_OPTIONS = ("auto", "large")
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,7 +76,7 @@ class SynthSample:
     lesion_fraction: float
     n_dark_hairs: int
     n_light_hairs: int
-    optics: str             # 'none', 'vignette' or 'frame'
+    optics: str             # 'none', 'vignette', 'frame' or 'circle'
     pigment: str            # 'tan', 'brown', 'dark' or 'bluegrey'
     edge_width: float       # width of the fuzzy lesion edge in px (0.5 sharp ... 10 very fuzzy)
     touches_border: bool = field(default=False)
@@ -168,13 +178,19 @@ def _lesion_shape(rng: np.random.Generator, shape: tuple[int, int], px: float) -
 
 
 def _pigment_density(rng: np.random.Generator, signed: np.ndarray, px: float,
-                     base: float) -> tuple[np.ndarray, float]:
-    """Pigment density ``(H, W) float32`` (0 on skin) and the edge width in px; the mask is ``signed > 0``."""
+                     base: float, pale_rim: float | None = None) -> tuple[np.ndarray, float]:
+    """Pigment density ``(H, W) float32`` (0 on skin) and the edge width in px; the mask is ``signed > 0``.
+
+    ``pale_rim``: the density at the contour relative to the core (a broad pale periphery); None: 0.75.
+    """
     shape = signed.shape
     edge = float(np.exp(rng.uniform(np.log(0.5), np.log(10.0)))) * px
     alpha = 0.5 * (1 + np.tanh(signed / (2 * edge)))                       # logistic blend, 0.5 on the contour
     depth = np.clip(signed / (0.7 * signed.max() + 1e-6), 0, 1)
-    density = base * (0.75 + 0.35 * depth)                                  # darker core, paler rim
+    if pale_rim is None:
+        density = base * (0.75 + 0.35 * depth)                              # darker core, paler rim
+    else:
+        density = base * (pale_rim + (1.1 - pale_rim) * np.sqrt(depth))
     density = density * (1 + rng.uniform(0.2, 0.55) * _smooth_noise(rng, shape, int(rng.integers(3, 9)))
                          + rng.uniform(0.1, 0.3) * _smooth_noise(rng, shape, int(rng.integers(12, 24))))
     if rng.random() < 0.5:  # an eccentric dark blotch
@@ -214,6 +230,40 @@ def _optics(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.ndarra
         shade = 1 - 0.25 * np.clip((rr - radius + 0.25) / 0.25, 0, 1) ** 2  # darker towards the rim
         return (shade * (1 - rng.uniform(0.96, 0.99) * frame)).astype(np.float32), "frame"
     return np.ones(shape, np.float32), "none"
+
+
+def _large_lesion_shape(rng: np.random.Generator, shape: tuple[int, int], px: float) -> np.ndarray:
+    """Signed distance (px, > 0 inside) to a lesion that fills 60-100 % of the frame or crosses its edge."""
+    h, w = shape
+    if rng.random() < 0.5:  # fills the frame: centred, clipped by the frame to about 60-100 % of the image
+        fraction = rng.uniform(0.8, 1.6)
+        cx, cy = w / 2 + rng.normal(0, 0.05) * w, h / 2 + rng.normal(0, 0.05) * h
+    else:  # crosses the edge: a large blob whose centre lies near one side
+        fraction = rng.uniform(0.3, 0.6)
+        side = int(rng.integers(4))
+        along = rng.uniform(0.3, 0.7)
+        depth = rng.uniform(0.1, 0.3)
+        cx, cy = [(along * w, depth * h), (along * w, (1 - depth) * h), (depth * w, along * h),
+                  ((1 - depth) * w, along * h)][side]
+    radius = np.sqrt(fraction * h * w / np.pi)
+    return _blob(rng, shape, (cx, cy), radius, px)
+
+
+def _circular_fov(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Transmission ``(H, W) float32`` of a circular field of view with black or dark-grey corners, and the
+    ``(H, W) bool`` inside of the circle."""
+    h, w = shape
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    half_diag = np.hypot(h, w) / 2
+    cx, cy = w / 2 + rng.uniform(-0.08, 0.08) * w, h / 2 + rng.uniform(-0.08, 0.08) * h
+    radius = rng.uniform(0.6, 0.95) * half_diag           # below about 0.6 the circle sits inside the frame
+    rr = np.hypot(xx - cx, yy - cy) / radius               # 1 on the rim
+    soft = rng.uniform(0.005, 0.03)
+    outside = 0.5 * (1 + np.tanh((rr - 1) / soft))
+    start, depth = rng.uniform(0.55, 0.8), rng.uniform(0.2, 0.6)
+    shade = 1 - depth * np.clip((rr - start) / (1 - start), 0, 1) ** 2       # vignette towards the rim
+    corner = rng.uniform(0.0, 0.01) if rng.random() < 0.5 else rng.uniform(0.08, 0.22)  # black or dark grey
+    return (shade * (1 - outside) + corner * outside).astype(np.float32), rr < 1
 
 
 def _bezier(p: np.ndarray, n: int) -> np.ndarray:
@@ -300,7 +350,8 @@ def _hair_counts(rng: np.random.Generator) -> tuple[int, int]:
     return n_dark, n_light
 
 
-def generate_sample(seed: int, index: int, *, size: tuple[int, int] = (512, 384)) -> SynthSample:
+def generate_sample(seed: int, index: int, *, size: tuple[int, int] = (512, 384), fov: str = "auto",
+                    lesion: str = "auto") -> SynthSample:
     """Make synthetic image ``index`` of dataset ``seed``.
 
     Parameters
@@ -309,6 +360,11 @@ def generate_sample(seed: int, index: int, *, size: tuple[int, int] = (512, 384)
         Non-negative; the sample depends only on ``(seed, index, size)``.
     size : (int, int)
         ``(width, height)`` in px, each at least 32. Lengths (hair width, texture scale) scale with the width.
+    fov : {'auto', 'circle'}
+        ``'auto'``: the usual mix of optics; ``'circle'``: always a circular field of view (random radius and
+        offset, black or dark-grey corners, darker towards the rim).
+    lesion : {'auto', 'large'}
+        ``'auto'``: 3-60 % of the image; ``'large'``: filling 60-100 % of the frame or crossing its edge.
 
     Returns
     -------
@@ -320,15 +376,20 @@ def generate_sample(seed: int, index: int, *, size: tuple[int, int] = (512, 384)
     w, h = int(size[0]), int(size[1])
     if w < _MIN_SIZE or h < _MIN_SIZE:
         raise ValueError(f"size must be at least {_MIN_SIZE}x{_MIN_SIZE} (width, height), got {w}x{h}")
+    if fov not in FOV_OPTIONS:
+        raise ValueError(f"fov must be one of {FOV_OPTIONS}, got {fov!r}")
+    if lesion not in LESION_OPTIONS:
+        raise ValueError(f"lesion must be one of {LESION_OPTIONS}, got {lesion!r}")
     rng = np.random.default_rng([int(seed), int(index)])
     shape, px = (h, w), w / 512
 
     skin = _skin(rng, shape, px)
     skin_tone = skin[::8, ::8].reshape(-1, 3).mean(axis=0)
-    signed = _lesion_shape(rng, shape, px)
+    signed = (_large_lesion_shape if lesion == "large" else _lesion_shape)(rng, shape, px)
     pigment = str(rng.choice(list(_PIGMENT_P), p=list(_PIGMENT_P.values())))
     absorb, (lo, hi) = _PIGMENTS[pigment]
-    density, edge = _pigment_density(rng, signed, px, rng.uniform(lo, hi))
+    pale_rim = float(rng.uniform(0.15, 0.35)) if lesion == "large" else None
+    density, edge = _pigment_density(rng, signed, px, rng.uniform(lo, hi), pale_rim)
     absorb = absorb * rng.uniform(0.9, 1.1, 3).astype(np.float32)
     clean = skin * np.exp(-density[..., None] * absorb)
 
@@ -338,7 +399,12 @@ def generate_sample(seed: int, index: int, *, size: tuple[int, int] = (512, 384)
     _draw_hairs(rng, image, coverage, n_dark, False, skin_tone, px)
     _draw_hairs(rng, image, coverage, n_light, True, skin_tone, px)
 
-    transmission, optics = _optics(rng, shape)
+    if fov == "circle":
+        transmission, inside = _circular_fov(rng, shape)
+        optics = "circle"
+    else:
+        transmission, optics = _optics(rng, shape)
+        inside = transmission > 0.15
     sigma = rng.uniform(0.4, 0.8) * max(px, 0.5)
     noise = rng.standard_normal((*shape, 3), dtype=np.float32) * np.float32(rng.uniform(1.0, 2.5))
 
@@ -348,8 +414,8 @@ def generate_sample(seed: int, index: int, *, size: tuple[int, int] = (512, 384)
         out.setflags(write=False)
         return out
 
-    lesion = (signed > 0) & (transmission > 0.15)
-    hair = (coverage >= HAIR_COVERAGE) & (transmission > 0.15)
+    lesion = (signed > 0) & inside
+    hair = (coverage >= HAIR_COVERAGE) & inside
     lesion.setflags(write=False)
     hair.setflags(write=False)
     touches = bool(lesion[0].any() or lesion[-1].any() or lesion[:, 0].any() or lesion[:, -1].any())
@@ -374,8 +440,9 @@ def _encode(array: np.ndarray, ext: str) -> bytes:
     return buf.tobytes()
 
 
-def _write_one(out_dir: Path, seed: int, index: int, size: tuple[int, int]) -> str:
-    s = generate_sample(seed, index, size=size)
+def _write_one(out_dir: Path, seed: int, index: int, size: tuple[int, int], fov: str = "auto",
+               lesion: str = "auto") -> str:
+    s = generate_sample(seed, index, size=size, fov=fov, lesion=lesion)
     sid = sample_id(index)
     write_bytes(out_dir / "images" / f"{sid}.jpg", _encode(s.image[:, :, ::-1], ".jpg"))
     write_bytes(out_dir / "clean" / f"{sid}.png", _encode(s.clean[:, :, ::-1], ".png"))
@@ -385,12 +452,14 @@ def _write_one(out_dir: Path, seed: int, index: int, size: tuple[int, int]) -> s
 
 
 def write_synthetic_dataset(out_dir: str | Path, n: int, *, seed: int = 0, size: tuple[int, int] = (512, 384),
-                            jobs: int = 1, progress: bool = True) -> list[str]:
+                            jobs: int = 1, progress: bool = True, fov: str = "auto",
+                            lesion: str = "auto") -> list[str]:
     """Write ``n`` samples under ``out_dir`` and return their ids (``SYN_0000000`` ...).
 
     Layout: ``images/<ID>.jpg`` (JPEG quality 95), ``masks/<ID>_segmentation.png`` and ``hair/<ID>_hair.png``
     (0/255) and ``clean/<ID>.png`` (the image without hair). Every file is written atomically, and a rerun with
-    the same ``seed`` and ``size`` writes byte-identical files whatever ``jobs`` is.
+    the same ``seed`` and ``size`` writes byte-identical files whatever ``jobs`` is. ``fov`` and ``lesion`` are
+    passed to :func:`generate_sample`.
     """
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm
@@ -398,7 +467,7 @@ def write_synthetic_dataset(out_dir: str | Path, n: int, *, seed: int = 0, size:
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     out_dir = Path(out_dir)
-    tasks = (delayed(_write_one)(out_dir, seed, i, size) for i in range(n))
+    tasks = (delayed(_write_one)(out_dir, seed, i, size, fov, lesion) for i in range(n))
     bar = tqdm(total=n, desc="synthetic images", unit="img", disable=not progress)
     ids = []
     for sid in Parallel(n_jobs=jobs, return_as="generator")(tasks):

@@ -9,6 +9,7 @@ then **squashed** to ``size x size`` (the shard geometry; ``orig_shape`` maps it
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -16,12 +17,14 @@ import cv2
 import numpy as np
 
 from pipeline.pseudomask.cleanup import main_component
+from pipeline.pseudomask.fov import edge_run
 from pipeline.pseudomask.hair import HairConfig, remove_hair
 from pipeline.pseudomask.s3net import S3NetConfig, s3net_segment
 from pipeline.pseudomask.seeds import (
     BACKGROUND,
     LESION,
     SeedConfig,
+    coarse_lesion_evidence,
     coarse_lesion_map,
     field_of_view,
     seed_labels,
@@ -30,8 +33,8 @@ from pipeline.pseudomask.seeds import (
 from pipeline.pseudomask.walker import WalkerConfig, walk
 
 DIAGNOSTICS = ("fov_fraction", "coarse_fraction", "separation", "fg_seed_fraction", "bg_seed_fraction",
-               "hair_fraction", "hair_skipped", "lesion_fraction", "uncertain_fraction", "hair_seconds",
-               "walker_seconds")
+               "hair_fraction", "hair_skipped", "lesion_fraction", "uncertain_fraction", "edge_run",
+               "edge_rejected", "confidence", "hair_seconds", "walker_seconds")
 METHODS = ("walker", "s3net")
 
 
@@ -52,9 +55,16 @@ class PseudoMaskConfig:
         isic_sample: mean Jaccard 0.73 at 0.3 vs 0.62 at 0.5, 0.72 at 0.15).
     method : {'walker', 's3net'}
         What turns the seeds into a mask: the Random Walker (default, about 0.2 s per image), or per-image
-        unsupervised clustering after S^3-Net (:func:`pipeline.s3net.s3net_segment`; slower, label-free).
+        unsupervised clustering after S^3-Net (:func:`pipeline.pseudomask.s3net.s3net_segment`; slower, label-free).
     s3net : S3NetConfig
         Used when ``method='s3net'``.
+    edge_run_max : float
+        A mask whose outline lies along the field-of-view edge over more than this fraction
+        (:func:`pipeline.pseudomask.fov.edge_run`) has leaked along a dark lens rim: it is rejected and the walker
+        probability is thresholded higher (``edge_thresholds``) until the outline leaves the edge; failing
+        that, the coarse lesion map is used. 1 disables the check.
+    edge_thresholds : tuple of float
+        The higher thresholds tried, in order, after an edge-run rejection.
     """
 
     hair: HairConfig = field(default_factory=HairConfig)
@@ -65,10 +75,14 @@ class PseudoMaskConfig:
     threshold: float = 0.3
     method: str = "walker"
     s3net: S3NetConfig = field(default_factory=S3NetConfig)
+    edge_run_max: float = 0.25
+    edge_thresholds: tuple[float, ...] = (0.5, 0.7, 0.9)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"PseudoMaskConfig.method must be one of {METHODS}, got {self.method!r}")
+        if not 0.0 < self.edge_run_max <= 1.0:
+            raise ValueError(f"PseudoMaskConfig.edge_run_max must be in (0, 1], got {self.edge_run_max}")
 
 
 @dataclass(frozen=True)
@@ -97,24 +111,69 @@ def _squash(array: np.ndarray, size: int, *, binary: bool = False) -> np.ndarray
     return cv2.resize(array, (size, size), interpolation=interp)
 
 
+def mask_confidence(prob: np.ndarray, mask: np.ndarray, fov: np.ndarray, *, separation: float,
+                    edge_rejected: bool) -> float:
+    """How far a pseudo-mask can be trusted, in [0, 1], without labels.
+
+    ``(H, W) float32, (H, W) bool, (H, W) bool -> float``. The product of three terms (ours):
+
+    - the walker's probability margin: ``1 - u / (a + u)`` with ``u`` the field-of-view pixels of
+      uncertain probability (0.1 < p < 0.9) and ``a`` the mask area (a clear-cut walk gives 1);
+    - the colour evidence: ``min(1, separation / 3)``, the coarse map's Otsu separation (a faint lesion gives
+      a small value);
+    - 0.5 when the first mask ran along the field-of-view edge and was replaced (:func:`pipeline.pseudomask.fov.edge_run`).
+
+    An empty mask gives 0.
+    """
+    if not mask.any():
+        return 0.0
+    uncertain = float(((prob > 0.1) & (prob < 0.9) & fov).sum())
+    margin = 1.0 - uncertain / (float(mask.sum()) + uncertain)
+    evidence = min(1.0, max(0.0, separation) / 3.0)
+    return float(margin * evidence * (0.5 if edge_rejected else 1.0))
+
+
+def _leave_the_edge(prob: np.ndarray, mask: np.ndarray, fg: np.ndarray, fov: np.ndarray, coarse: np.ndarray,
+                    config: PseudoMaskConfig) -> tuple[np.ndarray, float, bool]:
+    """The edge-run check: ``(mask, its edge_run, rejected)``; see ``PseudoMaskConfig.edge_run_max``."""
+    run = edge_run(mask, fov)
+    if run <= config.edge_run_max:
+        return mask, run, False
+    for t in config.edge_thresholds:
+        candidate = main_component(prob > t, fg)
+        if candidate.any() and edge_run(candidate, fov) <= config.edge_run_max:
+            return candidate, edge_run(candidate, fov), True
+    fallback = coarse & fov
+    return fallback, edge_run(fallback, fov), True
+
+
 def segment(small: np.ndarray, *, config: PseudoMaskConfig = PseudoMaskConfig(), seed: int = 0
-            ) -> tuple[np.ndarray, np.ndarray, float, np.ndarray, np.ndarray, np.ndarray]:
+            ) -> tuple[np.ndarray, np.ndarray, float, np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
     """Seeds, walker (or S^3-Net clustering) and clean-up on a hair-free image at the walker resolution.
 
-    ``(h, w, 3) uint8 -> (fov, coarse, separation, labels, prob, mask)``: (h, w) bool field of view and
-    coarse map, the Otsu separation (float), (h, w) int8 seed labels, (h, w) float32 lesion probability and
-    the (h, w) bool mask (all False when no lesion stands out). ``seed`` is used by ``method='s3net'`` only.
+    ``(h, w, 3) uint8 -> (fov, coarse, separation, labels, prob, mask, checks)``: (h, w) bool field of view
+    and coarse map, the Otsu separation (float), (h, w) int8 seed labels, (h, w) float32 lesion probability,
+    the (h, w) bool mask (all False when no lesion stands out) and ``checks``: ``edge_run``,
+    ``edge_rejected`` and ``confidence`` (floats; see :func:`mask_confidence`). ``seed`` is used by
+    ``method='s3net'`` only.
     """
     fov = field_of_view(small, config=config.seeds)
-    coarse, separation = coarse_lesion_map(to_lab(small), fov, config=config.seeds)
-    labels = seed_labels(small, fov, config=config.seeds, coarse=coarse)
+    found = coarse_lesion_evidence(to_lab(small), fov, config=config.seeds)
+    coarse, separation = found.coarse, found.separation
+    labels = seed_labels(small, fov, config=config.seeds, coarse=coarse,
+                         skin_like=found.feature <= found.skin_level)
     fg = labels == LESION
     if config.method == "s3net":
         prob, mask = s3net_segment(small, coarse=coarse & fov, fov=fov, config=config.s3net, seed=seed)
-        return fov, coarse, separation, labels, prob, mask
-    prob = walk(small, labels, config=config.walker)
-    mask = np.zeros(prob.shape, bool) if not fg.any() else main_component(prob > config.threshold, fg)
-    return fov, coarse, separation, labels, prob, mask
+        rejected = False
+        run = edge_run(mask, fov)
+    else:
+        prob = walk(small, labels, config=config.walker)
+        mask = np.zeros(prob.shape, bool) if not fg.any() else main_component(prob > config.threshold, fg)
+        mask, run, rejected = _leave_the_edge(prob, mask, fg, fov, coarse, config)
+    confidence = mask_confidence(prob, mask, fov, separation=separation, edge_rejected=rejected)
+    checks = {"edge_run": run, "edge_rejected": float(rejected), "confidence": confidence}
+    return fov, coarse, separation, labels, prob, mask, checks
 
 
 def make_pseudo_mask(image: np.ndarray, *, size: int = 256, config: PseudoMaskConfig = PseudoMaskConfig(),
@@ -155,7 +214,9 @@ def make_pseudo_mask(image: np.ndarray, *, size: int = 256, config: PseudoMaskCo
     work = _resize_long(image, config.hair_long_side)
     small = _resize_long(work, config.walker_long_side)
     fov_small = field_of_view(small, config=config.seeds)
-    coarse_hint, _ = coarse_lesion_map(to_lab(small), fov_small, config=config.seeds)
+    # one pass is enough for a hint (it only protects the lesion core from the hair filter): ~10 ms saved
+    hint_config = dataclasses.replace(config.seeds, second_pass=False)
+    coarse_hint, _ = coarse_lesion_map(to_lab(small), fov_small, config=hint_config)
     wh = (work.shape[1], work.shape[0])
     hint = cv2.resize(coarse_hint.astype(np.uint8), wh, interpolation=cv2.INTER_NEAREST) > 0
     fov_work = cv2.resize(fov_small.astype(np.uint8), wh, interpolation=cv2.INTER_NEAREST) > 0
@@ -164,7 +225,7 @@ def make_pseudo_mask(image: np.ndarray, *, size: int = 256, config: PseudoMaskCo
     # Seeds and walker on the cleaned image.
     cleaned_small = _resize_long(hair.cleaned, config.walker_long_side)
     seg = segment(cleaned_small, config=config, seed=seed)
-    fov, coarse, separation, labels, prob, mask = seg
+    fov, coarse, separation, labels, prob, mask, checks = seg
     fg = labels == LESION
     t2 = time.perf_counter()
     no_lesion = not mask.any()
@@ -180,6 +241,7 @@ def make_pseudo_mask(image: np.ndarray, *, size: int = 256, config: PseudoMaskCo
         "hair_skipped": float(hair.skipped),
         "lesion_fraction": float(mask.mean()),
         "uncertain_fraction": float(((prob > 0.1) & (prob < 0.9)).mean()),
+        **checks,
         "hair_seconds": t1 - t0,
         "walker_seconds": t2 - t1,  # seeds + walker, or seeds + S^3-Net clustering
     }

@@ -3,7 +3,7 @@
 A small CNN is trained from scratch on *one* image to cluster its pixels (Kim, Kanezaki & Tanaka 2020), with
 S^3-Net's Inception Large Kernel Attention and deformable convolution in the network and its rotation
 equivariance term in the loss (Karimijafarbigloo et al. 2023; METHOD.md section 7). The lesion clusters are then
-chosen **without ground truth**, from the coarse lesion map of :mod:`pipeline.seeds`.
+chosen **without ground truth**, from the coarse lesion map of :mod:`pipeline.pseudomask.seeds`.
 
 Torch is imported inside the functions: the default (walker) pipeline never loads it.
 """
@@ -223,9 +223,9 @@ def s3net_segment(small_rgb: np.ndarray, *, coarse: np.ndarray, fov: np.ndarray,
         Hair-free RGB image (the walker's working resolution in the pipeline); resized internally so its long
         side is ``config.long_side``.
     coarse : (H, W) bool
-        Coarse lesion map (:func:`pipeline.seeds.coarse_lesion_map`); all False when no lesion stands out.
+        Coarse lesion map (:func:`pipeline.pseudomask.seeds.coarse_lesion_map`); all False when no lesion stands out.
     fov : (H, W) bool
-        Field of view (:func:`pipeline.seeds.field_of_view`).
+        Field of view (:func:`pipeline.pseudomask.seeds.field_of_view`).
     config : S3NetConfig
     seed : int
         Seeds the network's initialisation and the rotations; in a run it is derived from ``(seed, sample

@@ -67,7 +67,7 @@ def walk(image: np.ndarray, labels: np.ndarray, *, config: WalkerConfig = Walker
     image : (H, W, 3) uint8
         RGB image (hair removed).
     labels : (H, W) int8
-        Seeds (see :func:`pipeline.seeds.seed_labels`): 0 unlabelled, 1 lesion, 2 background, -1 inactive.
+        Seeds (see :func:`pipeline.pseudomask.seeds.seed_labels`): 0 unlabelled, 1 lesion, 2 background, -1 inactive.
     config : WalkerConfig
 
     Returns

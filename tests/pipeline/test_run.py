@@ -1,6 +1,7 @@
 """The pseudo-mask run end to end: bad inputs, resume, determinism across jobs/backends, kill and rerun."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -200,3 +201,10 @@ def test_verify_and_inspect_commands(tmp_path):
     shard.write_bytes(bytes(data_bytes))
     bad = runner.invoke(cli.main, ["verify", str(out)])
     assert bad.exit_code != 0 and "sha256" in bad.output
+
+
+def test_issue14_defaults_give_a_new_config_hash():
+    # the hash of RunConfig() before the field-of-view model and the edge-run check: shards made with it must
+    # not be resumed into a run of the new defaults
+    assert RunConfig().hash != "f25fd92f1505ba8b"
+    assert RunConfig().hash != RunConfig(pseudo=dataclasses.replace(RunConfig().pseudo, edge_run_max=1.0)).hash

@@ -105,3 +105,21 @@ def test_verify_catches_a_flipped_byte_and_strays(tmp_path):
     assert any("not listed" in p for p in verify(tmp_path))
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["shards"][0]["rows"] == 3
+
+
+def test_confidence_column_and_old_shards_without_it(tmp_path):
+    old = tmp_path / "shard-00000.h5"
+    _write(old, _records(3))                    # diagnostics without "confidence": a shard from before it
+    with ShardReader(old) as shard:
+        assert shard.confidence().shape == (3,) and np.isnan(shard.confidence()).all()
+    records = [ShardRecord(**{**r.__dict__, "diagnostics": {**r.diagnostics, "confidence": 0.1 * i}})
+               for i, r in enumerate(_records(3))]
+    new = tmp_path / "shard-00001.h5"
+    _write(new, records)
+    with ShardReader(new) as shard:
+        np.testing.assert_allclose(shard.confidence(), [0.0, 0.1, 0.2], atol=1e-6)
+    from pipeline.report import summarise
+
+    text = summarise(new, threshold=0.15).text()
+    assert "confidence below 0.15: 2 of 3" in text and "low confidence 0.000: ID_0" in text
+    assert "not stored" in summarise(old).text()

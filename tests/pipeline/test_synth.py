@@ -101,3 +101,35 @@ def test_contact_sheet_is_written(tmp_path, samples):
     sheet = cv2.imread(str(path))
     assert path.stat().st_size > 20_000
     assert sheet.shape[0] > 200 and sheet.shape[1] > 600 and sheet.std() > 20
+
+
+def test_circle_option_gives_a_circular_field_of_view_with_dark_corners():
+    for i in range(6):
+        s = generate_sample(0, i, size=SIZE, fov="circle")
+        assert s.optics == "circle"
+        grey = s.clean.mean(axis=2)
+        corners = np.concatenate([grey[:4, :4].ravel(), grey[:4, -4:].ravel(), grey[-4:, :4].ravel(),
+                                  grey[-4:, -4:].ravel()])
+        assert np.median(corners) < 70                           # black or dark grey
+        h, w = grey.shape
+        assert np.percentile(grey[h // 4:3 * h // 4, w // 4:3 * w // 4], 90) > np.median(corners) + 60
+        assert not s.lesion[:2, :2].any() and not s.lesion[-2:, -2:].any()   # the mask stays inside
+
+
+def test_large_option_fills_the_frame_or_crosses_its_edge():
+    samples = [generate_sample(0, i, size=SIZE, lesion="large") for i in range(16)]
+    fractions = np.array([s.lesion_fraction for s in samples])
+    assert all(s.touches_border for s in samples)
+    assert (fractions > 0.6).sum() >= 4 and fractions.max() > 0.85
+    assert (fractions > 0.2).all()
+
+
+def test_options_leave_the_default_images_unchanged():
+    a = generate_sample(0, 3, size=SIZE)
+    b = generate_sample(0, 3, size=SIZE, fov="auto", lesion="auto")
+    np.testing.assert_array_equal(a.image, b.image)
+    assert not np.array_equal(a.image, generate_sample(0, 3, size=SIZE, fov="circle").image)
+    with pytest.raises(ValueError, match="fov"):
+        generate_sample(0, 0, fov="square")
+    with pytest.raises(ValueError, match="lesion"):
+        generate_sample(0, 0, lesion="tiny")

@@ -126,3 +126,52 @@ def test_real_images_mean_jaccard_floor(isic_sample):
         scores.append(binary_scores(pred, _squash(truth))["jaccard"])
     # plain Otsu on grey scores about 0.64 on the whole sample; the defaults before tuning 0.59
     assert np.mean(scores) > 0.7, scores
+
+
+def _synthetic_jaccards(**option) -> np.ndarray:
+    from pipeline.synth import generate_sample
+
+    scores = []
+    for i in range(24):
+        s = generate_sample(0, i, size=(768, 576), **option)
+        scores.append(binary_scores(make_pseudo_mask(s.image).mask, _squash(s.lesion))["jaccard"])
+    return np.array(scores)
+
+
+def test_circular_field_of_view_does_not_leak_along_the_rim():
+    # today's code before issue 14: mean 0.781, two masks (0.00, 0.07) that run around the lens rim
+    scores = _synthetic_jaccards(fov="circle")
+    assert scores.mean() > 0.82, scores
+    assert (scores < 0.3).sum() <= 1, scores
+
+
+def test_frame_filling_lesions_are_not_cut_off():
+    # today's code before issue 14: mean 0.843, three masks (0.21, 0.33, 0.54) cut to the dark core
+    scores = _synthetic_jaccards(lesion="large")
+    assert scores.mean() > 0.86, scores
+    assert (scores < 0.6).sum() <= 2, scores
+
+
+def test_fit_circle_finds_a_partial_circle_through_a_dark_lesion():
+    from pipeline.pseudomask.fov import circular_fov, edge_run, fit_circle
+
+    h, w = 300, 400
+    yy, xx = np.mgrid[0:h, 0:w]
+    disc = (yy - 160) ** 2 + (xx - 190) ** 2 <= 220 ** 2       # cut by the top and bottom of the frame
+    fov = disc.copy()
+    fov[(yy - 150) ** 2 + (xx - 380) ** 2 <= 60 ** 2] = False    # a dark lesion the frame rule took for frame
+    circle = fit_circle(fov)
+    assert abs(circle.cy - 160) < 3 and abs(circle.cx - 190) < 3 and abs(circle.r - 220) < 3
+    out = circular_fov(fov, rim=0.0)
+    assert out[150, 370] and (out == disc).mean() > 0.99
+    ring = disc & ((yy - 160) ** 2 + (xx - 190) ** 2 >= 200 ** 2)
+    assert edge_run(ring, disc) > 0.3 and edge_run(_disc((h, w), (190, 160), 40), disc) == 0.0
+
+
+def test_confidence_in_unit_interval_and_zero_without_lesion():
+    rng = np.random.default_rng(5)
+    img = _scene(rng)
+    img[_disc(img.shape[:2], (200, 150), 50)] = BROWN
+    r = make_pseudo_mask(_u8(img))
+    assert 0.5 < r.diagnostics["confidence"] <= 1.0
+    assert make_pseudo_mask(_u8(_scene(rng))).diagnostics["confidence"] == 0.0
