@@ -235,7 +235,7 @@ def export(shards: Path, out: Path, overwrite: bool) -> None:
 def inspect(path: Path, png: Path | None, rows: int, min_confidence: float) -> None:
     """Summarise a shard or a folder of shards (counts, config, distributions, rejects, low-confidence
     pseudo-masks), or a pretraining run folder (its collapse monitor and linear probe)."""
-    from pipeline.guard import check_out_dir
+    from pipeline.guard import check_out_dir, claim_file
     from pipeline.report import contact_sheet, summarise
     from pipeline.shards import ShardError
 
@@ -246,6 +246,7 @@ def inspect(path: Path, png: Path | None, rows: int, min_confidence: float) -> N
         return
     if png:
         check_out_dir(png.parent, [path], option="--png folder", flat_inputs=True)
+        claim_file(png, option="--png")
     try:
         click.echo(summarise(path, threshold=min_confidence).text())
         if png:
@@ -541,11 +542,12 @@ def predict(model_path, data, out, probabilities, overlay, device, no_progress):
               help="Also write per-image and mean metrics to this JSON file.")
 def evaluate(pred: Path, truth: Path, json_out: Path | None) -> None:
     """Score predicted masks against expert masks like ISIC (Jaccard, Dice, thresholded Jaccard...)."""
-    from pipeline.guard import check_out_dir
+    from pipeline.guard import check_out_dir, claim_file
     from trainer.metrics import evaluate_folders, write_metrics_json
 
     if json_out:
         check_out_dir(json_out.parent, [pred, truth], option="--json folder", flat_inputs=True)
+        claim_file(json_out, option="--json")
     if (truth / "masks").is_dir():
         truth = truth / "masks"
     try:

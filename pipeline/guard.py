@@ -125,6 +125,19 @@ class Ledger:
         write_text(self.path, json.dumps({"files": sorted(self.names)}) + "\n")
 
 
+def claim_file(path: str | os.PathLike, *, option: str) -> Path:
+    """Make one output file ours before writing it (a contact sheet, a JSON report): refuse to replace a file
+    that no earlier run of a command wrote, which the folder's :class:`Ledger` records. Returns the path."""
+    path = Path(path)
+    folder = make_out_dir(path.parent, option=f"{option} folder")
+    ledger = Ledger(folder)
+    if ledger.foreign([path.name]):
+        raise GuardError(f"{path}: {option} would replace a file this tool did not write; choose another name "
+                         "or move that file away first")
+    ledger.claim([path.name], option=option)
+    return path
+
+
 # --- the run lock -------------------------------------------------------------------------------------------
 
 class FolderLock:

@@ -168,3 +168,25 @@ def test_synth_never_writes_into_a_real_data_set(tmp_path, data):
     for n in (2, 3):  # its own folder: a rerun (with more images) is fine
         assert CliRunner().invoke(cli.main, ["synth", "--out", str(fresh), "--n", str(n), "--size", "64x48"]).exit_code == 0
     assert len(list((fresh / "images").iterdir())) == 3
+
+
+def test_report_files_never_replace_a_file_the_tool_did_not_write(tmp_path, data):
+    """inspect --png and evaluate --json refuse to replace someone's file, and replace their own on a rerun."""
+    run = CliRunner().invoke(cli.main, ["pseudomasks", "--data", str(data), "--out", str(tmp_path / "shards"),
+                                        "--size", "32", "--no-progress"])
+    assert run.exit_code in (0, cli.EXIT_REJECTS), run.output
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    theirs_png, theirs_json = reports / "sheet.png", reports / "scores.json"
+    theirs_png.write_bytes(b"someone's picture")
+    theirs_json.write_text("someone's notes")
+    result, _ = invoke(["inspect", str(tmp_path / "shards"), "--png", str(theirs_png)])
+    assert_one_line(result, str(theirs_png), "did not write")
+    result, _ = invoke(["evaluate", "--pred", str(data / "masks"), "--truth", str(data), "--json", str(theirs_json)])
+    assert_one_line(result, str(theirs_json), "did not write")
+    assert theirs_png.read_bytes() == b"someone's picture" and theirs_json.read_text() == "someone's notes"
+    ours = reports / "ours.json"
+    for _ in range(2):  # a rerun replaces the file it wrote itself
+        result, _ = invoke(["evaluate", "--pred", str(data / "masks"), "--truth", str(data), "--json", str(ours)])
+        assert result.exit_code == 0, result.output
+    assert '"mean"' in ours.read_text() or "jaccard" in ours.read_text()

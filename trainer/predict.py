@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from pipeline import datasets
 from pipeline.atomic import atomic_batch, save_figure
 from pipeline.export import encode_png
+from pipeline.guard import claim_file
 from pipeline.report import draw_contour
 from trainer.engine.distributed import resolve_device
 from trainer.finetune import predict_image
@@ -67,6 +68,7 @@ def predict_folder(model_path: str | Path, data: Sequence[str | Path] | str | Pa
     _check_folders(data, out_dir)
     if overlay is not None:
         _check_folders(data, Path(overlay).parent)
+        claim_file(overlay, option="--overlay")
     dataset = datasets.open_dataset(data)
     model, info = load_seg_model(model_path)
     dev = resolve_device(device)
