@@ -143,6 +143,7 @@ class PretrainConfig:
     koleo_weight: float = 0.0        # KoLeo spreading term on the student's global head outputs (0: off)
     collapse_patience: int = 50      # steps of collapse before the warning
     probe_samples: int = 64          # held-out images for the end-of-run linear probe (0: off)
+    min_confidence: float = 0.0      # ours: leave out pseudo-masks whose confidence is below this (0: keep all)
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:
@@ -174,6 +175,9 @@ class PretrainConfig:
             raise ValueError(f"koleo_weight: expected >= 0 (0: off), got {self.koleo_weight}")
         if self.collapse_patience < 1:
             raise ValueError(f"collapse_patience: expected >= 1 step, got {self.collapse_patience}")
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ValueError(f"min_confidence: expected a value in [0, 1] (0 keeps every sample), got "
+                             f"{self.min_confidence}")
         if self.probe_samples < 0 or self.probe_samples == 1:
             raise ValueError(f"probe_samples: expected 0 (off) or >= 2, got {self.probe_samples}")
 
@@ -340,14 +344,19 @@ def _set_up(shards, config: PretrainConfig, info, exclude_ids) -> _Run:
     torch.manual_seed(config.seed * 1000 + info.rank)
     np.random.seed(config.seed * 1000 + info.rank)
     sources = shards if not isinstance(shards, (str, Path)) else [shards]
-    dataset = ShardDataset(sources, exclude_ids=exclude_ids)
+    dataset = ShardDataset(sources, exclude_ids=exclude_ids, min_confidence=config.min_confidence)
     if dataset.n_excluded:
         log.info("leakage guard: left out %d shard sample(s) whose ids are in the test data", dataset.n_excluded)
+    if config.min_confidence > 0:
+        log.info("min_confidence %g: left out %d pseudo-mask(s) below it%s", config.min_confidence,
+                 dataset.n_low_confidence, f"; {dataset.n_unscored} sample(s) of older shards have no confidence "
+                 "and are kept" if dataset.n_unscored else "")
     probe_dataset, n_probe = dataset, min(config.probe_samples, len(dataset))
     probe_heldout = config.probe_samples > 0 and len(dataset) >= 4 * config.probe_samples
     probe_indices = list(range(len(dataset) - n_probe, len(dataset))) if n_probe >= 2 else []
     if probe_heldout:  # the last probe_samples ids (the last shard) stay out of training
-        dataset = ShardDataset(sources, exclude_ids=set(exclude_ids) | set(probe_dataset.ids[-n_probe:]))
+        dataset = ShardDataset(sources, exclude_ids=set(exclude_ids) | set(probe_dataset.ids[-n_probe:]),
+                               min_confidence=config.min_confidence)
         log.info("linear probe: %d images of the last shard held out of training", n_probe)
     batch = min(config.batch_size, len(dataset) // info.world_size)
     if batch < 2:

@@ -28,26 +28,39 @@ class ShardDataset(Dataset):
         Shard files or folders of shards (``pipeline.shards`` schema).
     exclude_ids : iterable of str
         Ids to leave out (the leakage guard: images of an external test set).
+    min_confidence : float
+        Leave out samples whose pseudo-mask confidence (``diag/confidence``, in [0, 1]) is below this; 0 keeps
+        all. Shards written before the confidence existed have none (NaN): their samples are kept, counted in
+        ``n_unscored``.
 
     Items are dicts of
     ``image`` (3, S, S) uint8, ``maps`` (3, S, S) uint8 — pseudo-mask (0/255), walker probability (0-255) and
     hair mask (0/255) —, ``valid`` () float32 (0 when no lesion could be seeded) and ``index`` () int64.
     """
 
-    def __init__(self, shards: str | Path | Sequence[str | Path], *, exclude_ids: Iterable[str] = ()):
+    def __init__(self, shards: str | Path | Sequence[str | Path], *, exclude_ids: Iterable[str] = (),
+                 min_confidence: float = 0.0):
+        if not 0.0 <= min_confidence <= 1.0:
+            raise ValueError(f"min_confidence: expected a value in [0, 1], got {min_confidence}")
         sources = [shards] if isinstance(shards, (str, Path)) else list(shards)
         self.paths: list[Path] = [p for s in sources for p in find_shards(s)]
         if not self.paths:
             raise ShardError(f"{', '.join(map(str, sources))}: no shard files (shard-*.h5); run 'pseudomasks' first")
         excluded = set(exclude_ids)
         rows, ids, sizes = [], [], set()
-        self.n_excluded = 0
+        self.n_excluded = self.n_low_confidence = self.n_unscored = 0
         for k, path in enumerate(self.paths):
             with ShardReader(path) as shard:
                 sizes.add(int(shard.attrs["size"]))
+                confidence = shard.confidence() if min_confidence > 0 else None
                 for r, sample_id in enumerate(shard.ids):
                     if sample_id in excluded:
                         self.n_excluded += 1
+                        continue
+                    if confidence is not None and np.isnan(confidence[r]):
+                        self.n_unscored += 1
+                    elif confidence is not None and confidence[r] < min_confidence:
+                        self.n_low_confidence += 1
                         continue
                     rows.append((k, r))
                     ids.append(sample_id)
