@@ -82,8 +82,8 @@ class ShardRecord:
 
 def write_shard(path: Path, records: Sequence[ShardRecord], *, size: int, config_json: str, config_hash: str,
                 planned_ids: Sequence[str], rejects: Sequence[dict], versions: dict[str, str],
-                inputs_hash: str = "") -> None:
-    """Write ``records`` to ``path`` atomically (``*.partial`` then rename).
+                inputs_hash: str = "") -> str:
+    """Write ``records`` to ``path`` atomically (``*.partial`` then rename); return the file's sha256 (hex).
 
     Parameters
     ----------
@@ -106,7 +106,10 @@ def write_shard(path: Path, records: Sequence[ShardRecord], *, size: int, config
         # Not the core driver: its buffer is not zeroed, so gaps HDF5 never writes held whatever memory held, and
         # shards stopped being byte-identical across processes. A BytesIO fills such gaps with zeros, as a file.
         image = io.BytesIO()
-        with h5py.File(image, "w", track_order=True) as f:
+        # No chunk cache and one sample per write: each chunk is allocated as it is written, in sample order.
+        # With a cache, HDF5 allocates the dirty chunks when it flushes them, in an order that varied between
+        # processes (same data, chunks at other offsets: shards not byte-identical 1 run in 8).
+        with h5py.File(image, "w", track_order=True, rdcc_nbytes=0) as f:
             def dataset(name, shape, dtype, data, chunk, gzip=False):
                 kwargs = dict(shape=shape, dtype=dtype, fletcher32=True, track_times=False)
                 if n:
@@ -114,8 +117,8 @@ def write_shard(path: Path, records: Sequence[ShardRecord], *, size: int, config
                 if n and gzip:
                     kwargs.update(compression="gzip", compression_opts=4, shuffle=False)
                 ds = f.create_dataset(name, **kwargs)
-                if n:
-                    ds[...] = data
+                for i in range(n):
+                    ds[i] = data[i]
                 return ds
 
             dataset("image", (n, s, s, 3), np.uint8,
@@ -141,7 +144,9 @@ def write_shard(path: Path, records: Sequence[ShardRecord], *, size: int, config
                               ("rejects", json.dumps(list(rejects))),
                               ("versions", json.dumps(versions, sort_keys=True))):
                 f.attrs[key] = np.bytes_(text.encode())  # fixed-length: see _fixed_text
-        tmp.write_bytes(image.getvalue())
+        data = image.getvalue()
+        tmp.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()  # as sha256_file(path), without reading the file back
 
 
 def _checked(group: h5py.Group, name: str, data: np.ndarray) -> None:
