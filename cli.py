@@ -79,7 +79,7 @@ class EdgedinoGroup(click.Group):
             error = OneLineError("interrupted; finished work is kept, rerun to resume")
             error.exit_code = 130
             raise error from None
-        except (click.ClickException, Exception) as exc:
+        except Exception as exc:  # a ClickException too
             verbose = bool(ctx.params.get("verbose"))
             if verbose:
                 import traceback
@@ -411,8 +411,9 @@ def _pretrain_health(result) -> str:
     if not collapse:
         return f"{text}; collapse: not monitored"
     if collapse.get("episodes"):
-        spans = ", ".join(f"{k} at steps {a}-{b}" for k, a, b in collapse["episodes"])
-        return f"{text}; WARNING: DINO collapse ({spans}; now: {collapse['status']})"
+        from trainer.pretrain import episodes_text
+
+        return f"{text}; WARNING: DINO collapse ({episodes_text(collapse['episodes'])}; now: {collapse['status']})"
     return f"{text}; collapse: none (healthy)"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import stat
 import tempfile
@@ -91,10 +92,16 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = ".partial") -> Iterato
         raise
 
 
+@functools.cache
+def _syncfs():
+    """libc's ``syncfs`` or None, looked up once (``find_library`` may run ``ldconfig``)."""
+    libc_name = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(libc_name, use_errno=True), "syncfs", None) if libc_name else None
+
+
 def _sync_folder_fs(folder: Path) -> None:
     """Flush every written page of the file system holding ``folder``: ``syncfs`` (Linux), else ``os.sync``."""
-    libc_name = ctypes.util.find_library("c")
-    syncfs = getattr(ctypes.CDLL(libc_name, use_errno=True), "syncfs", None) if libc_name else None
+    syncfs = _syncfs()
     if syncfs is not None:
         fd = os.open(folder, os.O_RDONLY)
         try:

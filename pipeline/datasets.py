@@ -21,7 +21,7 @@ import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import cv2
 import numpy as np
@@ -215,6 +215,28 @@ def image_size(path: Path) -> tuple[int, int]:
     ImageReadError
         The path is not a readable image file (missing, a directory, zero bytes, not an image).
     """
+    header = image_header(path)
+    return header.height, header.width
+
+
+class ImageHeader(NamedTuple):
+    """What the file header says: upright ``height`` and ``width`` (EXIF orientation applied), the EXIF
+    ``orientation`` (1-8) and the Pillow ``mode``."""
+
+    height: int
+    width: int
+    orientation: int
+    mode: str
+
+
+def image_header(path: Path) -> ImageHeader:
+    """:func:`image_size` with the orientation and mode, from one read of the header (see :class:`ImageHeader`).
+
+    Raises
+    ------
+    ImageReadError
+        As :func:`image_size`.
+    """
     path = Path(path)
     if path.is_dir():
         raise ImageReadError(f"{path}: is a directory, not an image file")
@@ -224,10 +246,12 @@ def image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             width, height = im.size
-            orientation = _exif_orientation(im)
+            orientation, mode = _exif_orientation(im), im.mode
     except Exception as exc:  # PIL raises many types for bad files
         raise ImageReadError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
-    return (width, height) if orientation in _SWAPS_SIDES else (height, width)
+    if orientation in _SWAPS_SIDES:
+        height, width = width, height
+    return ImageHeader(height, width, orientation, mode)
 
 
 # EXIF orientation (tag 0x0112): how to turn the stored pixels upright, as image viewers do (and as the ISIC
@@ -255,19 +279,6 @@ def _orient(image: np.ndarray, orientation: int) -> np.ndarray:
            5: lambda a: a.swapaxes(0, 1), 6: lambda a: a.swapaxes(0, 1)[:, ::-1],
            7: lambda a: a.swapaxes(0, 1)[::-1, ::-1], 8: lambda a: a.swapaxes(0, 1)[::-1]}
     return np.ascontiguousarray(ops[orientation](image))
-
-
-def _file_orientation(path: Path) -> int:
-    return _header(path)[0]
-
-
-def _header(path: Path) -> tuple[int, str]:
-    """EXIF orientation and Pillow mode of an image file (``(1, '')`` when Pillow cannot say)."""
-    try:
-        with Image.open(path) as im:
-            return _exif_orientation(im), im.mode
-    except Exception:
-        return 1, ""
 
 
 GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")  # Pillow modes without colour
@@ -301,7 +312,8 @@ def _reduction_flag(size: tuple[int, int], min_long_side: int | None) -> tuple[i
     return cv2.IMREAD_UNCHANGED, 1
 
 
-def read_image(path: str | Path, *, min_long_side: int | None = None) -> np.ndarray:
+def read_image(path: str | Path, *, min_long_side: int | None = None,
+               header: ImageHeader | None = None) -> np.ndarray:
     """Read a dermoscopy image as RGB.
 
     Parameters
@@ -311,6 +323,8 @@ def read_image(path: str | Path, *, min_long_side: int | None = None) -> np.ndar
     min_long_side : int, optional
         Let the decoder downscale by 2, 4 or 8 while the long side stays at least this; keeps very large
         images (e.g. 8000 x 6000) cheap in memory. ``None`` decodes at full size.
+    header : ImageHeader, optional
+        ``image_header(path)`` when the caller has it already (the header is then not read again).
 
     Returns
     -------
@@ -325,7 +339,8 @@ def read_image(path: str | Path, *, min_long_side: int | None = None) -> np.ndar
         or smaller than 32 px on a side.
     """
     path = Path(path)
-    height, width = image_size(path)
+    header = image_header(path) if header is None else header
+    height, width = header.height, header.width
     if min(height, width) < MIN_SIDE:
         raise ImageReadError(f"{path}: image too small ({width}x{height}); need at least {MIN_SIDE} px a side")
     flag, _ = _reduction_flag((height, width), min_long_side)
@@ -346,10 +361,9 @@ def read_image(path: str | Path, *, min_long_side: int | None = None) -> np.ndar
         image = image[:, :, :3]
     if _is_truncated_jpeg(path, data):
         raise ImageReadError(f"{path}: truncated JPEG (no end-of-image marker)")
-    orientation, mode = _header(path)
-    if mode in GREY_MODES:  # OpenCV expands grey + alpha to 4 equal colour channels
-        raise ImageReadError(f"{path}: grey-scale image (mode {mode}); dermoscopy images must be colour")
-    return _orient(image[:, :, ::-1], orientation)
+    if header.mode in GREY_MODES:  # OpenCV expands grey + alpha to 4 equal colour channels
+        raise ImageReadError(f"{path}: grey-scale image (mode {header.mode}); dermoscopy images must be colour")
+    return _orient(image[:, :, ::-1], header.orientation)
 
 
 def _is_truncated_jpeg(path: Path, data: np.ndarray) -> bool:
@@ -368,13 +382,13 @@ def read_mask(path: str | Path) -> np.ndarray:
         Unreadable file, or values other than {0, 255} / {0, 1} (a non-binary mask).
     """
     path = Path(path)
-    image_size(path)
+    orientation = image_header(path).orientation
     mask = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if mask is None:
         raise ImageReadError(f"{path}: corrupt or unreadable mask")
     if mask.ndim == 3:
         mask = mask[:, :, 0]
-    mask = _orient(mask, _file_orientation(path))  # as image_size reports it
+    mask = _orient(mask, orientation)  # as image_size reports it
     values = np.unique(mask)
     if not (set(values.tolist()) <= {0, 255} or set(values.tolist()) <= {0, 1}):
         shown = ", ".join(str(v) for v in values[:6]) + (", ..." if values.size > 6 else "")

@@ -182,15 +182,6 @@ class FolderLock:
 
 # --- provenance ---------------------------------------------------------------------------------------------
 
-def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's bytes (hex)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def inputs_hash(samples: Sequence) -> str:
     """One hash of what a shard is made from: each sample's id, image path and image bytes, and mask bytes.
 
@@ -198,6 +189,8 @@ def inputs_hash(samples: Sequence) -> str:
     resume redoes the shard instead of answering with the old masks. An unreadable file hashes as its error
     (it is rejected with its reason by the run anyway).
     """
+    from pipeline.shards import sha256_file  # here: the guards of the other commands need no h5py
+
     digest = hashlib.sha256()
     for s in samples:
         parts = [s.id, str(s.image)]
@@ -206,7 +199,7 @@ def inputs_hash(samples: Sequence) -> str:
                 parts.append("-")
                 continue
             try:
-                parts.append(file_digest(path))
+                parts.append(sha256_file(path))
             except OSError as exc:
                 parts.append(f"error:{exc.errno}")
         digest.update(("\x1f".join(parts) + "\x1e").encode("utf-8", "surrogateescape"))

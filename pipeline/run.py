@@ -148,13 +148,14 @@ def process_sample(sample: datasets.Sample, config: RunConfig) -> ShardRecord:
     """Read one image and make its pseudo-mask. Raises ``ImageReadError`` for unusable input."""
     import cv2
 
-    height, width = datasets.image_size(sample.image)
+    header = datasets.image_header(sample.image)
+    height, width = header.height, header.width
     if sample.mask is not None:
         mh, mw = datasets.image_size(sample.mask)
         if (mh, mw) != (height, width):
             raise datasets.ImageReadError(f"{sample.mask}: mask size {mw}x{mh} differs from image size "
                                           f"{width}x{height}")
-    image = datasets.read_image(sample.image, min_long_side=config.decode_long_side)
+    image = datasets.read_image(sample.image, min_long_side=config.decode_long_side, header=header)
     result = make_pseudo_mask(image, size=config.size, config=config.pseudo,
                               seed=sample_seed(config.seed, sample.id))
     stored_image = result.cleaned
@@ -203,10 +204,11 @@ def write_planned_shard(plan: ShardPlan, out_dir: str | Path, config: RunConfig,
     path = Path(out_dir) / plan.name
     if parent_is_gone(owner_pid):
         raise ParentGone(f"{plan.name}: the run that started this worker is gone; not writing it")
-    write_shard(path, records, size=config.size, config_json=config.to_json(), config_hash=config.hash,
-                planned_ids=plan.ids, rejects=rejects, versions=library_versions(),
-                inputs_hash=inputs_hash(plan.samples))
-    return _entry(path, len(records), rejects, seconds=seconds, n_no_lesion=sum(r.no_lesion for r in records))
+    digest = write_shard(path, records, size=config.size, config_json=config.to_json(), config_hash=config.hash,
+                         planned_ids=plan.ids, rejects=rejects, versions=library_versions(),
+                         inputs_hash=inputs_hash(plan.samples))
+    return _entry(path, len(records), rejects, seconds=seconds, n_no_lesion=sum(r.no_lesion for r in records),
+                  sha256=digest)
 
 
 def process_shard(plan: ShardPlan, out_dir: str | Path, config: RunConfig, owner_pid: int | None = None) -> dict:
@@ -220,9 +222,10 @@ def process_shard(plan: ShardPlan, out_dir: str | Path, config: RunConfig, owner
     return write_planned_shard(plan, out_dir, config, results, time.perf_counter() - start, owner_pid)
 
 
-def _entry(path: Path, rows: int, rejects: list[dict], *, seconds: float | None, n_no_lesion: int) -> dict:
+def _entry(path: Path, rows: int, rejects: list[dict], *, seconds: float | None, n_no_lesion: int,
+           sha256: str) -> dict:
     return {"file": path.name, "rows": rows, "rejected": len(rejects), "no_lesion": n_no_lesion,
-            "sha256": sha256_file(path), "seconds": None if seconds is None else round(seconds, 3),
+            "sha256": sha256, "seconds": None if seconds is None else round(seconds, 3),
             "rejects": rejects}
 
 
@@ -231,6 +234,7 @@ def _existing_entry(path: Path, plan: ShardPlan, config: RunConfig, old: dict, *
 
     A shard of another configuration is an error, or deleted (and redone) with ``overwrite``.
     """
+    digest = None
     try:
         with ShardReader(path) as shard:
             attrs = shard.attrs
@@ -242,8 +246,10 @@ def _existing_entry(path: Path, plan: ShardPlan, config: RunConfig, old: dict, *
             if not stale and attrs.get("ids_hash") != ids_hash(plan.ids):
                 log.info("%s: the data changed since it was written; redoing it", path)
                 return None
-            if not stale and not _same_inputs_and_intact(path, shard, plan, old.get(path.name)):
-                return None
+            if not stale:
+                digest = sha256_file(path)
+                if not _same_inputs_and_intact(path, shard, plan, old.get(path.name), digest):
+                    return None
             rows, rejects = len(shard), shard.rejects
             n_no_lesion = int(shard.column("no_lesion").sum()) if rows else 0
     except ShardError as exc:
@@ -255,15 +261,17 @@ def _existing_entry(path: Path, plan: ShardPlan, config: RunConfig, old: dict, *
         path.unlink()
         return None
     seconds = old.get(path.name, {}).get("seconds")
-    return _entry(path, rows, rejects, seconds=seconds, n_no_lesion=n_no_lesion)
+    return _entry(path, rows, rejects, seconds=seconds, n_no_lesion=n_no_lesion, sha256=digest)
 
 
-def _same_inputs_and_intact(path: Path, shard: ShardReader, plan: ShardPlan, entry: dict | None) -> bool:
+def _same_inputs_and_intact(path: Path, shard: ShardReader, plan: ShardPlan, entry: dict | None,
+                            digest: str) -> bool:
     """True when ``shard`` was made from exactly these input files and its bytes are whole.
 
     A shard is reused only when its ``inputs_hash`` matches the files now planned for it (same ids, paths and
-    bytes), its sha256 matches ``manifest.json`` when listed there, and every chunk passes its fletcher32
-    checksum. Otherwise it is redone; a damaged shard is never re-blessed with a new sha256.
+    bytes) and its bytes are whole: its sha256 (``digest``) matches ``manifest.json`` when listed there, else
+    every chunk passes its fletcher32 checksum (a matching sha256 already proves the bytes as written).
+    Otherwise it is redone; a damaged shard is never re-blessed with a new sha256.
     """
     recorded = shard.attrs.get("inputs_hash")
     if not recorded:
@@ -272,9 +280,11 @@ def _same_inputs_and_intact(path: Path, shard: ShardReader, plan: ShardPlan, ent
     if recorded != inputs_hash(plan.samples):
         log.warning("%s: made from other input files (same ids, other paths or contents); redoing it", path)
         return False
-    if entry is not None and entry.get("sha256") != sha256_file(path):
-        log.warning("%s: sha256 differs from manifest.json (damaged or replaced); redoing it", path)
-        return False
+    if entry is not None:
+        if entry.get("sha256") != digest:
+            log.warning("%s: sha256 differs from manifest.json (damaged or replaced); redoing it", path)
+            return False
+        return True
     try:
         _read_every_chunk(shard._file)
     except (OSError, ValueError) as exc:
@@ -399,22 +409,17 @@ def _execute(plans: list[ShardPlan], out_dir: Path, config: RunConfig, *, jobs: 
         return
     from joblib import Parallel, delayed
 
-    # One task per image (in plan order); a shard is written as soon as all its images are back.
+    # One task per image (in plan order, results back in that order); a shard is written as soon as all its
+    # images are back. Plans are never empty (plan_shards).
     tasks = [(k, sample) for k, plan in enumerate(plans) for sample in plan.samples]
-    pending = {k: [None] * len(plan.samples) for k, plan in enumerate(plans)}
-    missing = {k: len(plan.samples) for k, plan in enumerate(plans)}
-    starts = {k: time.perf_counter() for k in pending}
-    for k, plan in enumerate(plans):
-        if not plan.samples:
-            yield write_planned_shard(plan, out_dir, config, [], 0.0)
+    start = time.perf_counter()
+    results: list = []
     parallel = Parallel(n_jobs=jobs, backend="loky", return_as="generator", batch_size=1, pre_dispatch="4*n_jobs")
-    position = dict.fromkeys(pending, 0)
     for (k, _), result in zip(tasks, parallel(delayed(try_sample)(sample, config, os.getpid()) for _, sample in tasks)):
-        pending[k][position[k]] = result
-        position[k] += 1
-        missing[k] -= 1
-        if missing[k] == 0:
-            yield write_planned_shard(plans[k], out_dir, config, pending.pop(k), time.perf_counter() - starts[k])
+        results.append(result)
+        if len(results) == len(plans[k].samples):
+            yield write_planned_shard(plans[k], out_dir, config, results, time.perf_counter() - start)
+            results, start = [], time.perf_counter()
 
 
 def _execute_dask(plans, out_dir, config, *, jobs, scheduler):

@@ -161,7 +161,6 @@ def edge_run(mask: np.ndarray, fov: np.ndarray, *, width: int = 3) -> float:
     return float((outline & near).sum() / outline.sum())
 
 
-
 def edge_band(fov: np.ndarray, width: int) -> np.ndarray:
     """``(H, W) bool`` pixels of ``fov`` within ``width`` px of its edge (the image border excluded).
 

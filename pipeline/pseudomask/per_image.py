@@ -141,8 +141,8 @@ def _leave_the_edge(prob: np.ndarray, mask: np.ndarray, fg: np.ndarray, fov: np.
         return mask, run, False
     for t in config.edge_thresholds:
         candidate = main_component(prob > t, fg)
-        if candidate.any() and edge_run(candidate, fov) <= config.edge_run_max:
-            return candidate, edge_run(candidate, fov), True
+        if candidate.any() and (run := edge_run(candidate, fov)) <= config.edge_run_max:
+            return candidate, run, True
     fallback = coarse & fov
     return fallback, edge_run(fallback, fov), True
 
