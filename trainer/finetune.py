@@ -277,13 +277,12 @@ class _PseudoPool:
         from trainer.data.shard_dataset import ShardDataset
 
         self.dataset = ShardDataset([shards], exclude_ids=exclude_ids)
-        valid = [i for i in range(len(self.dataset)) if float(self.dataset[i]["valid"]) > 0]
-        if not valid:
+        self.valid = np.flatnonzero(self.dataset.has_lesion())  # the no_lesion columns only, no image read
+        if not len(self.valid):
             raise ValueError(f"pseudo_shards {shards}: no usable pseudo-mask (all excluded or without a lesion)")
-        self.valid = np.asarray(valid)
         self.rng = np.random.default_rng(seed + 7919)
         log.info("semi-supervised: %d pool image(s) with pseudo-masks (%d left out: validation/test ids)",
-                 len(valid), self.dataset.n_excluded)
+                 len(self.valid), self.dataset.n_excluded)
 
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(n, 3, S, S) uint8`` images and ``(n, 2, S, S) float`` maps: pseudo-mask {0, 1}, probability."""

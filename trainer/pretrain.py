@@ -283,7 +283,7 @@ def _train(run: "_Run", out_dir: Path, info, *, new_data: bool, progress: bool) 
         probe.update(_probe(run, info.device, prefix="probe_", run_log=run_log))
         collapse = run.detector.summary()
         if collapse["episodes"]:
-            log.warning("DINO collapse during this run: %s (now: %s); see %s", _episodes_text(collapse["episodes"]),
+            log.warning("DINO collapse during this run: %s (now: %s); see %s", episodes_text(collapse["episodes"]),
                         collapse["status"], out_dir / "pictures" / "collapse.png")
         run_log.write({"event": "summary", "step": run.step, "collapse": collapse, **probe})
     run_log.close()
@@ -292,7 +292,8 @@ def _train(run: "_Run", out_dir: Path, info, *, new_data: bool, progress: bool) 
                           last=last, collapse=run.detector.summary() if run.config.distill else {}, probe=probe)
 
 
-def _episodes_text(episodes: list) -> str:
+def episodes_text(episodes: list) -> str:
+    """``[[kind, first step, last step], ...]`` of :class:`~trainer.losses.collapse.CollapseDetector` as one phrase."""
     return ", ".join(f"{kind} at steps {a}-{b}" for kind, a, b in episodes)
 
 
@@ -355,8 +356,7 @@ def _set_up(shards, config: PretrainConfig, info, exclude_ids) -> _Run:
     probe_heldout = config.probe_samples > 0 and len(dataset) >= 4 * config.probe_samples
     probe_indices = list(range(len(dataset) - n_probe, len(dataset))) if n_probe >= 2 else []
     if probe_heldout:  # the last probe_samples ids (the last shard) stay out of training
-        dataset = ShardDataset(sources, exclude_ids=set(exclude_ids) | set(probe_dataset.ids[-n_probe:]),
-                               min_confidence=config.min_confidence)
+        dataset = probe_dataset.without(probe_dataset.ids[-n_probe:])
         log.info("linear probe: %d images of the last shard held out of training", n_probe)
     batch = min(config.batch_size, len(dataset) // info.world_size)
     if batch < 2:

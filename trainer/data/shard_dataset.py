@@ -6,6 +6,7 @@ one file at a time.
 """
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -74,6 +75,29 @@ class ShardDataset(Dataset):
         self.ids = ids
         self._files: dict[int, ShardReader] = {}
         self._pid: int | None = None
+
+    def without(self, ids: Iterable[str]) -> "ShardDataset":
+        """A copy of this dataset with the samples of ``ids`` left out (counted in ``n_excluded``), without
+        reading the shards again (e.g. the linear probe's held-out images)."""
+        drop = set(ids)
+        keep = [i for i, sample_id in enumerate(self.ids) if sample_id not in drop]
+        if not keep:
+            raise ShardError(f"{', '.join(map(str, self.paths))}: the shards hold no usable samples")
+        subset = copy.copy(self)
+        subset.rows = self.rows[keep]
+        subset.ids = [self.ids[i] for i in keep]
+        subset.n_excluded = self.n_excluded + len(self.ids) - len(keep)
+        subset._files, subset._pid = {}, None
+        return subset
+
+    def has_lesion(self) -> np.ndarray:
+        """``(N,) bool``: whether each sample's pseudo-mask has a lesion (its ``valid``), from the shards'
+        ``no_lesion`` columns alone (no image is read)."""
+        no_lesion = {}
+        for k in np.unique(self.rows[:, 0]):
+            with ShardReader(self.paths[int(k)]) as shard:
+                no_lesion[int(k)] = shard.column("no_lesion").astype(bool)
+        return np.array([not no_lesion[int(k)][r] for k, r in self.rows], dtype=bool)
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -16,7 +16,7 @@ from torch import nn
 
 from trainer.engine.checkpoint import load_checkpoint, save_checkpoint, torch_load
 
-__all__ = ["EXPORT", "EXPORT_FORMAT", "export_model", "read_export", "export_metadata"]
+__all__ = ["EXPORT", "EXPORT_FORMAT", "export_model", "read_export", "check_export", "export_metadata"]
 
 EXPORT = "export.pt"
 EXPORT_FORMAT = "edgedino-export/1"
@@ -40,7 +40,11 @@ def export_model(teacher: nn.Module, config: Any, path: str | Path, *, step: int
 
 def read_export(path: str | Path) -> dict:
     """Load an ``export.pt`` and check its format; the message says what the file is when it is not one."""
-    state = load_checkpoint(path)
+    return check_export(load_checkpoint(path), path)
+
+
+def check_export(state: Any, path: str | Path) -> dict:
+    """``state`` (the loaded contents of ``path``) when it is an export, else the error :func:`read_export` raises."""
     if not isinstance(state, Mapping) or state.get("format") != EXPORT_FORMAT:
         found = state.get("format") if isinstance(state, Mapping) else type(state).__name__
         raise ValueError(f"{path}: not an edgedino export (format {found!r}, expected "

@@ -61,7 +61,8 @@ def entropy(p: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def collapse_stats(teacher_probs: torch.Tensor, student_log_probs: torch.Tensor) -> CollapseStats:
+def collapse_stats(teacher_probs: torch.Tensor, student_log_probs: torch.Tensor, *,
+                   cross: torch.Tensor | None = None) -> CollapseStats:
     """The collapse monitor's numbers for one batch.
 
     Parameters
@@ -70,6 +71,9 @@ def collapse_stats(teacher_probs: torch.Tensor, student_log_probs: torch.Tensor)
         The teacher's targets :math:`P_t` for its ``G`` views (rows sum to 1).
     student_log_probs : (V, B, K) tensor
         The student's :math:`\\log P_s` for all ``V >= G`` views, the first ``G`` being the teacher's views.
+    cross : (G, V) tensor, optional
+        ``cross[i, j]``: the mean over the ``B`` images of the cross-entropy :math:`H(P_t^{(i)}, P_s^{(j)})`, when
+        the caller has it already (:class:`~trainer.losses.dino.DINOLoss` does); else computed here.
 
     Returns
     -------
@@ -85,13 +89,17 @@ def collapse_stats(teacher_probs: torch.Tensor, student_log_probs: torch.Tensor)
     p = teacher_probs.float()
     rows = p.reshape(g * b, k)
     h_rows = _entropy(p)                                                    # (G, B)
-    neg_h = -h_rows.sum(dim=1)                                              # (G,) sum_b sum_k p ln p
-    cross = -torch.einsum("ibk,jbk->ij", p, student_log_probs.float())      # (G, V) sum_b cross-entropy
+    if cross is None:
+        cross = -torch.einsum("ibk,jbk->ij", p, student_log_probs.float()) / b  # (G, V) mean cross-entropy
+    elif cross.shape != (g, v):
+        raise ValueError(f"cross: expected ({g}, {v}), got {tuple(cross.shape)}")
     pair = torch.ones(g, v, dtype=torch.bool, device=p.device)
     pair[:, :g].fill_diagonal_(False)
-    kl = ((cross + neg_h[:, None]) / b)[pair].mean()
-    return CollapseStats(teacher_entropy=float(h_rows.mean()), entropy_of_mean=float(_entropy(rows.mean(dim=0))),
-                         kl=float(kl), prototypes_used=int(rows.argmax(dim=1).unique().numel()),
+    kl = (cross.float() - h_rows.mean(dim=1)[:, None])[pair].mean()
+    used = torch.zeros(k, dtype=torch.bool, device=p.device).index_fill_(0, rows.argmax(dim=1), True).sum()
+    # one device-to-host copy for the four numbers (a sync per step, not four)
+    h_mean, h_of_mean, kl, used = torch.stack([h_rows.mean(), _entropy(rows.mean(dim=0)), kl, used.float()]).tolist()
+    return CollapseStats(teacher_entropy=h_mean, entropy_of_mean=h_of_mean, kl=kl, prototypes_used=int(used),
                          log_k=math.log(k))
 
 

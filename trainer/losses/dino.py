@@ -235,7 +235,7 @@ class DINOLoss(nn.Module):
         pair = torch.ones(g, v, dtype=torch.bool, device=cross.device)
         pair[:, :g].fill_diagonal_(False)
         loss = cross[pair].mean()
-        self.last_stats = collapse_stats(p_t, log_p_s.detach())
+        self.last_stats = collapse_stats(p_t, log_p_s.detach(), cross=cross.detach())  # the loss's cross-entropies
         self.last_mean_target = p_t.detach().float().mean(dim=(0, 1))  # (K,): for the epoch's entropy of the mean
 
         if update_center:

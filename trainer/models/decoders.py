@@ -95,6 +95,14 @@ class _TokenDecoder(nn.Module):
         self.edge: EdgePath | None = None
         self.n_up = max(0, int(math.floor(math.log2(patch_size / out_stride)))) if patch_size > out_stride else 0
 
+    def _make_head(self, channels: int, skip: bool) -> None:
+        """The last layer on ``channels`` token features: the :class:`EdgePath` (``edge.*``) with ``skip``, else the
+        token-only 1x1 conv to one logit (``out.*``). Called by subclasses after their own layers."""
+        if skip:
+            self.edge = EdgePath(channels)
+        else:
+            self.out = nn.Conv2d(channels, 1, kernel_size=1)
+
     def _grid(self, tokens: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
         """``(B, N, D)`` patch tokens of an ``out_size`` crop -> ``(B, D, H // p, W // p)``."""
         if tokens.ndim != 3 or tokens.shape[2] != self.embed_dim:
@@ -179,10 +187,7 @@ class SegDecoder(_TokenDecoder):
         stages, c = _up_stages(hidden, self.n_up, min_channels)
         self.stages = nn.Sequential(*[m for stage in stages for m in stage],
                                     nn.Conv2d(c, c, kernel_size=3, padding=1, bias=False), *_norm_act(c))
-        if skip:
-            self.edge = EdgePath(c)
-        else:
-            self.out = nn.Conv2d(c, 1, kernel_size=1)
+        self._make_head(c, skip)
 
     def forward(self, tokens: torch.Tensor, out_size: tuple[int, int],
                 image: torch.Tensor | None = None) -> torch.Tensor:
@@ -218,10 +223,7 @@ class ILKADecoder(_TokenDecoder):
         c_deform = stages[0][0].out_channels if stages else hidden
         self.deform = DeformConv2d(c_deform, c_deform)
         self.deform_norm = nn.Sequential(*_norm_act(c_deform))
-        if skip:
-            self.edge = EdgePath(c)
-        else:
-            self.out = nn.Conv2d(c, 1, kernel_size=1)
+        self._make_head(c, skip)
 
     def forward(self, tokens: torch.Tensor, out_size: tuple[int, int],
                 image: torch.Tensor | None = None) -> torch.Tensor:

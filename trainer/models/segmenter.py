@@ -9,7 +9,7 @@ from torch import nn
 
 from trainer.data.colour import IMAGENET_MEAN, IMAGENET_STD
 from trainer.engine.checkpoint import load_checkpoint, save_checkpoint
-from trainer.engine.export import EXPORT_FORMAT, read_export
+from trainer.engine.export import EXPORT_FORMAT, check_export
 from trainer.models.backbone import create_backbone, forward_tokens, patch_kwargs, patch_size
 from trainer.models.decoders import DECODERS, build_decoder, has_edge_path
 from trainer.models.unet import UNet
@@ -78,12 +78,14 @@ def build_seg_model(init: str, *, checkpoint: str | Path | None = None, arch: st
     if init == "pretrain":
         if checkpoint is None:
             raise ValueError("init 'pretrain' needs --checkpoint (the export.pt written by 'pretrain')")
-        if _file_format(checkpoint) == MODEL_FORMAT:  # a saved segmenter (e.g. the U-Net on pseudo-masks)
-            model, meta = load_seg_model(checkpoint)
+        state = load_checkpoint(checkpoint)  # read once: a model.pt or an export.pt
+        if _format(state) == MODEL_FORMAT:  # a saved segmenter (e.g. the U-Net on pseudo-masks)
+            model, meta = _from_model_state(state, checkpoint)
             return model.train(), {"init": "pretrain", "checkpoint": str(checkpoint), "decoder": "aux",
                                    **{k: meta[k] for k in ("arch", "img_size", "decoder_arch", "decoder_hidden",
                                                            "decoder_skip")}}
-        return _from_export(checkpoint, arch=arch, img_size=img_size, decoder=decoder, decoder_arch=decoder_arch)
+        return _from_export(check_export(state, checkpoint), checkpoint, arch=arch, img_size=img_size,
+                            decoder=decoder, decoder_arch=decoder_arch)
     if init == "scratch" or init.startswith("weights:"):
         weights = init.split(":", 1)[1] if init.startswith("weights:") else None
         return _fresh(init, weights=weights, arch=arch, img_size=img_size, decoder_hidden=decoder_hidden,
@@ -91,15 +93,14 @@ def build_seg_model(init: str, *, checkpoint: str | Path | None = None, arch: st
     raise ValueError(f"init must be one of {INITS}, got {init!r}")
 
 
-def _file_format(path: str | Path) -> str | None:
-    state = load_checkpoint(path)
+def _format(state) -> str | None:
     return state.get("format") if isinstance(state, dict) else None
 
 
-def _from_export(checkpoint: str | Path, *, arch: str | None, img_size: int | None, decoder: str,
+def _from_export(export: dict, checkpoint: str | Path, *, arch: str | None, img_size: int | None, decoder: str,
                  decoder_arch: str) -> tuple[SegModel, dict]:
-    """Backbone (and, with ``decoder='aux'``, decoder) of a pretraining ``export.pt``, loaded strictly."""
-    export = read_export(checkpoint)
+    """Backbone (and, with ``decoder='aux'``, decoder) of a pretraining export (``export``, the loaded contents
+    of ``checkpoint``: :func:`trainer.engine.export.read_export`), loaded strictly."""
     if arch is not None and arch != export["arch"]:
         raise ValueError(f"{checkpoint}: the checkpoint is a {export['arch']!r} backbone, not {arch!r}; "
                          "drop --arch or pass a checkpoint of that architecture")
@@ -179,13 +180,18 @@ def load_seg_model(path: str | Path) -> tuple[SegModel, dict]:
     ``img_size`` and what the file says about itself.
     """
     state = load_checkpoint(path)
-    fmt = state.get("format") if isinstance(state, dict) else None
+    fmt = _format(state)
     if fmt == EXPORT_FORMAT:
-        model, info = _from_export(path, arch=None, img_size=None, decoder="aux", decoder_arch="conv")
+        model, info = _from_export(state, path, arch=None, img_size=None, decoder="aux", decoder_arch="conv")
         return model.eval(), {**info, "format": fmt}
     if fmt != MODEL_FORMAT:
         raise ValueError(f"{path}: not an edgedino model (format {fmt!r}, expected {MODEL_FORMAT!r}); pass the "
                          "model.pt that 'finetune' writes (or a pretraining export.pt)")
+    return _from_model_state(state, path)
+
+
+def _from_model_state(state: dict, path: str | Path) -> tuple[SegModel | UNet, dict]:
+    """The segmenter of a loaded ``model.pt`` (``state``, read from ``path``), in eval mode."""
     if state["arch"] == "unet":
         model = UNet(tuple(state["unet_channels"]))
     else:
@@ -200,4 +206,4 @@ def load_seg_model(path: str | Path) -> tuple[SegModel, dict]:
         raise ValueError(f"{path}: weights do not fit the model it describes: {exc}") from None
     info = {k: state[k] for k in ("arch", "img_size", "patch_size", "decoder_arch", "decoder_hidden",
                                   "decoder_skip", "normalisation", "threshold", "extra")}
-    return model.eval(), {**info, "format": fmt}
+    return model.eval(), {**info, "format": MODEL_FORMAT}

@@ -65,3 +65,17 @@ def test_pretrain_trains_only_on_confident_pseudo_masks(tmp_path):
     start = next(r for r in read_log(tmp_path / "run" / "log.jsonl") if r.get("event") == "start")
     assert start["samples"] == 5 and start["config"]["min_confidence"] == 0.5
     assert result.step == 2  # 5 samples, batch 2, last partial batch dropped
+
+
+def test_without_and_has_lesion_match_a_fresh_dataset_without_rereading(tmp_path):
+    records = [_record(i, 0.5) for i in range(5)]
+    records[3] = dataclasses.replace(records[3], no_lesion=True)
+    _shard(tmp_path / "shard-00000.h5", records)
+    ds = ShardDataset(tmp_path, exclude_ids={"C000"})
+    held = ds.without(["C003", "C004"])  # e.g. the linear probe's held-out images
+    fresh = ShardDataset(tmp_path, exclude_ids={"C000", "C003", "C004"})
+    assert held.ids == fresh.ids and held.n_excluded == fresh.n_excluded == 3
+    assert np.array_equal(held.rows, fresh.rows) and np.array_equal(held.shard_of(), fresh.shard_of())
+    assert [int(held[k]["image"][0, 0, 0]) for k in range(len(held))] == [101, 102]
+    assert len(ds) == 4  # the original is unchanged
+    assert ds.has_lesion().tolist() == [float(ds[k]["valid"]) > 0 for k in range(len(ds))] == [True, True, False, True]
