@@ -74,7 +74,7 @@ finetune: $(STAMP)  ## fine-tune with FRAC of the labels (default 0.01) and repo
 MODEL    ?= $(or $(shell ls -t $(OUT)/finetune-*/model.pt 2>/dev/null | head -n 1),$(OUT)/finetune-$(FRAC)/model.pt)
 predict: $(STAMP)  ## segment the images in DATA with MODEL (default: the latest finetune's model.pt) into $(OUT)/predict
 	@test -f "$(MODEL)" || { echo "no model at $(MODEL): run 'make finetune' first or give MODEL=path/to/model.pt"; exit 1; }
-	$(PY) cli.py predict --model $(MODEL) $(foreach d,$(DATA),--data $(d)) --out $(OUT)/predict --overlay $(OUT)/predict_overlay.png --device $(DEVICE) $(ARGS)
+	$(PY) cli.py predict --model $(MODEL) $(foreach d,$(DATA),--data $(d)) --out $(OUT)/predict --overlay $(OUT)/predict/overlay.png --device $(DEVICE) $(ARGS)
 
 table: $(STAMP)  ## the comparison grid on DATA (add TEST=folder for an external test set)
 	$(PY) cli.py table $(foreach d,$(DATA),--data $(d)) $(foreach t,$(TEST),--test-data $(t)) --out $(OUT)/table --preset $(PRESET) --jobs $(JOBS) --device $(DEVICE) $(ARGS)
