@@ -372,6 +372,14 @@ def verify(path: Path) -> None:
               help="Images of the last shard held out for the end-of-run linear probe of the patch features "
                    "(default 64; held out only when the data has 4x as many; 0 = no probe). More: a steadier "
                    "number, a few more seconds.")
+@click.option("--norm-last-layer/--free-last-layer", default=None,
+              help="DINO head's last layer: weight norm fixed at 1 (DINO's default) or learned (--free-last-layer: "
+                   "the logits may grow, which sharpens teacher and student; DINO reports it better but less stable "
+                   "for ViT-S).")
+@click.option("--decoder-lr-scale", type=click.FloatRange(min=0, min_open=True),
+              help="The auxiliary decoder learns at the DINO learning rate times this (cpu preset 10: the decoder "
+                   "starts from scratch and the DINO rate, scaled for a batch of 16, is too slow for it to learn the "
+                   "pseudo-masks in a short run; paper preset 1).")
 def pretrain(shards, out, preset, exclude_from, no_progress, device, no_distill, new_data, **options):
     """DINO self-distillation + auxiliary pseudo-mask segmentation (stage 2)."""
     import dataclasses
@@ -414,6 +422,11 @@ def _pretrain_health(result) -> str:
         from trainer.pretrain import episodes_text
 
         return f"{text}; WARNING: DINO collapse ({episodes_text(collapse['episodes'])}; now: {collapse['status']})"
+    ongoing = {k: n for k, n in collapse.get("runs", {}).items() if n >= min(collapse.get("patience", 50), 10)}
+    if ongoing:  # a run shorter than the patience can end inside a collapse the detector has not flagged yet
+        what = ", ".join(f"{k} for the last {n} steps" for k, n in ongoing.items())
+        return (f"{text}; collapse: none flagged, but the teacher sits at {what} (under --collapse-patience "
+                f"{collapse.get('patience')}): check pictures/collapse.png")
     return f"{text}; collapse: none (healthy)"
 
 

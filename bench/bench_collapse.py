@@ -58,6 +58,9 @@ CANDIDATES = {
     "koleo1.0": {"koleo_weight": 1.0},
     "sinkhorn+koleo": {"centering": "sinkhorn", "koleo_weight": 0.1},
     "tt=ts(collapse)": {"teacher_temp": 0.1, "warmup_teacher_temp": 0.1},
+    "free": {"norm_last_layer": False},
+    "tt0.02+free": {"teacher_temp": 0.02, "warmup_teacher_temp": 0.02, "norm_last_layer": False},
+    "tt0.02+mom0.9": {"teacher_temp": 0.02, "warmup_teacher_temp": 0.02, "momentum_teacher": 0.9},
 }
 
 

@@ -144,6 +144,8 @@ class PretrainConfig:
     collapse_patience: int = 50      # steps of collapse before the warning
     probe_samples: int = 64          # held-out images for the end-of-run linear probe (0: off)
     min_confidence: float = 0.0      # ours: leave out pseudo-masks whose confidence is below this (0: keep all)
+    norm_last_layer: bool = True     # DINO: the head's last layer keeps weight norm 1 (False: it learns)
+    decoder_lr_scale: float = 1.0    # ours: the aux decoder learns at lr * this (its own AdamW groups when != 1)
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:
@@ -178,6 +180,8 @@ class PretrainConfig:
         if not 0.0 <= self.min_confidence <= 1.0:
             raise ValueError(f"min_confidence: expected a value in [0, 1] (0 keeps every sample), got "
                              f"{self.min_confidence}")
+        if not self.decoder_lr_scale > 0:
+            raise ValueError(f"decoder_lr_scale: expected > 0, got {self.decoder_lr_scale}")
         if self.probe_samples < 0 or self.probe_samples == 1:
             raise ValueError(f"probe_samples: expected 0 (off) or >= 2, got {self.probe_samples}")
 
@@ -201,7 +205,8 @@ class PretrainConfig:
         return DINOModel(self.arch, img_size=self.img_size, out_dim=self.out_dim, decoder_hidden=self.decoder_hidden,
                          decoder=self.decoder, weights=self.weights, drop_path_rate=self.drop_path,
                          head_hidden=self.head_hidden, bottleneck_dim=self.bottleneck_dim, fkd_dim=fkd_dim,
-                         decoder_skip=self.decoder_skip, patch_size=self.patch_size)
+                         decoder_skip=self.decoder_skip, patch_size=self.patch_size,
+                         norm_last_layer=self.norm_last_layer)
 
 
 @dataclass
@@ -390,10 +395,16 @@ def _set_up(shards, config: PretrainConfig, info, exclude_ids) -> _Run:
     return _Run(config=config, dataset=dataset, sampler=sampler, loader=loader, batch=batch,
                 steps_per_epoch=steps_per_epoch, sched=Schedules.build(config, steps_per_epoch, batch * info.world_size),
                 student=student, teacher=teacher, ddp_student=ddp_student,
-                optimizer=torch.optim.AdamW(param_groups(student, config.weight_decay)), dino_loss=dino_loss,
+                optimizer=torch.optim.AdamW(param_groups(student, config.weight_decay,
+                                                          lr_scales=_lr_scales(config))), dino_loss=dino_loss,
                 generator=generator, fkd_teacher=fkd_teacher, data=data_record(dataset),
                 detector=CollapseDetector(config.collapse_patience), probe_dataset=probe_dataset,
                 probe_indices=probe_indices, probe_heldout=probe_heldout)
+
+
+def _lr_scales(config: PretrainConfig) -> dict[str, float]:
+    """The submodules that learn at their own rate: the aux decoder when ``decoder_lr_scale`` != 1."""
+    return {"decoder": config.decoder_lr_scale} if config.decoder_lr_scale != 1.0 else {}
 
 
 def data_record(dataset: ShardDataset) -> dict:
@@ -438,7 +449,12 @@ def _resume(run: _Run, out_dir: Path, device: torch.device, *, new_data: bool = 
     _check_same_data(state, run, path, new_data=new_data)
     run.student.load_state_dict(state["student"])
     run.teacher.load_state_dict(state["teacher"])
-    run.optimizer.load_state_dict(state["optimizer"])
+    try:
+        run.optimizer.load_state_dict(state["optimizer"])
+    except ValueError as exc:  # other parameter groups: another --decoder-lr-scale or --free-last-layer
+        raise ValueError(f"{path}: this run was made with other trainable parameters or groups ({exc}); resume "
+                         "with the same --decoder-lr-scale and --norm-last-layer/--free-last-layer, or use a new "
+                         "--out") from None
     run.dino_loss.center.copy_(state["center"])
     epochs_done = int(state.get("epoch", int(state["step"]) // run.steps_per_epoch))
     run.step = epochs_done * run.steps_per_epoch

@@ -189,6 +189,19 @@ def test_collapse_monitor_fires_on_a_collapsing_run_and_stays_silent_on_a_health
     assert "collapse: none (healthy)" in cli._pretrain_health(good)
 
 
+def test_health_line_names_a_collapse_still_under_the_patience():
+    import cli
+
+    result = pretrain_module.PretrainResult(out_dir=Path("x"), step=36, epochs=1, resumed_from=None, last={},
+                                            probe={}, collapse={"status": "healthy", "episodes": [],
+                                                                "runs": {"uniform": 30, "one-hot": 0},
+                                                                "patience": 50})
+    line = cli._pretrain_health(result)
+    assert "uniform for the last 30 steps" in line and "collapse: none (healthy)" not in line
+    result.collapse["runs"]["uniform"] = 3
+    assert "collapse: none (healthy)" in cli._pretrain_health(result)
+
+
 def test_probe_runs_at_start_and_end_and_is_held_out_when_data_allows(shards, tmp_path):
     config = dataclasses.replace(TINY, epochs=1, img_size=64, local_size=32, probe_samples=3)
     res = pretrain(shards, tmp_path / "p", config, device="cpu", progress=False)
@@ -212,8 +225,32 @@ def test_koleo_and_sinkhorn_options_reach_the_loss(shards, tmp_path):
         assert r["loss"] == pytest.approx(r["dino"] + 0.1 * r["koleo"] + r["lambda"] * r["seg"], rel=1e-4)
 
 
+def test_decoder_lr_scale_and_free_last_layer(shards, tmp_path):
+    config = dataclasses.replace(TINY, epochs=1, decoder_lr_scale=10.0, norm_last_layer=False, freeze_last_layer=0)
+    out = tmp_path / "d"
+    pretrain(shards, out, config, device="cpu", progress=False)
+    state = torch.load(out / LATEST, map_location="cpu", weights_only=False)
+    groups = {g["name"]: g for g in state["optimizer"]["param_groups"]}
+    assert set(groups) == {"decay", "no_decay", "decay:decoder", "no_decay:decoder"}
+    assert groups["decay:decoder"]["lr"] == pytest.approx(10 * groups["decay"]["lr"]) and groups["decay"]["lr"] > 0
+    decoder_keys = [k for k in state["student"] if k.startswith("decoder.")]
+    assert len(groups["decay:decoder"]["params"]) + len(groups["no_decay:decoder"]["params"]) == len(decoder_keys)
+    gain = state["student"]["head.last_layer.parametrizations.weight.original0"]
+    assert not torch.allclose(gain, torch.ones_like(gain))  # the free last layer's norm learned
+    fixed = pretrain(shards, tmp_path / "f", dataclasses.replace(TINY, epochs=1, freeze_last_layer=0), device="cpu",
+                     progress=False)
+    assert fixed.step == 3
+    gain = torch.load(tmp_path / "f" / LATEST, map_location="cpu", weights_only=False)["student"][
+        "head.last_layer.parametrizations.weight.original0"]
+    torch.testing.assert_close(gain, torch.ones_like(gain))
+    with pytest.raises(ValueError, match="decoder-lr-scale"):
+        pretrain(shards, out, dataclasses.replace(config, epochs=2, decoder_lr_scale=1.0), device="cpu",
+                 progress=False)
+
+
 @pytest.mark.parametrize("field,value", [("student_temp", 0.0), ("center_momentum", 1.5), ("centering", "sk"),
-                                         ("koleo_weight", -1.0), ("collapse_patience", 0), ("probe_samples", 1)])
+                                         ("koleo_weight", -1.0), ("collapse_patience", 0), ("probe_samples", 1),
+                                         ("decoder_lr_scale", 0.0)])
 def test_collapse_fields_are_validated(field, value):
     with pytest.raises(ValueError, match=field):
         dataclasses.replace(TINY, **{field: value})

@@ -93,28 +93,41 @@ def _no_decay(name: str, p: torch.Tensor) -> bool:
     return name.endswith(".bias") or p.ndim <= 1 or name.endswith("parametrizations.weight.original0")
 
 
-def param_groups(model: nn.Module, weight_decay: float = 0.04) -> list[dict]:
-    """Two AdamW parameter groups: ``'decay'`` (weights) and ``'no_decay'`` (biases, norms, 1-D parameters,
+def param_groups(model: nn.Module, weight_decay: float = 0.04, *,
+                 lr_scales: dict[str, float] | None = None) -> list[dict]:
+    """AdamW parameter groups: ``'decay'`` (weights) and ``'no_decay'`` (biases, norms, 1-D parameters,
     the weight-norm magnitude), as in DINO. Frozen parameters (``requires_grad=False``) are left out.
 
-    Each group carries ``'name'``; :func:`set_lr_wd` schedules the weight decay of the ``'decay'`` group only.
+    ``lr_scales`` maps a top-level submodule name (e.g. ``{"decoder": 10.0}``) to a learning-rate factor: its
+    parameters get their own pair of groups (``'decay:decoder'``, ``'no_decay:decoder'``) carrying
+    ``'lr_scale'``, which :func:`set_lr_wd` multiplies into the scheduled rate. Empty groups are left out.
+    Each group carries ``'name'``; :func:`set_lr_wd` schedules the weight decay of the decay groups only.
     """
-    decay, no_decay = [], []
+    lr_scales = dict(lr_scales or {})
+    groups: dict[tuple[str, str], list[torch.Tensor]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if _no_decay(name, p) else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay, "name": "decay"},
-        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
-    ]
+        top = name.split(".", 1)[0]
+        kind = "no_decay" if _no_decay(name, p) else "decay"
+        groups.setdefault((kind, top if top in lr_scales else ""), []).append(p)
+    out = []
+    for part in ["", *lr_scales]:
+        for kind in ("decay", "no_decay"):
+            params = groups.get((kind, part), [])
+            if part and not params:
+                continue
+            out.append({"params": params, "weight_decay": weight_decay if kind == "decay" else 0.0,
+                        "name": f"{kind}:{part}" if part else kind, "lr_scale": lr_scales.get(part, 1.0)})
+    return out
 
 
 def set_lr_wd(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float | None = None) -> None:
-    """Set the learning rate of every group, and the weight decay of groups not named ``'no_decay'``."""
+    """Set every group's learning rate to ``lr`` times its ``'lr_scale'`` (1 when absent), and the weight decay of
+    groups whose name does not start with ``'no_decay'``."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
-        if weight_decay is not None and group.get("name") != "no_decay":
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+        if weight_decay is not None and not str(group.get("name", "")).startswith("no_decay"):
             group["weight_decay"] = weight_decay
 
 

@@ -39,6 +39,9 @@ class DINOModel(nn.Module):
         Local checkpoint for the backbone.
     drop_path_rate : float
         Stochastic depth of the backbone.
+    norm_last_layer : bool
+        Keep the DINO head's last-layer weight norm fixed at 1 (DINO's default; False lets it learn, which
+        sharpens both outputs as the logits grow).
     fkd_dim : int, optional
         Width ``D_t`` of a frozen foundation model's features: adds ``fkd_proj``, the
         :class:`~trainer.models.fkd.FKDProjector` ``D -> D_t`` on the patch tokens used by ``forward(..., fkd=True)``.
@@ -47,12 +50,13 @@ class DINOModel(nn.Module):
     def __init__(self, arch: str, *, img_size: int, out_dim: int, decoder_hidden: int = 128, decoder: str = "conv",
                  weights: str | None = None, drop_path_rate: float = 0.1, head_hidden: int = 2048,
                  bottleneck_dim: int = 256, fkd_dim: int | None = None, decoder_skip: bool = False,
-                 patch_size: int | None = None):
+                 patch_size: int | None = None, norm_last_layer: bool = True):
         super().__init__()
         self.backbone = create_backbone(arch, img_size=img_size, weights=weights, drop_path_rate=drop_path_rate,
                                         **patch_kwargs(patch_size))
         dim = self.backbone.embed_dim
-        self.head = DINOHead(dim, out_dim, hidden_dim=head_hidden, bottleneck_dim=bottleneck_dim)
+        self.head = DINOHead(dim, out_dim, hidden_dim=head_hidden, bottleneck_dim=bottleneck_dim,
+                             norm_last_layer=norm_last_layer)
         self.fkd_proj = FKDProjector(dim, fkd_dim) if fkd_dim else None
         self.decoder = build_decoder(decoder, dim, backbone_patch_size(self.backbone), hidden=decoder_hidden,
                                      skip=decoder_skip)

@@ -119,3 +119,23 @@ def test_clip_gradients_per_parameter_and_global():
     clip_gradients(model, 3.0, per_parameter=False)
     assert float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))) == \
         pytest.approx(3.0, rel=1e-4)
+
+
+def test_param_groups_lr_scales_give_a_submodule_its_own_rate():
+    model = nn.Module()
+    model.backbone = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8))
+    model.decoder = nn.Sequential(nn.Conv2d(8, 4, 1), nn.BatchNorm2d(4))
+    groups = param_groups(model, 0.04, lr_scales={"decoder": 10.0})
+    by_name = {g["name"]: g for g in groups}
+    assert set(by_name) == {"decay", "no_decay", "decay:decoder", "no_decay:decoder"}
+    ids = {id(p) for p in model.decoder.parameters()}
+    assert {id(p) for g in groups if g["name"].endswith(":decoder") for p in g["params"]} == ids
+    assert not ids & {id(p) for g in groups if not g["name"].endswith(":decoder") for p in g["params"]}
+    assert by_name["decay:decoder"]["weight_decay"] == 0.04 and by_name["no_decay:decoder"]["weight_decay"] == 0.0
+    opt = torch.optim.AdamW(groups, lr=1.0)
+    set_lr_wd(opt, 0.01, 0.2)
+    got = {g["name"]: (g["lr"], g["weight_decay"]) for g in opt.param_groups}
+    assert got == {"decay": (0.01, 0.2), "no_decay": (0.01, 0.0),
+                   "decay:decoder": (pytest.approx(0.1), 0.2), "no_decay:decoder": (pytest.approx(0.1), 0.0)}
+    # no scales: the two DINO groups exactly as before
+    assert [g["name"] for g in param_groups(model)] == ["decay", "no_decay"]
