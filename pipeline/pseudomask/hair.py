@@ -138,32 +138,116 @@ def hat_response(channel: np.ndarray, kernels: list[np.ndarray], *, dark: bool) 
     return hi.astype(np.float32) - lo
 
 
+def median_of_counts(values: np.ndarray, counts: np.ndarray) -> float:
+    """``np.median`` of the multiset where ``values[i]`` (sorted ascending) occurs ``counts[i]`` times.
+
+    ``(K,) float, (K,) int -> float``; the mean of the two middle elements when the total count is even.
+    """
+    cum = np.cumsum(counts)
+    n = int(cum[-1])
+    lo = float(values[np.searchsorted(cum, (n - 1) // 2, side="right")])
+    hi = float(values[np.searchsorted(cum, n // 2, side="right")])
+    return lo if n % 2 else (lo + hi) / 2
+
+
+def median_mad(levels: np.ndarray) -> tuple[float, float]:
+    """Median and median absolute deviation of grey levels: ``(H, W) uint8 -> (median, MAD)``.
+
+    Both equal ``np.median`` of the values (and of ``|values - median|``) exactly, from one 256-bin histogram
+    instead of two partial sorts of every pixel.
+    """
+    counts = np.bincount(levels.ravel(), minlength=256)
+    grey = np.arange(256, dtype=np.float64)
+    med = median_of_counts(grey, counts)
+    dev = np.abs(grey - med)
+    order = np.argsort(dev, kind="stable")
+    return med, median_of_counts(dev[order], counts[order])
+
+
 def _above_threshold(response: np.ndarray, *, k_mad: float, floor: float, window: int, factor: float
                      ) -> np.ndarray:
-    """``response > max(floor, median + k_mad * 1.4826 * MAD, factor * local mean)`` as (H, W) bool."""
-    med = float(np.median(response))
-    mad = float(np.median(np.abs(response - med)))
+    """``response > max(floor, median + k_mad * 1.4826 * MAD, factor * local mean)`` as (H, W) bool.
+
+    ``response`` (H, W) float32 holds whole grey levels 0-255 (a :func:`hat_response`).
+    """
+    med, mad = median_mad(response.astype(np.uint8))
     local = cv2.blur(response, (window, window))
     return response > np.maximum(max(floor, med + k_mad * 1.4826 * mad), factor * local)
 
 
-def _elongated(candidates: np.ndarray, *, min_length: float, min_elongation: float, core: np.ndarray | None,
-               core_elongation: float) -> np.ndarray:
-    """Keep the connected components of ``candidates`` that are long and thin."""
+def _skeleton_length(labels: np.ndarray, n: int, keep: np.ndarray) -> np.ndarray:
+    """(n,) skeleton length (pixels) of the components ``keep`` marks; 0 for the others.
+
+    Thinning decides each pixel from its 3x3 neighbourhood, so 8-connected components thin independently:
+    only the kept ones are thinned, inside their bounding box (plus a 1 px margin).
+    """
+    chosen = keep[labels]
+    length = np.zeros(n)
+    if not chosen.any():
+        return length
+    x, y, w, h = cv2.boundingRect(chosen.astype(np.uint8))
+    y0, x0 = max(0, y - 1), max(0, x - 1)
+    box = (slice(y0, y + h + 1), slice(x0, x + w + 1))
+    skeleton = skeletonize(chosen[box])
+    length += np.bincount(labels[box][skeleton], minlength=n)
+    return length
+
+
+def _elongated(candidates: np.ndarray, *, min_length: float, min_elongation: float, hint: np.ndarray | None,
+               core_kernel: np.ndarray | None, core_elongation: float) -> np.ndarray:
+    """Keep the connected components of ``candidates`` that are long and thin.
+
+    A component lying mostly (> 50 %) inside the lesion core (``hint`` eroded by ``core_kernel``) must reach
+    ``core_elongation`` instead of ``min_elongation``. The core is computed only around the components whose
+    verdict depends on it.
+    """
     n, labels, stats, _ = cv2.connectedComponentsWithStats(candidates.astype(np.uint8), connectivity=8)
     if n <= 1:
         return np.zeros_like(candidates, bool)
-    skeleton = skeletonize(candidates)
-    length = np.bincount(labels[skeleton], minlength=n).astype(np.float64)
     area = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
+    # a skeleton has at most as many pixels as its component: smaller components cannot be long enough
+    long_enough = area >= min_length
+    long_enough[0] = False
+    length = _skeleton_length(labels, n, long_enough)
     elongation = length ** 2 / np.maximum(area, 1)
-    bound = np.full(n, min_elongation)
-    if core is not None and core.any():
-        inside = np.bincount(labels[core], minlength=n) / np.maximum(area, 1)
-        bound[inside > 0.5] = core_elongation
-    keep = (length >= min_length) & (elongation >= bound)
+    keep = (length >= min_length) & (elongation >= min_elongation)
+    if hint is not None and core_kernel is not None:
+        keep_in_core = (length >= min_length) & (elongation >= core_elongation)
+        doubtful = keep != keep_in_core
+        doubtful[0] = False
+        if doubtful.any():
+            core = erode_mask(hint, core_kernel, where=doubtful[labels])
+            inside = np.bincount(labels[core], minlength=n) / np.maximum(area, 1)
+            in_core = doubtful & (inside > 0.5)
+            keep[in_core] = keep_in_core[in_core]
     keep[0] = False
     return keep[labels]
+
+
+def erode_mask(mask: np.ndarray, kernel: np.ndarray, *, where: np.ndarray | None = None) -> np.ndarray:
+    """``cv2.erode`` of a binary mask, computed only inside a bounding box: ``(H, W) bool -> (H, W) bool``.
+
+    Equal to ``cv2.erode(mask.astype(np.uint8), kernel) > 0`` for a kernel that holds its centre, on every
+    pixel of ``where`` ((H, W) bool; every pixel when None); False elsewhere. The box is that of ``mask``
+    (outside it the erosion is False), cut to that of ``where``, and the input is read around it by the
+    kernel's half size.
+    """
+    out = np.zeros(mask.shape, bool)
+    if not mask.any() or (where is not None and not where.any()):
+        return out
+    u8 = mask.astype(np.uint8)
+    x, y, w, h = cv2.boundingRect(u8)
+    x1, y1 = x + w, y + h
+    if where is not None:
+        wx, wy, ww, wh = cv2.boundingRect(where.astype(np.uint8))
+        x, y, x1, y1 = max(x, wx), max(y, wy), min(x1, wx + ww), min(y1, wy + wh)
+        if x >= x1 or y >= y1:
+            return out
+    ky, kx = kernel.shape[0] // 2 + 1, kernel.shape[1] // 2 + 1
+    y0, x0 = max(0, y - ky), max(0, x - kx)
+    eroded = cv2.erode(u8[y0:y1 + ky, x0:x1 + kx], kernel) > 0
+    out[y:y1, x:x1] = eroded[y - y0:y1 - y0, x - x0:x1 - x0]
+    return out
 
 
 def on_long_lines(candidates: np.ndarray, kernels: list[np.ndarray]) -> np.ndarray:
@@ -217,13 +301,13 @@ def remove_hair(image: np.ndarray, *, config: HairConfig = HairConfig(), lesion_
         inner = cv2.erode(fov.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
         candidates &= inner
     candidates = on_long_lines(candidates, line_kernels(round(config.line_survival * long_side), config.n_angles))
-    core = None
+    core_kernel = None
     if lesion_hint is not None and lesion_hint.any():
         radius = np.sqrt(lesion_hint.sum() / np.pi)
         k = max(3, int(0.3 * radius) | 1)
-        core = cv2.erode(lesion_hint.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))) > 0
+        core_kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
     mask = _elongated(candidates, min_length=config.min_length * long_side, min_elongation=config.min_elongation,
-                      core=core, core_elongation=config.core_elongation)
+                      hint=lesion_hint, core_kernel=core_kernel, core_elongation=config.core_elongation)
     if config.dilate > 0 and mask.any():
         d = 2 * config.dilate + 1
         mask = cv2.dilate(mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (d, d))) > 0

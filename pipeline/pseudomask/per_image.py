@@ -157,8 +157,9 @@ def segment(small: np.ndarray, *, config: PseudoMaskConfig = PseudoMaskConfig(),
     ``edge_rejected`` and ``confidence`` (floats; see :func:`mask_confidence`). ``seed`` is used by
     ``method='s3net'`` only.
     """
-    fov = field_of_view(small, config=config.seeds)
-    found = coarse_lesion_evidence(to_lab(small), fov, config=config.seeds)
+    lab = to_lab(small)
+    fov = field_of_view(small, config=config.seeds, lab=lab)
+    found = coarse_lesion_evidence(lab, fov, config=config.seeds)
     coarse, separation = found.coarse, found.separation
     labels = seed_labels(small, fov, config=config.seeds, coarse=coarse,
                          skin_like=found.feature <= found.skin_level)
@@ -168,7 +169,7 @@ def segment(small: np.ndarray, *, config: PseudoMaskConfig = PseudoMaskConfig(),
         rejected = False
         run = edge_run(mask, fov)
     else:
-        prob = walk(small, labels, config=config.walker)
+        prob = walk(small, labels, config=config.walker, lab=lab)
         mask = np.zeros(prob.shape, bool) if not fg.any() else main_component(prob > config.threshold, fg)
         mask, run, rejected = _leave_the_edge(prob, mask, fg, fov, coarse, config)
     confidence = mask_confidence(prob, mask, fov, separation=separation, edge_rejected=rejected)
@@ -213,10 +214,11 @@ def make_pseudo_mask(image: np.ndarray, *, size: int = 256, config: PseudoMaskCo
     t0 = time.perf_counter()
     work = _resize_long(image, config.hair_long_side)
     small = _resize_long(work, config.walker_long_side)
-    fov_small = field_of_view(small, config=config.seeds)
+    lab_small = to_lab(small)
+    fov_small = field_of_view(small, config=config.seeds, lab=lab_small)
     # one pass is enough for a hint (it only protects the lesion core from the hair filter): ~10 ms saved
     hint_config = dataclasses.replace(config.seeds, second_pass=False)
-    coarse_hint, _ = coarse_lesion_map(to_lab(small), fov_small, config=hint_config)
+    coarse_hint, _ = coarse_lesion_map(lab_small, fov_small, config=hint_config)
     wh = (work.shape[1], work.shape[0])
     hint = cv2.resize(coarse_hint.astype(np.uint8), wh, interpolation=cv2.INTER_NEAREST) > 0
     fov_work = cv2.resize(fov_small.astype(np.uint8), wh, interpolation=cv2.INTER_NEAREST) > 0

@@ -22,12 +22,14 @@ What real dermoscopy throws at a label-free lesion finder, and the answer here (
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import NamedTuple
 
 import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
+from pipeline.pseudomask.cleanup import fill_holes
 from pipeline.pseudomask.fov import circular_fov, edge_band
 
 __all__ = [
@@ -220,7 +222,8 @@ def _border_band(shape: tuple[int, int], width: int) -> np.ndarray:
     return band
 
 
-def field_of_view(image: np.ndarray, *, config: SeedConfig = SeedConfig()) -> np.ndarray:
+def field_of_view(image: np.ndarray, *, config: SeedConfig = SeedConfig(), lab: np.ndarray | None = None
+                  ) -> np.ndarray:
     """Pixels that show skin or lesion, not the vignette or circular frame of the dermatoscope.
 
     Parameters
@@ -229,6 +232,8 @@ def field_of_view(image: np.ndarray, *, config: SeedConfig = SeedConfig()) -> np
         RGB image.
     config : SeedConfig
         Uses the ``fov_*`` fields.
+    lab : (H, W, 3) float32, optional
+        ``to_lab(image)`` when the caller has it already.
 
     Returns
     -------
@@ -244,7 +249,7 @@ def field_of_view(image: np.ndarray, *, config: SeedConfig = SeedConfig()) -> np
     is kept because it is coloured or does not reach a corner.
     """
     _check_rgb(image)
-    return _fov_from_lab(to_lab(image), config)
+    return _fov_from_lab(to_lab(image) if lab is None else lab, config)
 
 
 def _fov_from_lab(lab: np.ndarray, config: SeedConfig) -> np.ndarray:
@@ -402,25 +407,41 @@ def _otsu(values: np.ndarray, bins: int = 256) -> float:
     return float(centres[int(np.argmax(between[:-1]))])
 
 
+@lru_cache(maxsize=8)
+def _centre_grids(h: int, w: int, centre_sigma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(prior, yy, xx)``, each (H, W) float64 and read-only: the Gaussian centre prior and the pixel coordinates."""
+    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+    yy, xx = np.mgrid[0:h, 0:w]
+    sig = centre_sigma * np.hypot(h, w)
+    prior = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sig**2))
+    grids = (prior, yy.astype(np.float64), xx.astype(np.float64))
+    for g in grids:
+        g.flags.writeable = False
+    return grids
+
+
 def _pick_component(mask: np.ndarray, fov: np.ndarray, excess: np.ndarray, config: SeedConfig) -> np.ndarray:
     """The component with the highest centre-weighted feature excess, border huggers penalised."""
     h, w = mask.shape
     labels, n = ndi.label(mask)
     if n == 0:
         return mask
+    flat = labels.ravel()
+
+    def per_label(values: np.ndarray) -> np.ndarray:  # sums over each component (as ndi.sum_labels adds them)
+        return np.bincount(flat, weights=values.ravel(), minlength=n + 1)[1:]
+
     idx = np.arange(1, n + 1)
-    areas = ndi.sum_labels(np.ones(mask.shape, np.float64), labels, idx)
+    areas = np.bincount(flat, minlength=n + 1)[1:].astype(np.float64)
     cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
-    yy, xx = np.mgrid[0:h, 0:w]
-    sig = config.centre_sigma * np.hypot(h, w)
-    prior = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sig**2))
-    score = ndi.sum_labels(prior * np.maximum(excess, 0.0) if config.border_penalty > 0 else prior, labels, idx)
+    prior, yy, xx = _centre_grids(h, w, config.centre_sigma)
+    score = per_label(prior * np.maximum(excess, 0.0) if config.border_penalty > 0 else prior)
     score = score * np.maximum(areas, 1.0) ** (config.area_power - 1.0)
     if config.border_penalty > 0:
         band = _border_band((h, w), 2)
-        touch = ndi.sum_labels(band.astype(np.float64), labels, idx) / max(band.sum(), 1)
-        my = ndi.sum_labels(yy.astype(np.float64), labels, idx) / areas
-        mx = ndi.sum_labels(xx.astype(np.float64), labels, idx) / areas
+        touch = per_label(band.astype(np.float64)) / max(band.sum(), 1)
+        my = per_label(yy) / areas
+        mx = per_label(xx) / areas
         offset = np.hypot(my - cy, mx - cx) / (0.5 * np.hypot(h, w))
         score = score * np.exp(-config.border_penalty * touch * offset)
     score[areas < config.min_component * max(fov.sum(), 1)] = 0
@@ -462,9 +483,9 @@ def _coarse_once(lab: np.ndarray, fov: np.ndarray, config: SeedConfig, skin: np.
     k = max(3, int(round(0.01 * float(np.hypot(*fov.shape)))) | 1)
     se = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
     raw = cv2.morphologyEx(raw.astype(np.uint8), cv2.MORPH_OPEN, se).astype(bool)
-    raw = ndi.binary_fill_holes(raw)
+    raw = fill_holes(raw)
     coarse = _pick_component(raw, fov, f - t, config)
-    return CoarseMap(ndi.binary_fill_holes(coarse), separation, f, skin_level)
+    return CoarseMap(fill_holes(coarse), separation, f, skin_level)
 
 
 def coarse_lesion_map(

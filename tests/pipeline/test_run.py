@@ -208,3 +208,15 @@ def test_issue14_defaults_give_a_new_config_hash():
     # not be resumed into a run of the new defaults
     assert RunConfig().hash != "f25fd92f1505ba8b"
     assert RunConfig().hash != RunConfig(pseudo=dataclasses.replace(RunConfig().pseudo, edge_run_max=1.0)).hash
+
+
+def test_one_thread_limits_every_pool_and_restores_it():
+    from threadpoolctl import threadpool_info
+
+    from pipeline.run import _one_thread
+
+    before = [p["num_threads"] for p in threadpool_info()]
+    for _ in range(2):  # the second time reuses the cached controller
+        with _one_thread():
+            assert all(p["num_threads"] == 1 for p in threadpool_info())
+        assert [p["num_threads"] for p in threadpool_info()] == before
