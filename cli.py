@@ -482,9 +482,13 @@ def _pretrain_health(result) -> str:
 @click.option("--tta", is_flag=True,
               help="Average the test predictions over the 8 flips/quarter turns (8x the prediction time); "
                    "'predict' with the saved model.pt does the same.")
+@click.option("--all-components", is_flag=True,
+              help="Keep every predicted component in the test masks (default: holes filled and only the largest "
+                   "component kept, one lesion per image: +2 to +4 Jaccard points on isic_sample).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
 def finetune(data, frac, checkpoint, out, test_data, seed, init, decoder, decoder_arch, arch, img_size, iters, preset,
-             device, pic, pic_prob, pic_anneal, pseudo_shards, pseudo_weight, pseudo_batch, tta, no_progress):
+             device, pic, pic_prob, pic_anneal, pseudo_shards, pseudo_weight, pseudo_batch, tta, all_components,
+             no_progress):
     """Fine-tune with a fraction of the expert labels and report ISIC metrics."""
     import dataclasses
 
@@ -497,7 +501,8 @@ def finetune(data, frac, checkpoint, out, test_data, seed, init, decoder, decode
                                  param_hint="--checkpoint")
     overrides = {"seed": seed, "init": init, "decoder": decoder, "arch": arch, "img_size": img_size, "iters": iters,
                  "decoder_arch": decoder_arch, "pseudo_shards": str(pseudo_shards) if pseudo_shards else None,
-                 "pseudo_weight": pseudo_weight, "pseudo_batch": pseudo_batch, "tta": tta or None}
+                 "pseudo_weight": pseudo_weight, "pseudo_batch": pseudo_batch, "tta": tta or None,
+                 "one_lesion": False if all_components else None}
     if pic:
         from trainer.data.cutmix import PICConfig
 
@@ -532,15 +537,18 @@ def finetune(data, frac, checkpoint, out, test_data, seed, init, decoder, decode
               help="Also draw a contact sheet (PNG) of the first 24 images with the predicted border.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: CUDA when present, else CPU.")
+@click.option("--one-lesion/--all-components", default=None,
+              help="Masks: fill holes and keep the largest component (one lesion per image), or keep every "
+                   "component. Default: as 'finetune' made the model's test masks (one lesion since it exists).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
-def predict(model_path, data, out, probabilities, overlay, device, no_progress):
+def predict(model_path, data, out, probabilities, overlay, device, one_lesion, no_progress):
     """Segment a folder of new images with a saved model (exit 3 when some images were skipped)."""
     from pipeline import datasets
     from trainer.predict import predict_folder
 
     try:
         result = predict_folder(model_path, list(data), out, probabilities=probabilities, overlay=overlay,
-                                device=device, progress=not no_progress)
+                                device=device, progress=not no_progress, one_lesion=one_lesion)
     except (ValueError, FileNotFoundError, datasets.DatasetError) as exc:
         raise click.ClickException(str(exc)) from None
     for path, reason in result.failed:

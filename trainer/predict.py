@@ -22,7 +22,7 @@ from pipeline.export import encode_png
 from pipeline.guard import claim_file
 from pipeline.report import draw_contour
 from trainer.engine.distributed import resolve_device
-from trainer.finetune import predict_image
+from trainer.finetune import mask_from_probability, predict_image
 from trainer.models.segmenter import load_seg_model
 
 log = logging.getLogger(__name__)
@@ -55,13 +55,15 @@ def _check_folders(data: Sequence[Path], out_dir: Path) -> None:
 
 def predict_folder(model_path: str | Path, data: Sequence[str | Path] | str | Path, out_dir: str | Path, *,
                    probabilities: bool = False, overlay: str | Path | None = None, device: str = "auto",
-                   progress: bool = True) -> PredictResult:
+                   progress: bool = True, one_lesion: bool | None = None) -> PredictResult:
     """Segment every image of ``data`` (any layout :func:`pipeline.datasets.open_dataset` reads; masks unused).
 
     Writes ``out_dir/<ID>_segmentation.png`` (0/255, the image's original size) and, with ``probabilities``,
     ``out_dir/<ID>_probability.png`` (the lesion probability x 255, 8 bits); with ``overlay``, a contact sheet
     of the first :data:`OVERLAY_MAX` images with the predicted contour. An image that cannot be read is logged
-    with its reason and skipped.
+    with its reason and skipped. ``one_lesion`` (fill holes, keep the largest component:
+    :func:`trainer.finetune.mask_from_probability`) defaults to what ``finetune`` did for the model's test
+    predictions: on, except for a ``model.pt`` written before the option existed (off, as it was made).
     """
     data = [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
     out_dir = Path(out_dir)
@@ -74,7 +76,10 @@ def predict_folder(model_path: str | Path, data: Sequence[str | Path] | str | Pa
     dev = resolve_device(device)
     model.to(dev)
     size = int(info["img_size"])
-    tta = bool(info.get("extra", {}).get("config", {}).get("tta", False))  # as finetune predicted its test set
+    made_by = info.get("extra", {}).get("config")  # finetune's config (None for a pretraining export.pt)
+    tta = bool((made_by or {}).get("tta", False))  # as finetune predicted its test set
+    if one_lesion is None:  # as finetune (or the table's 0-labels column, for an export) made its masks
+        one_lesion = True if made_by is None else bool(made_by.get("one_lesion", False))
     result = PredictResult(out_dir)
     sheet = []
     bar = tqdm(total=len(dataset.samples), desc="predict", unit="img", disable=not progress)
@@ -88,7 +93,7 @@ def predict_folder(model_path: str | Path, data: Sequence[str | Path] | str | Pa
                     log.warning("skipped %s: %s", s.image, exc)
                     result.failed.append((str(s.image), str(exc)))
                     continue
-                mask = prob >= 0.5
+                mask = mask_from_probability(prob, one_lesion=one_lesion)
                 name = f"{s.id}_segmentation.png"
                 batch.write_bytes(name, encode_png(mask.astype(np.uint8) * 255, name))
                 if probabilities:

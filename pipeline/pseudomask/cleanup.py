@@ -30,3 +30,16 @@ def main_component(mask: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     votes[0] = 0
     best = int(np.argmax(votes)) if votes.any() else int(np.argmax(np.bincount(labels.ravel())[1:]) + 1)
     return labels == best
+
+
+def one_lesion(mask: np.ndarray) -> np.ndarray:
+    """Fill holes and keep the largest 8-connected component (``(H, W) bool -> (H, W) bool``).
+
+    The prior of ISIC-style masks (one lesion per image, no holes) applied to a predicted mask: it removes the
+    dark vignette corners and small blobs a segmenter takes for lesion. Ties go to the lowest label.
+    """
+    filled = fill_holes(mask)
+    labels, n = ndi.label(filled, structure=np.ones((3, 3), bool))
+    if n <= 1:
+        return filled
+    return labels == int(np.argmax(np.bincount(labels.ravel())[1:]) + 1)

@@ -161,3 +161,16 @@ def test_table_variant_rows_reuse_ours_and_check_their_inputs(synth, export, tmp
     with pytest.raises(ValueError, match="fkd-weights"):
         run_table(dataclasses.replace(spec, methods=("ours+fkd",), out=str(tmp_path / "t2")), progress=False)
     assert not (tmp_path / "t2" / "shards").exists()  # refused before any long work
+
+
+def test_mask_from_probability_applies_the_one_lesion_prior_only_when_asked():
+    from trainer.finetune import mask_from_probability
+
+    prob = np.zeros((30, 30), np.float32)
+    prob[5:20, 5:20] = 0.9
+    prob[10, 10] = 0.2     # a hole
+    prob[25:28, 25:28] = 0.7  # a blob
+    raw = mask_from_probability(prob, one_lesion=False)
+    assert np.array_equal(raw, prob >= 0.5)
+    kept = mask_from_probability(prob)
+    assert kept[10, 10] and not kept[25:28, 25:28].any() and kept.sum() == 225

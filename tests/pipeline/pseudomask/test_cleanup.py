@@ -1,0 +1,29 @@
+"""Mask clean-up: the one-lesion prior applied to predicted masks."""
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.pseudomask.cleanup import one_lesion
+
+
+def test_one_lesion_keeps_the_largest_component_with_its_holes_filled():
+    mask = np.zeros((40, 40), bool)
+    mask[5:25, 5:25] = True          # the lesion: 400 px ...
+    mask[12:16, 12:16] = False       # ... with a 16 px hole
+    mask[30:38, 30:38] = True        # a corner blob: 64 px
+    mask[0:3, 36:40] = True          # another one touching the border
+    out = one_lesion(mask)
+    expected = np.zeros_like(mask)
+    expected[5:25, 5:25] = True
+    assert np.array_equal(out, expected)
+    # diagonal neighbours belong to the same lesion (8-connectivity)
+    diag = np.zeros((10, 10), bool)
+    diag[2:4, 2:4] = True
+    diag[4:7, 4:7] = True
+    assert np.array_equal(one_lesion(diag), diag)
+    # nothing to keep, one component: unchanged apart from holes
+    assert not one_lesion(np.zeros((5, 5), bool)).any()
+    ring = np.zeros((9, 9), bool)
+    ring[2:7, 2:7] = True
+    ring[4, 4] = False
+    assert one_lesion(ring).sum() == 25
