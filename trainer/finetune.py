@@ -50,7 +50,8 @@ class FinetuneConfig:
 
     ``iters`` optimiser steps of ``batch_size`` images drawn with replacement from the labelled subset, each a
     random-resized crop (scale ``crop_scale``) with flips, 90-degree rotations and mild colour jitter; the
-    backbone learns at ``lr * backbone_lr_scale``. Validation every ``eval_every`` steps picks the weights.
+    backbone learns at ``lr * backbone_lr_scale``. Validation at the start and every ``eval_every`` steps picks
+    the weights (the starting model wins when nothing beats it).
     ``pic`` turns on progressive imbalance-aware CutMix on the augmented batch (:mod:`trainer.data.cutmix`).
     ``decoder`` ('aux' or 'fresh') says where the decoder's weights start; ``decoder_arch`` ('conv' or 'ilka')
     is its kind for runs without an export (an export rebuilds its own kind).
@@ -309,7 +310,10 @@ def _train(model, train_x, train_y, val_x, val_y, *, config, size, device, progr
                             global_blur_p=(0.2,), global_solarise_p=(0.0,))
     generator = torch.Generator(device=device).manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    best_state, best_iter, best_val = copy.deepcopy(model.state_dict()), 0, -1.0
+    # iteration 0 is a candidate too: a model that already segments (a pretrained decoder, the U-Net on pseudo-masks)
+    # is never replaced by a fine-tuned one that does worse on validation (few labels can overfit it)
+    best_val = _mean_jaccard(predict_probability(model, val_x, size=size, device=device), val_y)
+    best_state, best_iter = copy.deepcopy(model.state_dict()), 0
     bar = tqdm(range(config.iters), desc="fine-tune", unit="it", disable=not progress, leave=False)
     tic = time.perf_counter()
     for it in bar:

@@ -174,3 +174,13 @@ def test_mask_from_probability_applies_the_one_lesion_prior_only_when_asked():
     assert np.array_equal(raw, prob >= 0.5)
     kept = mask_from_probability(prob)
     assert kept[10, 10] and not kept[25:28, 25:28].any() and kept.sum() == 225
+
+
+@pytest.mark.parametrize("scores,best", [([0.9, 0.5, 0.6, 0.4], 0), ([0.1, 0.5, 0.7, 0.6], 6)])
+def test_the_starting_model_competes_in_the_validation_choice(synth, export, tmp_path, monkeypatch, scores, best):
+    import trainer.finetune as ft
+
+    calls = iter(scores)  # validation at iteration 0, then at 3 and 6 (eval_every 3, 6 iterations)
+    monkeypatch.setattr(ft, "_mean_jaccard", lambda prob, masks: next(calls))
+    result = finetune(synth, 0.2, tmp_path / "ft", checkpoint=export, config=TINY_FT, device="cpu", progress=False)
+    assert result.best_iter == best and result.best_val_jaccard == max(scores[:3])
