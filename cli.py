@@ -335,13 +335,14 @@ def verify(path: Path) -> None:
                    "training goes on from the next epoch over the new data. Without it such a resume is refused.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
 @click.option("--teacher-temp", type=click.FloatRange(min=0, min_open=True),
-              help="Teacher temperature after its warm-up (DINO: 0.07). Lower it when the collapse monitor reports "
-                   "uniform collapse (teacher entropy near ln K; at the cpu preset 0.02, with --warmup-teacher-temp "
-                   "0.02, delayed it: docs/DINO_COLLAPSE.md); raise it on one-hot collapse.")
+              help="Teacher temperature after its warm-up (DINO: 0.07; cpu preset 0.02, constant: DINO's 0.04 -> "
+                   "0.07 sat at uniform collapse there, docs/DINO_COLLAPSE.md). Lower it when the collapse monitor "
+                   "reports uniform collapse (teacher entropy near ln K); raise it on one-hot collapse.")
 @click.option("--warmup-teacher-temp", type=click.FloatRange(min=0, min_open=True),
-              help="Teacher temperature at the start, warming linearly to --teacher-temp (DINO: 0.04).")
+              help="Teacher temperature at the start, warming linearly to --teacher-temp (DINO: 0.04; cpu preset "
+                   "0.02).")
 @click.option("--warmup-teacher-temp-epochs", type=click.IntRange(min=0),
-              help="Epochs of that warm-up (DINO: 30; the cpu preset 3).")
+              help="Epochs of that warm-up (DINO: 30; the cpu preset 2).")
 @click.option("--student-temp", type=click.FloatRange(min=0, min_open=True),
               help="Student temperature (DINO: 0.1). Keep it above the teacher's: equal temperatures remove the "
                    "sharpening and the run collapses to uniform.")

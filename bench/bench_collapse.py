@@ -40,6 +40,7 @@ from trainer.pretrain import pretrain  # noqa: E402
 
 CANDIDATES = {
     "baseline": {},
+    "dino-temps": {"warmup_teacher_temp": 0.04, "teacher_temp": 0.07},  # the cpu preset before the teacher at 0.02
     "tt0.04": {"teacher_temp": 0.04, "warmup_teacher_temp": 0.04},
     "lr5e-4": {"lr": 5e-4},
     "lr2e-2": {"lr": 2e-2},

@@ -8,6 +8,11 @@ scores at most 0.66 mean Jaccard on ``isic_sample`` at g = 6 (the old ViT-Ti/16 
 quarter of the pixels (crops and edge path), and a pretraining step of batch 16 costs about 3-4 s on one core
 against about 1 s for the old 6x6 grid (``bench/bench_edge_decoder.py``), so the epochs went from 15 to 5 to keep
 one pretraining on ``isic2017_256`` (118 steps per epoch) near 35 minutes.
+
+Two cpu-preset fields differ from DINO's by measurement (docs/DINO_COLLAPSE.md): a constant teacher temperature of
+0.02 (at DINO's 0.04 -> 0.07 the run sits at uniform collapse, teacher entropy >= 0.95 ln K, from step 44; at 0.02
+it ended at 0.83 ln K over 790 steps), and the auxiliary decoder learning at 10x the DINO rate (3.1e-4 at batch 16
+is too slow for a decoder that starts from scratch: pseudo-mask loss 0.52 against 0.90 after 144 steps).
 """
 from __future__ import annotations
 
@@ -36,7 +41,8 @@ def pretrain_preset(name: str) -> PretrainConfig:
         return PretrainConfig(arch="vit_tiny_patch16_224", patch_size=8, img_size=96, local_size=48, n_local=2,
                               epochs=5, batch_size=16, lr=5e-3, out_dim=1024, head_hidden=512, bottleneck_dim=128,
                               decoder_hidden=64, warmup_epochs=1, warmup_teacher_temp_epochs=2, lambda_ramp_epochs=1,
-                              momentum_teacher=0.99, num_workers=0, picture_every=5, log_every=5, drop_path=0.0)
+                              momentum_teacher=0.99, num_workers=0, picture_every=5, log_every=5, drop_path=0.0,
+                              warmup_teacher_temp=0.02, teacher_temp=0.02, decoder_lr_scale=10.0)
     raise ValueError(f"preset must be one of {PRESETS}, got {name!r}")
 
 
