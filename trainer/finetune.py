@@ -89,7 +89,7 @@ class FinetuneConfig:
     pseudo_ramp_frac: float = 0.2     # the weight ramps linearly 0 -> pseudo_weight over this fraction of iters
     pseudo_band: tuple[float, float] = (0.1, 0.9)  # the walker's uncertain band, ignored in the pseudo loss
     tta: bool = False                 # test-time averaging over flips and quarter turns
-    one_lesion: bool = True           # masks: holes filled, the largest component kept (mask_from_probability)
+    one_lesion: bool = True           # masks: holes filled, one component kept (mask_from_probability)
 
     def __post_init__(self):
         if self.decoder_arch not in DECODERS:
@@ -379,10 +379,11 @@ def predict_image(model: SegModel, path: str | Path, *, size: int, device: torch
 
 def mask_from_probability(prob: np.ndarray, *, one_lesion: bool = True) -> np.ndarray:
     """The predicted mask of a lesion probability map: ``prob >= 0.5``, then, with ``one_lesion``, holes filled
-    and only the largest component kept (:func:`pipeline.pseudomask.cleanup.one_lesion`).
+    and only the component with the most centre-weighted area kept (:func:`pipeline.pseudomask.cleanup.one_lesion`).
 
     ``one_lesion`` is the default of ``finetune`` and ``predict``: on six prediction sets of ``isic_sample``
-    (0 labels and 16 labels, ViT and U-Net models) it raised mean Jaccard by 1.9-3.8 points, every time.
+    (0 labels and 16 labels, ViT and U-Net models) it raised mean Jaccard by 3.5-8.0 points, every time (the
+    largest component alone: 1.9-3.8).
     """
     mask = prob >= 0.5
     return cleanup.one_lesion(mask) if one_lesion else mask

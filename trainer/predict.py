@@ -61,7 +61,7 @@ def predict_folder(model_path: str | Path, data: Sequence[str | Path] | str | Pa
     Writes ``out_dir/<ID>_segmentation.png`` (0/255, the image's original size) and, with ``probabilities``,
     ``out_dir/<ID>_probability.png`` (the lesion probability x 255, 8 bits); with ``overlay``, a contact sheet
     of the first :data:`OVERLAY_MAX` images with the predicted contour. An image that cannot be read is logged
-    with its reason and skipped. ``one_lesion`` (fill holes, keep the largest component:
+    with its reason and skipped. ``one_lesion`` (fill holes, keep one component:
     :func:`trainer.finetune.mask_from_probability`) defaults to what ``finetune`` did for the model's test
     predictions: on, except for a ``model.pt`` written before the option existed (off, as it was made).
     """

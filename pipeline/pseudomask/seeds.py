@@ -22,14 +22,13 @@ What real dermoscopy throws at a label-free lesion finder, and the answer here (
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import NamedTuple
 
 import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
-from pipeline.pseudomask.cleanup import fill_holes
+from pipeline.pseudomask.cleanup import centre_grids, fill_holes
 from pipeline.pseudomask.fov import circular_fov, edge_band
 
 __all__ = [
@@ -407,19 +406,6 @@ def _otsu(values: np.ndarray, bins: int = 256) -> float:
     return float(centres[int(np.argmax(between[:-1]))])
 
 
-@lru_cache(maxsize=8)
-def _centre_grids(h: int, w: int, centre_sigma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(prior, yy, xx)``, each (H, W) float64 and read-only: the Gaussian centre prior and the pixel coordinates."""
-    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
-    yy, xx = np.mgrid[0:h, 0:w]
-    sig = centre_sigma * np.hypot(h, w)
-    prior = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sig**2))
-    grids = (prior, yy.astype(np.float64), xx.astype(np.float64))
-    for g in grids:
-        g.flags.writeable = False
-    return grids
-
-
 def _pick_component(mask: np.ndarray, fov: np.ndarray, excess: np.ndarray, config: SeedConfig) -> np.ndarray:
     """The component with the highest centre-weighted feature excess, border huggers penalised."""
     h, w = mask.shape
@@ -434,7 +420,7 @@ def _pick_component(mask: np.ndarray, fov: np.ndarray, excess: np.ndarray, confi
     idx = np.arange(1, n + 1)
     areas = np.bincount(flat, minlength=n + 1)[1:].astype(np.float64)
     cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
-    prior, yy, xx = _centre_grids(h, w, config.centre_sigma)
+    prior, yy, xx = centre_grids(h, w, config.centre_sigma)
     score = per_label(prior * np.maximum(excess, 0.0) if config.border_penalty > 0 else prior)
     score = score * np.maximum(areas, 1.0) ** (config.area_power - 1.0)
     if config.border_penalty > 0:

@@ -27,3 +27,16 @@ def test_one_lesion_keeps_the_largest_component_with_its_holes_filled():
     ring[2:7, 2:7] = True
     ring[4, 4] = False
     assert one_lesion(ring).sum() == 25
+
+
+def test_one_lesion_prefers_the_central_component_unless_another_outweighs_it():
+    mask = np.zeros((100, 100), bool)
+    mask[45:55, 45:55] = True          # a small central lesion: 100 px
+    mask[0:15, 0:15] = True            # a dark vignette corner: 225 px, far from the centre
+    out = one_lesion(mask)
+    assert out[50, 50] and not out[0:15, 0:15].any()  # the largest component would have been the corner
+    big = np.zeros((100, 100), bool)
+    big[10:60, 5:55] = True            # a large lesion off the centre: 2,500 px
+    big[70:73, 70:73] = True           # a speck nearer the centre line: 9 px
+    out = one_lesion(big)
+    assert out[30, 30] and not out[70:73, 70:73].any()
