@@ -61,6 +61,11 @@ def one_lesion(mask: np.ndarray, centre_sigma: float = 0.25) -> np.ndarray:
     labels, n = ndi.label(filled, structure=np.ones((3, 3), bool))
     if n <= 1:
         return filled
-    prior = centre_grids(*mask.shape, centre_sigma)[0]
-    score = np.bincount(labels.ravel(), weights=prior.ravel(), minlength=n + 1)[1:]
+    # the prior is separable (exp(-(dy^2 + dx^2) / 2s^2) = gy(y) gx(x)): each component's score is gy @ [its
+    # pixels] @ gx over its bounding box, with no image-sized weight array (predictions are at full size)
+    h, w = mask.shape
+    sig = centre_sigma * np.hypot(h, w)
+    gy = np.exp(-((np.arange(h) - (h - 1) / 2.0) ** 2) / (2 * sig**2))
+    gx = np.exp(-((np.arange(w) - (w - 1) / 2.0) ** 2) / (2 * sig**2))
+    score = [gy[ys] @ (labels[ys, xs] == k) @ gx[xs] for k, (ys, xs) in enumerate(ndi.find_objects(labels), 1)]
     return labels == int(np.argmax(score)) + 1

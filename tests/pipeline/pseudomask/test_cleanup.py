@@ -40,3 +40,23 @@ def test_one_lesion_prefers_the_central_component_unless_another_outweighs_it():
     big[70:73, 70:73] = True           # a speck nearer the centre line: 9 px
     out = one_lesion(big)
     assert out[30, 30] and not out[70:73, 70:73].any()
+
+
+def test_one_lesion_scores_components_by_the_seeds_centre_prior():
+    from scipy import ndimage as ndi
+
+    from pipeline.pseudomask.cleanup import centre_grids, fill_holes
+
+    rng = np.random.default_rng(0)
+    checked = 0
+    for _ in range(60):
+        h, w = (int(v) for v in rng.integers(20, 90, 2))
+        mask = ndi.binary_opening(rng.random((h, w)) < 0.45)
+        labels, n = ndi.label(fill_holes(mask), structure=np.ones((3, 3), bool))
+        if n <= 1:
+            continue
+        prior = centre_grids(h, w, 0.25)[0]  # the full (H, W) prior the separable sums stand for
+        best = int(np.argmax(np.bincount(labels.ravel(), weights=prior.ravel(), minlength=n + 1)[1:])) + 1
+        assert np.array_equal(one_lesion(mask), labels == best)
+        checked += 1
+    assert checked > 20
