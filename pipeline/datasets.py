@@ -357,13 +357,13 @@ def read_image(path: str | Path, *, min_long_side: int | None = None,
         image = (image // 257).astype(np.uint8)
     elif image.dtype != np.uint8:
         raise ImageReadError(f"{path}: unsupported pixel type {image.dtype}; expected 8- or 16-bit")
-    if image.shape[2] == 4:
-        image = image[:, :, :3]
     if _is_truncated_jpeg(path, data):
         raise ImageReadError(f"{path}: truncated JPEG (no end-of-image marker)")
     if header.mode in GREY_MODES:  # OpenCV expands grey + alpha to 4 equal colour channels
         raise ImageReadError(f"{path}: grey-scale image (mode {header.mode}); dermoscopy images must be colour")
-    return _orient(image[:, :, ::-1], header.orientation)
+    # BGR(A) -> RGB by OpenCV: a new contiguous array at about a fifth of the cost of copying a reversed view
+    rgb = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    return rgb if header.orientation == 1 else _orient(rgb, header.orientation)
 
 
 def _is_truncated_jpeg(path: Path, data: np.ndarray) -> bool:

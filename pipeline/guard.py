@@ -182,28 +182,34 @@ class FolderLock:
 
 # --- provenance ---------------------------------------------------------------------------------------------
 
-def inputs_hash(samples: Sequence) -> str:
+def inputs_hash(samples: Sequence, parts: Sequence[str] | None = None) -> str:
     """One hash of what a shard is made from: each sample's id, image path and image bytes, and mask bytes.
 
     A second dataset with the same ids, an edited image or mask, or a moved folder gives another hash, so a
     resume redoes the shard instead of answering with the old masks. An unreadable file hashes as its error
-    (it is rejected with its reason by the run anyway).
+    (it is rejected with its reason by the run anyway). ``parts``: the samples' :func:`input_part` when the
+    workers have read them already (the same hash, without reading every file again at the end).
     """
+    digest = hashlib.sha256()
+    for part in (parts if parts is not None else map(input_part, samples)):
+        digest.update((part + "\x1e").encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()[:32]
+
+
+def input_part(sample) -> str:
+    """What :func:`inputs_hash` takes from one sample: its id, image path and the sha256 of its files."""
     from pipeline.shards import sha256_file  # here: the guards of the other commands need no h5py
 
-    digest = hashlib.sha256()
-    for s in samples:
-        parts = [s.id, str(s.image)]
-        for path in (s.image, s.mask):
-            if path is None:
-                parts.append("-")
-                continue
-            try:
-                parts.append(sha256_file(path))
-            except OSError as exc:
-                parts.append(f"error:{exc.errno}")
-        digest.update(("\x1f".join(parts) + "\x1e").encode("utf-8", "surrogateescape"))
-    return digest.hexdigest()[:32]
+    parts = [sample.id, str(sample.image)]
+    for path in (sample.image, sample.mask):
+        if path is None:
+            parts.append("-")
+            continue
+        try:
+            parts.append(sha256_file(path))
+        except OSError as exc:
+            parts.append(f"error:{exc.errno}")
+    return "\x1f".join(parts)
 
 
 # --- workers ------------------------------------------------------------------------------------------------

@@ -23,7 +23,16 @@ import numpy as np
 
 from pipeline import datasets
 from pipeline.atomic import write_text
-from pipeline.guard import FolderLock, cap_jobs, check_out_dir, inputs_hash, make_out_dir, parent_is_gone, watch_parent
+from pipeline.guard import (
+    FolderLock,
+    cap_jobs,
+    check_out_dir,
+    input_part,
+    inputs_hash,
+    make_out_dir,
+    parent_is_gone,
+    watch_parent,
+)
 from pipeline.pseudomask.per_image import PseudoMaskConfig, make_pseudo_mask
 from pipeline.shards import (
     REJECTS,
@@ -214,9 +223,19 @@ def try_sample(sample: datasets.Sample, config: RunConfig, owner_pid: int | None
                     "reason": f"{sample.image}: pseudo-mask failed ({type(exc).__name__}: {exc})"}
 
 
+def hashed_sample(sample: datasets.Sample, config: RunConfig, owner_pid: int | None = None
+                  ) -> tuple[ShardRecord | dict, str]:
+    """``(try_sample(...), input_part(sample))``: the sample's files are hashed where it is processed, just
+    before, so the shard's ``inputs_hash`` costs the run no serial pass over every file at the end."""
+    part = input_part(sample)
+    return try_sample(sample, config, owner_pid), part
+
+
 def write_planned_shard(plan: ShardPlan, out_dir: str | Path, config: RunConfig,
-                        results: Sequence[ShardRecord | dict], seconds: float, owner_pid: int | None = None) -> dict:
-    """Write the shard of ``plan`` from its per-sample results (in plan order); return its manifest entry."""
+                        results: Sequence[ShardRecord | dict], seconds: float, owner_pid: int | None = None,
+                        parts: Sequence[str] | None = None) -> dict:
+    """Write the shard of ``plan`` from its per-sample results (in plan order); return its manifest entry.
+    ``parts``: the samples' :func:`pipeline.guard.input_part`, when already computed."""
     records = [r for r in results if isinstance(r, ShardRecord)]
     rejects = [r for r in results if not isinstance(r, ShardRecord)]
     path = Path(out_dir) / plan.name
@@ -224,7 +243,7 @@ def write_planned_shard(plan: ShardPlan, out_dir: str | Path, config: RunConfig,
         raise ParentGone(f"{plan.name}: the run that started this worker is gone; not writing it")
     digest = write_shard(path, records, size=config.size, config_json=config.to_json(), config_hash=config.hash,
                          planned_ids=plan.ids, rejects=rejects, versions=library_versions(),
-                         inputs_hash=inputs_hash(plan.samples))
+                         inputs_hash=inputs_hash(plan.samples, parts))
     return _entry(path, len(records), rejects, seconds=seconds, n_no_lesion=sum(r.no_lesion for r in records),
                   sha256=digest)
 
@@ -236,8 +255,8 @@ def process_shard(plan: ShardPlan, out_dir: str | Path, config: RunConfig, owner
     is checked before each sample and before the write (see :func:`try_sample`).
     """
     start = time.perf_counter()
-    results = [try_sample(sample, config, owner_pid) for sample in plan.samples]
-    return write_planned_shard(plan, out_dir, config, results, time.perf_counter() - start, owner_pid)
+    results, parts = zip(*[hashed_sample(sample, config, owner_pid) for sample in plan.samples])
+    return write_planned_shard(plan, out_dir, config, results, time.perf_counter() - start, owner_pid, parts)
 
 
 def _entry(path: Path, rows: int, rejects: list[dict], *, seconds: float | None, n_no_lesion: int,
@@ -425,19 +444,87 @@ def _execute(plans: list[ShardPlan], out_dir: Path, config: RunConfig, *, jobs: 
         for plan in plans:
             yield process_shard(plan, out_dir, config)
         return
-    from joblib import Parallel, delayed
+    yield from _execute_local(plans, out_dir, config, jobs=jobs)
 
-    # One task per image (in plan order, results back in that order); a shard is written as soon as all its
-    # images are back. Plans are never empty (plan_shards).
-    tasks = [(k, sample) for k, plan in enumerate(plans) for sample in plan.samples]
-    start = time.perf_counter()
-    results: list = []
-    parallel = Parallel(n_jobs=jobs, backend="loky", return_as="generator", batch_size=1, pre_dispatch="4*n_jobs")
-    for (k, _), result in zip(tasks, parallel(delayed(try_sample)(sample, config, os.getpid()) for _, sample in tasks)):
-        results.append(result)
-        if len(results) == len(plans[k].samples):
-            yield write_planned_shard(plans[k], out_dir, config, results, time.perf_counter() - start)
-            results, start = [], time.perf_counter()
+
+def _execute_local(plans: list[ShardPlan], out_dir: Path, config: RunConfig, *, jobs: int):
+    """``jobs`` processes on this machine: this one and ``jobs - 1`` loky workers, one image per task.
+
+    The run's own process works too instead of waiting: it starts on the first image at once, while the
+    workers are still importing (about 0.7 s), and on a 2-core machine two jobs are this process and one
+    worker, not two workers beside an idle parent. Workers are fed from a done-callback, so one never waits
+    for this process to finish its image. Each shard is written, in plan order, as soon as all its images
+    are back; every image is computed by :func:`try_sample` in one thread, so the shards are the same bytes
+    whoever computed each image.
+    """
+    import threading
+    from collections import deque
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    from joblib.externals.loky import ProcessPoolExecutor
+
+    samples = [(k, sample) for k, plan in enumerate(plans) for sample in plan.samples]
+    todo = deque(range(len(samples)))
+    results: dict[int, tuple[ShardRecord | dict, str]] = {}
+    failures: list[BaseException] = []
+    in_flight: set = set()
+    lock = threading.RLock()  # a callback may run at once, inside feed()
+    # its own pool, not loky's process-wide reusable one, which joblib's Parallel (synth) also takes
+    executor = ProcessPoolExecutor(max_workers=jobs - 1)
+    owner = os.getpid()
+
+    def feed() -> None:  # under ``lock``: keep each worker busy with one image
+        while todo and len(in_flight) < jobs - 1 and not failures:
+            i = todo.popleft()
+            future = executor.submit(hashed_sample, samples[i][1], config, owner)
+            future.index = i
+            in_flight.add(future)
+            future.add_done_callback(collect)
+
+    def collect(future) -> None:
+        with lock:
+            in_flight.discard(future)
+            if future.cancelled():
+                return
+            if future.exception() is not None:
+                failures.append(future.exception())
+                return
+            results[future.index] = future.result()
+            feed()
+
+    ends = np.cumsum([len(plan.samples) for plan in plans])
+    next_plan, first, start, by_me = 0, 0, time.perf_counter(), 0
+    try:
+        with lock:
+            feed()
+        while True:
+            with lock:
+                mine = todo.popleft() if todo and not failures else None
+            if mine is not None:
+                result = hashed_sample(samples[mine][1], config)
+                by_me += 1
+                with lock:
+                    results[mine] = result
+            elif in_flight:
+                wait(list(in_flight), timeout=1.0, return_when=FIRST_COMPLETED)
+            if failures:
+                raise failures[0]
+            while next_plan < len(plans) and all(i in results for i in range(first, ends[next_plan])):
+                done, parts = zip(*[results.pop(i) for i in range(first, ends[next_plan])])
+                yield write_planned_shard(plans[next_plan], out_dir, config, done, time.perf_counter() - start,
+                                          parts=parts)
+                first, next_plan, start = int(ends[next_plan]), next_plan + 1, time.perf_counter()
+            if next_plan == len(plans):
+                log.debug("%d of %d image(s) processed by the run's own process, the rest by %d worker(s)",
+                          by_me, len(samples), jobs - 1)
+                return
+    finally:
+        with lock:
+            finished = not todo and not in_flight
+            todo.clear()
+            for future in list(in_flight):
+                future.cancel()
+        executor.shutdown(wait=finished, kill_workers=not finished)
 
 
 def _execute_dask(plans, out_dir, config, *, jobs, scheduler):

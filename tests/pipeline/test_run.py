@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -18,7 +19,8 @@ from click.testing import CliRunner
 import cli
 from pipeline import datasets
 from pipeline.export import export_masks
-from pipeline.run import RunConfig, run_pseudomasks
+from pipeline.guard import input_part, inputs_hash
+from pipeline.run import RunConfig, plan_shards, run_pseudomasks
 from pipeline.shards import ShardReader, find_shards, sha256_file, verify
 
 REPO = Path(__file__).resolve().parents[2]
@@ -128,6 +130,33 @@ def test_pseudo_masks_find_the_lesions(bad_run, bad_data):
         assert jaccard > 0.8, (i, jaccard)
     huge = cv2.imread(str(export_dir / "huge_segmentation.png"), cv2.IMREAD_UNCHANGED)
     assert huge.shape == (6000, 8000) and set(np.unique(huge)) <= {0, 255}
+
+
+def test_two_jobs_are_this_process_and_one_worker(tmp_path, caplog):
+    # the run's own process takes images from the start instead of waiting for the workers to import
+    data = good_folder(tmp_path / "data", 7)
+    with caplog.at_level(logging.DEBUG, logger="pipeline.run"):
+        two = run_pseudomasks(data, tmp_path / "two", config=SMALL, jobs=2, progress=False)
+    assert two.n_samples == 7
+    lines = [r.getMessage() for r in caplog.records if "processed by the run's own process" in r.getMessage()]
+    assert len(lines) == 1
+    mine = int(lines[0].split()[0])
+    assert 1 <= mine <= 7 and lines[0].endswith("by 1 worker(s)")
+
+
+def test_inputs_hash_from_parts_is_the_hash_of_the_files(tmp_path):
+    data = good_folder(tmp_path / "data", 3)
+    dataset = datasets.open_dataset(data)
+    samples = dataset.samples
+    assert inputs_hash(samples, [input_part(s) for s in samples]) == inputs_hash(samples)
+    assert inputs_hash(samples[:2]) != inputs_hash(samples)
+    out = run_pseudomasks(data, tmp_path / "out", config=RunConfig(size=64, shard_size=2), jobs=2,
+                          progress=False).out_dir
+    plans = plan_shards(dataset, 2)
+    assert len(plans) == 2
+    for plan in plans:
+        with ShardReader(out / plan.name) as shard:
+            assert shard.attrs["inputs_hash"] == inputs_hash(plan.samples)
 
 
 def test_result_does_not_depend_on_jobs_and_resumes(tmp_path):
