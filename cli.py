@@ -154,7 +154,8 @@ def synth(out: Path, n: int, seed: int, size: str, jobs: int, overwrite: bool, f
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder for shards, manifest.json and rejects.jsonl. Rerunning resumes.")
 @click.option("--jobs", default=1, show_default=True,
-              help="Parallel workers (-1: all cores). Output is identical whatever the number.")
+              help="Processes working on images (-1: all cores): this one and N-1 workers. Output is identical "
+                   "whatever the number.")
 @click.option("--size", default=256, show_default=True, type=click.IntRange(min=32),
               help="Storage/training resolution S: images are squashed to SxS. Raise to 384-512 for a "
                    "GPU pretraining at higher resolution.")

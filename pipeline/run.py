@@ -1,9 +1,9 @@
-"""The parallel pseudo-mask run: plan shards, process images with joblib (or Dask), resume, record rejects.
+"""The parallel pseudo-mask run: plan shards, process images with loky workers (or Dask), resume, record rejects.
 
 Each shard has a fixed list of ids (the sorted ids of all data folders, cut every ``shard_size``). With the
 loky backend the *images* are the parallel tasks, whatever the shard size (a 99-image set in one shard still
-uses every worker); the parent assembles each shard in order as soon as all its images are back and writes
-it. With Dask each shard is one task, written by its worker. A rerun keeps every shard that exists whole with
+uses every worker), and the run's own process is one of the ``--jobs`` (it computes images too); it assembles
+each shard in order as soon as all its images are back and writes it. With Dask each shard is one task, written by its worker. A rerun keeps every shard that exists whole with
 the same config and ids, and redoes the rest; the result does not depend on ``--jobs`` or the backend.
 """
 from __future__ import annotations

@@ -26,7 +26,7 @@ from pipeline import datasets
 from pipeline.atomic import save_figure, write_text
 from pipeline.export import write_mask_png
 from pipeline.guard import check_out_dir, make_out_dir
-from pipeline.pseudomask import cleanup
+from pipeline.pseudomask import cleanup, seeds
 from pipeline.report import draw_contour
 from trainer.data.cutmix import PICConfig, pic_bias, pic_cutmix
 from trainer.data.multicrop import MultiCropConfig, multi_crop
@@ -40,6 +40,7 @@ from trainer.models.decoders import DECODERS
 from trainer.models.segmenter import SegModel, build_seg_model, load_seg_model, save_seg_model
 
 MODEL = "model.pt"
+COLOUR_LONG_SIDE = 256  # the grid of implausible_map (the walker's)
 
 log = logging.getLogger(__name__)
 
@@ -377,16 +378,36 @@ def predict_image(model: SegModel, path: str | Path, *, size: int, device: torch
     return cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def mask_from_probability(prob: np.ndarray, *, one_lesion: bool = True) -> np.ndarray:
+def mask_from_probability(prob: np.ndarray, *, one_lesion: bool = True,
+                          implausible: np.ndarray | None = None) -> np.ndarray:
     """The predicted mask of a lesion probability map: ``prob >= 0.5``, then, with ``one_lesion``, holes filled
-    and only the component with the most centre-weighted area kept (:func:`pipeline.pseudomask.cleanup.one_lesion`).
+    and only the component with the most centre-weighted area kept (:func:`pipeline.pseudomask.cleanup.one_lesion`),
+    each component weighed by its share of plausible lesion colour when ``implausible`` (see
+    :func:`implausible_map`) is given.
 
     ``one_lesion`` is the default of ``finetune`` and ``predict``: on six prediction sets of ``isic_sample``
     (0 labels and 16 labels, ViT and U-Net models) it raised mean Jaccard by 3.5-8.0 points, every time (the
-    largest component alone: 1.9-3.8).
+    largest component alone: 1.9-3.8). The colour weighting: on 150 labelled ``isic2017_256`` images outside
+    ``isic_sample``, where a model trained on pseudo-masks also marks colour-calibration stickers, +2.1 points
+    for a pretrained model used as it is and +2.1 for it fine-tuned on 16 labels; on ``isic_sample`` (no
+    stickers) +0.0 and +0.6.
     """
     mask = prob >= 0.5
-    return cleanup.one_lesion(mask) if one_lesion else mask
+    return cleanup.one_lesion(mask, implausible=implausible) if one_lesion else mask
+
+
+@functools.lru_cache(maxsize=512)
+def implausible_map(path: str) -> np.ndarray:
+    """:func:`pipeline.pseudomask.seeds.implausible_colour` of the image at ``path``, at 256 px on its long side
+    (field of view and the colours no pigmented lesion has); cached across the cells of a table run."""
+    image = datasets.read_image(path, min_long_side=COLOUR_LONG_SIDE)
+    h, w = image.shape[:2]
+    scale = COLOUR_LONG_SIDE / max(h, w)
+    if scale < 1:
+        image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    found = seeds.implausible_colour(image)
+    found.flags.writeable = False
+    return found
 
 
 def _predict_test(model, splits: Splits, out_dir: Path, *, size, device, progress, tta=False, one_lesion=True):
@@ -394,7 +415,7 @@ def _predict_test(model, splits: Splits, out_dir: Path, *, size, device, progres
     rows = []
     for s in tqdm(splits.test, desc="predict test", unit="img", disable=not progress, leave=False):
         full = mask_from_probability(predict_image(model, s.image, size=size, device=device, tta=tta),
-                                     one_lesion=one_lesion)
+                                     one_lesion=one_lesion, implausible=implausible_map(str(s.image)) if one_lesion else None)
         write_mask_png(pred_dir / f"{s.id}_segmentation.png", full.astype(np.uint8) * 255)
         rows.append({"id": s.id, **binary_scores(full, datasets.read_mask(s.mask))})
     keys = [k for k in rows[0] if k != "id"] if rows else []

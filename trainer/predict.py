@@ -22,7 +22,7 @@ from pipeline.export import encode_png
 from pipeline.guard import claim_file
 from pipeline.report import draw_contour
 from trainer.engine.distributed import resolve_device
-from trainer.finetune import mask_from_probability, predict_image
+from trainer.finetune import implausible_map, mask_from_probability, predict_image
 from trainer.models.segmenter import load_seg_model
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,8 @@ def predict_folder(model_path: str | Path, data: Sequence[str | Path] | str | Pa
                     log.warning("skipped %s: %s", s.image, exc)
                     result.failed.append((str(s.image), str(exc)))
                     continue
-                mask = mask_from_probability(prob, one_lesion=one_lesion)
+                mask = mask_from_probability(prob, one_lesion=one_lesion,
+                                             implausible=implausible_map(str(s.image)) if one_lesion else None)
                 name = f"{s.id}_segmentation.png"
                 batch.write_bytes(name, encode_png(mask.astype(np.uint8) * 255, name))
                 if probabilities:

@@ -48,7 +48,7 @@ def main_component(mask: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     return labels == best
 
 
-def one_lesion(mask: np.ndarray, centre_sigma: float = 0.25) -> np.ndarray:
+def one_lesion(mask: np.ndarray, centre_sigma: float = 0.25, implausible: np.ndarray | None = None) -> np.ndarray:
     """Fill holes and keep one 8-connected component: the one with the most centre-weighted area.
 
     ``(H, W) bool -> (H, W) bool``. The prior of ISIC-style masks (one lesion per image, no holes, the lesion
@@ -56,6 +56,13 @@ def one_lesion(mask: np.ndarray, centre_sigma: float = 0.25) -> np.ndarray:
     prior over its pixels (:func:`centre_grids`, the same ``centre_sigma`` of the diagonal as the seeds'
     :class:`~pipeline.pseudomask.seeds.SeedConfig`), which removes the dark vignette corners and small blobs a
     segmenter takes for lesion without dropping a large lesion away from the centre. Ties go to the lowest label.
+
+    ``implausible`` : (h, w) bool, optional
+        Pixels that cannot be lesion (e.g. :func:`pipeline.pseudomask.seeds.implausible_colour`: outside the
+        field of view, or coloured like a calibration sticker), on any grid of the same aspect (a 256 px copy
+        of the image is enough). Each component's score is then multiplied by the fraction of its pixels,
+        sampled on that grid, that are not implausible: a segmenter that also marks a bright orange sticker keeps
+        the lesion, not the sticker. A component too small to be sampled keeps its score.
     """
     filled = fill_holes(mask)
     labels, n = ndi.label(filled, structure=np.ones((3, 3), bool))
@@ -67,5 +74,21 @@ def one_lesion(mask: np.ndarray, centre_sigma: float = 0.25) -> np.ndarray:
     sig = centre_sigma * np.hypot(h, w)
     gy = np.exp(-((np.arange(h) - (h - 1) / 2.0) ** 2) / (2 * sig**2))
     gx = np.exp(-((np.arange(w) - (w - 1) / 2.0) ** 2) / (2 * sig**2))
-    score = [gy[ys] @ (labels[ys, xs] == k) @ gx[xs] for k, (ys, xs) in enumerate(ndi.find_objects(labels), 1)]
+    score = np.array([gy[ys] @ (labels[ys, xs] == k) @ gx[xs]
+                      for k, (ys, xs) in enumerate(ndi.find_objects(labels), 1)])
+    if implausible is not None:
+        score = score * _plausible_fraction(labels, n, implausible)
     return labels == int(np.argmax(score)) + 1
+
+
+def _plausible_fraction(labels: np.ndarray, n: int, implausible: np.ndarray) -> np.ndarray:
+    """Per component 1..n of ``labels`` (H, W): the fraction of its pixels, sampled at the centres of the cells
+    of the (h, w) grid of ``implausible``, that are not implausible (1 for a component no cell centre hits)."""
+    h, w = implausible.shape
+    big_h, big_w = labels.shape
+    ys = np.minimum(((np.arange(h) + 0.5) * big_h / h).astype(int), big_h - 1)
+    xs = np.minimum(((np.arange(w) + 0.5) * big_w / w).astype(int), big_w - 1)
+    sampled = labels[np.ix_(ys, xs)]
+    total = np.bincount(sampled.ravel(), minlength=n + 1)[1:]
+    bad = np.bincount(sampled[implausible], minlength=n + 1)[1:]
+    return np.where(total > 0, 1.0 - bad / np.maximum(total, 1), 1.0)

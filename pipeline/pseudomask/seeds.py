@@ -35,6 +35,7 @@ __all__ = [
     "SeedConfig",
     "to_lab",
     "field_of_view",
+    "implausible_colour",
     "skin_colour",
     "lesion_feature",
     "coarse_lesion_map",
@@ -294,6 +295,20 @@ def _artefact(lab: np.ndarray, skin: np.ndarray, config: SeedConfig) -> np.ndarr
     return ((lab[..., 0] > skin[0] + config.bright_margin)
             | (chroma > skin_chroma + config.max_chroma_excess)
             | (lab[..., 1] < config.min_a) | (lab[..., 2] < config.min_b))
+
+
+def implausible_colour(image: np.ndarray, *, config: SeedConfig = SeedConfig()) -> np.ndarray:
+    """Pixels no pigmented lesion shows: ``(H, W, 3) uint8 RGB -> (H, W) bool``.
+
+    Outside the field of view (:func:`field_of_view`), or, against the skin colour (:func:`skin_colour`),
+    brighter than the skin, over-saturated, green or cyan: the artefact rule of :func:`lesion_feature`
+    (calibration stickers, ink, specular flash). Meant for a small copy of the image (about 256 px).
+    """
+    _check_rgb(image)
+    lab = to_lab(image)
+    fov = _fov_from_lab(lab, config)
+    skin = skin_colour(lab, fov, config=config)
+    return _artefact(lab, skin, config) | ~fov
 
 
 def skin_colour(lab: np.ndarray, fov: np.ndarray, *, config: SeedConfig = SeedConfig(),

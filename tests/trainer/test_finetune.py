@@ -176,6 +176,28 @@ def test_mask_from_probability_applies_the_one_lesion_prior_only_when_asked():
     assert kept[10, 10] and not kept[25:28, 25:28].any() and kept.sum() == 225
 
 
+def test_test_masks_skip_a_component_of_sticker_colour(tmp_path):
+    # a model that marks the lesion and a central orange calibration sticker: the sticker is bigger and nearer
+    # the centre, so the centre prior alone keeps it; the colour check keeps the lesion
+    from trainer.finetune import implausible_map, mask_from_probability
+
+    h, w = 300, 400
+    yy, xx = np.mgrid[:h, :w]
+    rng = np.random.default_rng(0)
+    image = np.array([214, 160, 138], np.float32) + rng.normal(0, 3, (h, w, 3))
+    lesion = (yy - 80) ** 2 + (xx - 90) ** 2 < 40 ** 2
+    sticker = (yy - 160) ** 2 + (xx - 230) ** 2 < 60 ** 2
+    image[lesion] = (120, 72, 52)
+    image[sticker] = (250, 150, 20)
+    path = tmp_path / "sticker.png"
+    cv2.imwrite(str(path), cv2.cvtColor(np.clip(image, 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR))
+    prob = (lesion | sticker).astype(np.float32) * 0.9
+    assert mask_from_probability(prob)[160, 230]
+    kept = mask_from_probability(prob, implausible=implausible_map(str(path)))
+    assert np.array_equal(kept, lesion)
+    assert implausible_map(str(path)).shape == (192, 256)  # the colour check runs at 256 px on the long side
+
+
 @pytest.mark.parametrize("scores,best", [([0.9, 0.5, 0.6, 0.4], 0), ([0.1, 0.5, 0.7, 0.6], 6)])
 def test_the_starting_model_competes_in_the_validation_choice(synth, export, tmp_path, monkeypatch, scores, best):
     import trainer.finetune as ft
