@@ -3,8 +3,9 @@
 Each shard has a fixed list of ids (the sorted ids of all data folders, cut every ``shard_size``). With the
 loky backend the *images* are the parallel tasks, whatever the shard size (a 99-image set in one shard still
 uses every worker), and the run's own process is one of the ``--jobs`` (it computes images too); it assembles
-each shard in order as soon as all its images are back and writes it. With Dask each shard is one task, written by its worker. A rerun keeps every shard that exists whole with
-the same config and ids, and redoes the rest; the result does not depend on ``--jobs`` or the backend.
+each shard in order as soon as all its images are back and writes it. With Dask each shard is one task,
+written by its worker. A rerun keeps every shard that exists whole with the same config and ids, and redoes
+the rest; the result does not depend on ``--jobs`` or the backend.
 """
 from __future__ import annotations
 
@@ -179,6 +180,10 @@ def process_sample(sample: datasets.Sample, config: RunConfig) -> ShardRecord:
 
 class ParentGone(RuntimeError):
     """The run that started this worker is gone (killed): the worker stops without writing."""
+
+
+class WorkerDied(RuntimeError):
+    """A local worker process stopped without a result (killed, out of memory, a crash in a C library)."""
 
 
 _controller: tuple[int, object] | None = None
@@ -466,7 +471,7 @@ def _execute_local(plans: list[ShardPlan], out_dir: Path, config: RunConfig, *, 
     samples = [(k, sample) for k, plan in enumerate(plans) for sample in plan.samples]
     todo = deque(range(len(samples)))
     results: dict[int, tuple[ShardRecord | dict, str]] = {}
-    failures: list[BaseException] = []
+    failures: list[tuple[int, BaseException]] = []
     in_flight: set = set()
     lock = threading.RLock()  # a callback may run at once, inside feed()
     # its own pool, not loky's process-wide reusable one, which joblib's Parallel (synth) also takes
@@ -487,7 +492,7 @@ def _execute_local(plans: list[ShardPlan], out_dir: Path, config: RunConfig, *, 
             if future.cancelled():
                 return
             if future.exception() is not None:
-                failures.append(future.exception())
+                failures.append((future.index, future.exception()))
                 return
             results[future.index] = future.result()
             feed()
@@ -508,7 +513,12 @@ def _execute_local(plans: list[ShardPlan], out_dir: Path, config: RunConfig, *, 
             elif in_flight:
                 wait(list(in_flight), timeout=1.0, return_when=FIRST_COMPLETED)
             if failures:
-                raise failures[0]
+                i, exc = failures[0]
+                if isinstance(exc, ParentGone):
+                    raise exc
+                raise WorkerDied(f"{samples[i][1].image}: the worker process working on this image stopped "
+                                 f"({type(exc).__name__}: killed, out of memory, or a crash in a library); the "
+                                 "shards written so far are kept: rerun the same command to resume") from exc
             while next_plan < len(plans) and all(i in results for i in range(first, ends[next_plan])):
                 done, parts = zip(*[results.pop(i) for i in range(first, ends[next_plan])])
                 yield write_planned_shard(plans[next_plan], out_dir, config, done, time.perf_counter() - start,

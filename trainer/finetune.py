@@ -41,6 +41,7 @@ from trainer.models.segmenter import SegModel, build_seg_model, load_seg_model, 
 
 MODEL = "model.pt"
 COLOUR_LONG_SIDE = 256  # the grid of implausible_map (the walker's)
+PREDICT_SCALE = 2.0  # test-time input size / training input size (FinetuneConfig.predict_scale)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,12 @@ class FinetuneConfig:
     rises linearly from 0 to 1 over the first ``pseudo_ramp_frac`` of the iterations (:func:`semi_loss`).
     ``tta`` averages the test-time probabilities over the 8 flips/quarter turns (:func:`predict_probability`).
     ``one_lesion`` turns each test probability into a mask by :func:`mask_from_probability` with that prior.
+    ``predict_scale``: test images (and ``predict``'s) are segmented at this multiple of the training input size
+    (:func:`predict_size`; validation stays at the training size). 2 (ours): the random-resized crops of
+    training show lesions larger than a whole squashed image does, and a ViT gains tokens to draw the border
+    with. On 150 labelled ``isic2017_256`` images outside ``isic_sample``, 2x raised mean Jaccard by +1.3 to
+    +3.1 points for every model tried (pretrained ViT used as it is, ViT fine-tuned on 16 labels, ViT from
+    scratch, U-Net on pseudo-masks); 1.5x gave most of it, 2.7x (256 px) +0.5 more.
     """
 
     init: str = "pretrain"
@@ -91,8 +98,11 @@ class FinetuneConfig:
     pseudo_band: tuple[float, float] = (0.1, 0.9)  # the walker's uncertain band, ignored in the pseudo loss
     tta: bool = False                 # test-time averaging over flips and quarter turns
     one_lesion: bool = True           # masks: holes filled, one component kept (mask_from_probability)
+    predict_scale: float = PREDICT_SCALE  # test-time input size / training input size (predict_size)
 
     def __post_init__(self):
+        if not self.predict_scale > 0:
+            raise ValueError(f"predict_scale must be > 0, got {self.predict_scale}")
         if self.decoder_arch not in DECODERS:
             raise ValueError(f"decoder_arch: expected one of {DECODERS}, got {self.decoder_arch!r}")
         if not self.pseudo_weight >= 0 or self.pseudo_batch < 1 or not 0 <= self.pseudo_ramp_frac <= 1:
@@ -209,11 +219,12 @@ def finetune(data: Sequence[str | Path] | str | Path, frac: float, out_dir: str 
     save_seg_model(model, info, out_dir / MODEL, extra={
         "frac": frac, "n_labelled": len(subset), "labelled_ids": [s.id for s in subset], "best_iter": best_iter,
         "best_val_jaccard": best_val, "init": info, "config": json.loads(json.dumps(dataclasses.asdict(config)))})
-    means, rows = _predict_test(model, splits, out_dir, size=size, device=dev, progress=progress, tta=config.tta,
-                                one_lesion=config.one_lesion)
+    test_size = predict_size(size, config.predict_scale)
+    means, rows = _predict_test(model, splits, out_dir, size=test_size, device=dev, progress=progress,
+                                tta=config.tta, one_lesion=config.one_lesion)
     write_text(out_dir / "metrics.json", json.dumps({
         "mean": means, "n_test": len(rows), "per_image": rows, "frac": frac, "n_labelled": len(subset),
-        "best_iter": best_iter, "best_val_jaccard": best_val, "model": info,
+        "predict_size": test_size, "best_iter": best_iter, "best_val_jaccard": best_val, "model": info,
         "config": dataclasses.asdict(config), "splits": describe(splits, subset)}, indent=1))
     _best_worst_sheet(rows, splits, out_dir)
     return FinetuneResult(out_dir, means, best_iter, best_val, [s.id for s in subset])
@@ -239,21 +250,24 @@ def check_before_training(samples: Sequence[datasets.Sample], *, progress: bool 
 
 
 def score_model(model_path: str | Path, splits: Splits, out_dir: str | Path, *, device: str = "auto",
-                progress: bool = True, one_lesion: bool = True) -> dict[str, float]:
+                progress: bool = True, one_lesion: bool = True, predict_scale: float = PREDICT_SCALE
+                ) -> dict[str, float]:
     """Score a saved segmenter as it is (no training) on ``splits.test``: the 0-labels column of the table.
 
     ``model_path`` is a ``model.pt`` or a pretraining ``export.pt`` (its auxiliary decoder). Writes
     ``predictions/``, ``metrics.json`` (``n_labelled`` 0) and ``best_worst.png`` into ``out_dir``; returns the means.
-    ``one_lesion``: as in :func:`mask_from_probability` (the table scores every row the same way).
+    ``one_lesion`` and ``predict_scale``: as in :class:`FinetuneConfig` (the table scores every row the same way).
     """
     out_dir = Path(out_dir)
     dev = resolve_device(device)
     model, info = load_seg_model(model_path)
     model.to(dev)
-    means, rows = _predict_test(model, splits, out_dir, size=int(info["img_size"]), device=dev, progress=progress,
+    test_size = predict_size(int(info["img_size"]), predict_scale)
+    means, rows = _predict_test(model, splits, out_dir, size=test_size, device=dev, progress=progress,
                                 one_lesion=one_lesion)
     write_text(out_dir / "metrics.json", json.dumps({
         "mean": means, "n_test": len(rows), "per_image": rows, "frac": 0.0, "n_labelled": 0, "one_lesion": one_lesion,
+        "predict_size": test_size,
         "model": {k: v for k, v in info.items() if k != "extra"}, "source": str(model_path)}, indent=1,
         default=str))
     _best_worst_sheet(rows, splits, out_dir)
@@ -364,6 +378,12 @@ def _test_input(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     return image, datasets.image_size(Path(path))
 
 
+def predict_size(train_size: int, scale: float) -> int:
+    """The test-time input size for a model trained at ``train_size``: ``scale`` times it, rounded to a multiple
+    of 16 (every patch size and the U-Net's four poolings divide it), at least 16."""
+    return max(16, int(round(train_size * scale / 16)) * 16)
+
+
 def predict_image(model: SegModel, path: str | Path, *, size: int, device: torch.device,
                   tta: bool = False) -> np.ndarray:
     """The lesion probability of one image file at its original size: ``(H, W) float32`` in [0, 1].
@@ -415,7 +435,8 @@ def _predict_test(model, splits: Splits, out_dir: Path, *, size, device, progres
     rows = []
     for s in tqdm(splits.test, desc="predict test", unit="img", disable=not progress, leave=False):
         full = mask_from_probability(predict_image(model, s.image, size=size, device=device, tta=tta),
-                                     one_lesion=one_lesion, implausible=implausible_map(str(s.image)) if one_lesion else None)
+                                     one_lesion=one_lesion,
+                                     implausible=implausible_map(str(s.image)) if one_lesion else None)
         write_mask_png(pred_dir / f"{s.id}_segmentation.png", full.astype(np.uint8) * 255)
         rows.append({"id": s.id, **binary_scores(full, datasets.read_mask(s.mask))})
     keys = [k for k in rows[0] if k != "id"] if rows else []

@@ -22,7 +22,7 @@ from pipeline.export import encode_png
 from pipeline.guard import claim_file
 from pipeline.report import draw_contour
 from trainer.engine.distributed import resolve_device
-from trainer.finetune import implausible_map, mask_from_probability, predict_image
+from trainer.finetune import PREDICT_SCALE, implausible_map, mask_from_probability, predict_image, predict_size
 from trainer.models.segmenter import load_seg_model
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,8 @@ def _check_folders(data: Sequence[Path], out_dir: Path) -> None:
 
 def predict_folder(model_path: str | Path, data: Sequence[str | Path] | str | Path, out_dir: str | Path, *,
                    probabilities: bool = False, overlay: str | Path | None = None, device: str = "auto",
-                   progress: bool = True, one_lesion: bool | None = None) -> PredictResult:
+                   progress: bool = True, one_lesion: bool | None = None, predict_scale: float | None = None
+                   ) -> PredictResult:
     """Segment every image of ``data`` (any layout :func:`pipeline.datasets.open_dataset` reads; masks unused).
 
     Writes ``out_dir/<ID>_segmentation.png`` (0/255, the image's original size) and, with ``probabilities``,
@@ -64,6 +65,9 @@ def predict_folder(model_path: str | Path, data: Sequence[str | Path] | str | Pa
     with its reason and skipped. ``one_lesion`` (fill holes, keep one component:
     :func:`trainer.finetune.mask_from_probability`) defaults to what ``finetune`` did for the model's test
     predictions: on, except for a ``model.pt`` written before the option existed (off, as it was made).
+    ``predict_scale`` (the test-time input size over the training size: :func:`trainer.finetune.predict_size`)
+    likewise: the model's ``finetune`` setting, 1 for a ``model.pt`` older than it, the default (2) for an
+    ``export.pt``.
     """
     data = [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
     out_dir = Path(out_dir)
@@ -75,8 +79,10 @@ def predict_folder(model_path: str | Path, data: Sequence[str | Path] | str | Pa
     model, info = load_seg_model(model_path)
     dev = resolve_device(device)
     model.to(dev)
-    size = int(info["img_size"])
     made_by = info.get("extra", {}).get("config")  # finetune's config (None for a pretraining export.pt)
+    if predict_scale is None:  # as finetune (or the table's 0-labels column, for an export) predicted
+        predict_scale = PREDICT_SCALE if made_by is None else float(made_by.get("predict_scale", 1.0))
+    size = predict_size(int(info["img_size"]), predict_scale)
     tta = bool((made_by or {}).get("tta", False))  # as finetune predicted its test set
     if one_lesion is None:  # as finetune (or the table's 0-labels column, for an export) made its masks
         one_lesion = True if made_by is None else bool(made_by.get("one_lesion", False))

@@ -212,6 +212,45 @@ def test_sigkill_then_rerun_gives_identical_shards(tmp_path):
     assert verify(out) == []
 
 
+def _worker_pids(parent: int) -> list[int]:
+    """Pids of the loky worker processes whose parent is ``parent`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == parent and b"LokyProcess" in cmdline:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_a_dead_worker_is_one_line_naming_an_image_and_the_rerun_resumes(tmp_path):
+    data = good_folder(tmp_path / "data", 200)  # about 4 s of work: the workers start in under 1 s
+    out = tmp_path / "out"
+    args = [sys.executable, str(REPO / "cli.py"), "pseudomasks", "--data", str(data), "--out", str(out), "--size",
+            "64", "--shard-size", "8", "--jobs", "2", "--no-progress"]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (len(find_shards(out) if out.exists() else []) >= 1 and _worker_pids(proc.pid)):
+        assert time.time() < deadline and proc.poll() is None, "the run should still be going"
+        time.sleep(0.02)
+    for pid in _worker_pids(proc.pid):
+        os.kill(pid, signal.SIGKILL)  # as the kernel's out-of-memory killer would
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert lines[0].startswith("edgedino: error: ")
+    assert ".jpg: the worker process working on this image stopped" in lines[0]
+    kept = len(find_shards(out))
+    assert 1 <= kept < 25
+    rerun = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{kept} shard(s) kept" in rerun.stdout and verify(out) == []
+
+
 def test_verify_and_inspect_commands(tmp_path):
     data = good_folder(tmp_path / "data", 3)
     out = tmp_path / "out"

@@ -103,3 +103,31 @@ def test_an_export_is_a_zero_label_segmenter(tmp_path):
     with pytest.raises(ValueError, match="not an edgedino model"):
         torch.save({"format": "something"}, tmp_path / "other.pt")
         load_seg_model(tmp_path / "other.pt")
+
+
+def test_predict_segments_at_the_scale_finetune_used(finetuned, synth, tmp_path, monkeypatch):
+    import json
+
+    import trainer.predict as pr
+    from trainer.finetune import predict_size
+
+    assert [predict_size(96, 2.0), predict_size(224, 2.0), predict_size(96, 1.0), predict_size(100, 1.0),
+            predict_size(8, 1.0), predict_size(96, 1.5)] == [192, 448, 96, 96, 16, 144]
+    metrics = json.loads((finetuned / "metrics.json").read_text())
+    assert metrics["predict_size"] == 64 and metrics["config"]["predict_scale"] == 2.0  # TINY models train at 32
+    sizes = []
+    real = pr.predict_image
+    monkeypatch.setattr(pr, "predict_image", lambda *a, size, **k: sizes.append(size) or real(*a, size=size, **k))
+    one = sorted((synth / "images").glob("*.jpg"))[:1]
+    folder = tmp_path / "one"
+    folder.mkdir()
+    shutil.copy(one[0], folder / one[0].name)
+    predict_folder(finetuned / MODEL, folder, tmp_path / "a", device="cpu", progress=False)
+    predict_folder(finetuned / MODEL, folder, tmp_path / "b", device="cpu", progress=False, predict_scale=1.0)
+    # a model.pt older than the option was predicted at its training size: so it still is
+    model, info = load_seg_model(finetuned / MODEL)
+    extra = dict(info["extra"])
+    extra["config"] = {k: v for k, v in extra["config"].items() if k != "predict_scale"}
+    save_seg_model(model, {k: v for k, v in info.items() if k != "extra"}, tmp_path / "old.pt", extra=extra)
+    predict_folder(tmp_path / "old.pt", folder, tmp_path / "c", device="cpu", progress=False)
+    assert sizes == [64, 32, 32]
