@@ -478,8 +478,8 @@ def _execute_local(plans: list[ShardPlan], out_dir: Path, config: RunConfig, *, 
     executor = ProcessPoolExecutor(max_workers=jobs - 1)
     owner = os.getpid()
 
-    def feed() -> None:  # under ``lock``: keep each worker busy with one image
-        while todo and len(in_flight) < jobs - 1 and not failures:
+    def feed() -> None:  # under ``lock``: each worker has its image and the next (no wait between images)
+        while todo and len(in_flight) < 2 * (jobs - 1) and not failures:
             i = todo.popleft()
             future = executor.submit(hashed_sample, samples[i][1], config, owner)
             future.index = i
