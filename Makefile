@@ -65,10 +65,14 @@ export: $(STAMP)  ## pseudo-masks at original size as <ID>_segmentation.png
 pretrain: $(STAMP)  ## stage 2: DINO + auxiliary pseudo-mask segmentation
 	$(PY) cli.py pretrain --shards $(SHARDS) --out $(PRETRAIN) --device $(DEVICE) --preset $(PRESET) $(ARGS)
 
-finetune: $(STAMP)  ## fine-tune with FRAC of the labels (default 0.01) and report metrics
+# fine-tuning beside the pool's pseudo-masks (ours+semi) when the shards exist: +1.8 Jaccard points at 16 labels
+# in the README's table with both pretraining lengths, never below plain fine-tuning; SEMI=0 turns it off
+SEMI     ?= 1
+SEMI_ARG  = $(if $(and $(filter 1,$(SEMI)),$(wildcard $(SHARDS)/manifest.json)),--pseudo-shards $(SHARDS))
+finetune: $(STAMP)  ## fine-tune with FRAC of the labels (default 0.01), beside the pseudo-masks of SHARDS (SEMI=0: labels only)
 	@test -f $(PRETRAIN)/export.pt || { echo "no pretrained checkpoint at $(PRETRAIN)/export.pt: run 'make pretrain' first"; exit 1; }
-	@echo ">> using the latest pretraining export: $(PRETRAIN)/export.pt"
-	$(PY) cli.py finetune $(foreach d,$(DATA),--data $(d)) --frac $(FRAC) --checkpoint $(PRETRAIN)/export.pt --out $(OUT)/finetune-$(FRAC) --device $(DEVICE) --preset $(PRESET) $(ARGS)
+	@echo ">> using the latest pretraining export: $(PRETRAIN)/export.pt$(if $(SEMI_ARG), and the pseudo-masks of $(SHARDS))"
+	$(PY) cli.py finetune $(foreach d,$(DATA),--data $(d)) --frac $(FRAC) --checkpoint $(PRETRAIN)/export.pt --out $(OUT)/finetune-$(FRAC) --device $(DEVICE) --preset $(PRESET) $(SEMI_ARG) $(ARGS)
 
 # the newest fine-tuned model (make demo leaves artifacts/finetune-0.1/model.pt)
 MODEL    ?= $(or $(shell ls -t $(OUT)/finetune-*/model.pt 2>/dev/null | head -n 1),$(OUT)/finetune-$(FRAC)/model.pt)
