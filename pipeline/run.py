@@ -457,8 +457,8 @@ def _execute_local(plans: list[ShardPlan], out_dir: Path, config: RunConfig, *, 
 
     The run's own process works too instead of waiting: it starts on the first image at once, while the
     workers are still importing (about 0.7 s), and on a 2-core machine two jobs are this process and one
-    worker, not two workers beside an idle parent. Workers are fed from a done-callback, so one never waits
-    for this process to finish its image. Each shard is written, in plan order, as soon as all its images
+    worker, not two workers beside an idle parent. Workers are fed from a done-callback and always hold their
+    next image, so none waits for this process to finish its own. Each shard is written, in plan order, as soon as all its images
     are back; every image is computed by :func:`try_sample` in one thread, so the shards are the same bytes
     whoever computed each image.
     """
