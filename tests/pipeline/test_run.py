@@ -139,9 +139,10 @@ def test_two_jobs_are_this_process_and_one_worker(tmp_path, caplog):
         two = run_pseudomasks(data, tmp_path / "two", config=SMALL, jobs=2, progress=False)
     assert two.n_samples == 7
     lines = [r.getMessage() for r in caplog.records if "processed by the run's own process" in r.getMessage()]
-    assert len(lines) == 1
-    mine = int(lines[0].split()[0])
-    assert 1 <= mine <= 7 and lines[0].endswith("by 1 worker(s)")
+    assert len(lines) == 1 and " of 7 image(s) " in lines[0] and lines[0].endswith("by 1 worker(s)")
+    assert int(lines[0].split()[0]) > 0  # joblib's parent processed none: it only waited for its two workers
+    one = run_pseudomasks(data, tmp_path / "one", config=SMALL, jobs=1, progress=False)
+    assert one.n_samples == 7 and shard_hashes(tmp_path / "one") == shard_hashes(tmp_path / "two")
 
 
 def test_inputs_hash_from_parts_is_the_hash_of_the_files(tmp_path):
@@ -244,11 +245,19 @@ def test_a_dead_worker_is_one_line_naming_an_image_and_the_rerun_resumes(tmp_pat
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
     assert lines[0].startswith("edgedino: error: ")
     assert ".jpg: the worker process working on this image stopped" in lines[0]
-    kept = len(find_shards(out))
-    assert 1 <= kept < 25
+    after_crash = {p.name: sha256_file(p) for p in find_shards(out)}
+    assert len(after_crash) < 25, "the run should have stopped part-way"
+    assert "shard-00000.h5" in after_crash  # written before the kill: kept
     rerun = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
-    assert f"{kept} shard(s) kept" in rerun.stdout and verify(out) == []
+    assert f"{len(after_crash)} shard(s) kept" in rerun.stdout and verify(out) == []
+    final = shard_hashes(out)
+    assert len(final) == 25 and all(final[name] == digest for name, digest in after_crash.items())
+    reference = tmp_path / "reference"
+    one_job = [sys.executable, str(REPO / "cli.py"), "pseudomasks", "--data", str(data), "--out", str(reference),
+               "--size", "64", "--shard-size", "8", "--jobs", "1", "--no-progress"]
+    subprocess.run(one_job, cwd=REPO, check=True, capture_output=True)
+    assert shard_hashes(reference) == final  # what the crash kept plus what the rerun made: an unbroken run's shards
 
 
 def test_verify_and_inspect_commands(tmp_path):
