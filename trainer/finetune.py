@@ -27,6 +27,7 @@ from pipeline.atomic import save_figure, write_text
 from pipeline.export import write_mask_png
 from pipeline.guard import check_out_dir, make_out_dir
 from pipeline.pseudomask import cleanup, seeds
+from pipeline.pseudomask.per_image import resize_long
 from pipeline.report import draw_contour
 from trainer.data.cutmix import PICConfig, pic_bias, pic_cutmix
 from trainer.data.multicrop import MultiCropConfig, multi_crop
@@ -420,11 +421,7 @@ def mask_from_probability(prob: np.ndarray, *, one_lesion: bool = True,
 def implausible_map(path: str) -> np.ndarray:
     """:func:`pipeline.pseudomask.seeds.implausible_colour` of the image at ``path``, at 256 px on its long side
     (field of view and the colours no pigmented lesion has); cached across the cells of a table run."""
-    image = datasets.read_image(path, min_long_side=COLOUR_LONG_SIDE)
-    h, w = image.shape[:2]
-    scale = COLOUR_LONG_SIDE / max(h, w)
-    if scale < 1:
-        image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    image = resize_long(datasets.read_image(path, min_long_side=COLOUR_LONG_SIDE), COLOUR_LONG_SIDE)
     found = seeds.implausible_colour(image)
     found.flags.writeable = False
     return found

@@ -95,7 +95,9 @@ class PseudoMaskResult:
     diagnostics: dict[str, float]
 
 
-def _resize_long(image: np.ndarray, long_side: int) -> np.ndarray:
+def resize_long(image: np.ndarray, long_side: int) -> np.ndarray:
+    """``image`` shrunk (area interpolation, aspect kept) so its long side is ``long_side``; smaller images as
+    they are."""
     h, w = image.shape[:2]
     scale = long_side / max(h, w)
     if scale >= 1:
@@ -212,8 +214,8 @@ def make_pseudo_mask(image: np.ndarray, *, size: int = 256, config: PseudoMaskCo
         raise ValueError(f"size must be >= 8, got {size}")
     # Hair at the hair resolution, guided by a quick coarse map at the walker resolution.
     t0 = time.perf_counter()
-    work = _resize_long(image, config.hair_long_side)
-    small = _resize_long(work, config.walker_long_side)
+    work = resize_long(image, config.hair_long_side)
+    small = resize_long(work, config.walker_long_side)
     lab_small = to_lab(small)
     fov_small = field_of_view(small, config=config.seeds, lab=lab_small)
     # one pass is enough for a hint (it only protects the lesion core from the hair filter): ~10 ms saved
@@ -225,7 +227,7 @@ def make_pseudo_mask(image: np.ndarray, *, size: int = 256, config: PseudoMaskCo
     hair = remove_hair(work, config=config.hair, lesion_hint=hint, fov=fov_work)
     t1 = time.perf_counter()
     # Seeds and walker on the cleaned image.
-    cleaned_small = _resize_long(hair.cleaned, config.walker_long_side)
+    cleaned_small = resize_long(hair.cleaned, config.walker_long_side)
     seg = segment(cleaned_small, config=config, seed=seed)
     fov, coarse, separation, labels, prob, mask, checks = seg
     fg = labels == LESION

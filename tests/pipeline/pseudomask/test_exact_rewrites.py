@@ -17,7 +17,7 @@ from pipeline.datasets import read_image
 from pipeline.pseudomask import seeds
 from pipeline.pseudomask.cleanup import fill_holes
 from pipeline.pseudomask.hair import _elongated, erode_mask, median_mad, median_of_counts
-from pipeline.pseudomask.per_image import _resize_long
+from pipeline.pseudomask.per_image import resize_long
 from pipeline.pseudomask.walker import WalkerConfig, _features, _walk_skimage, lesion_system, walk
 
 
@@ -89,7 +89,7 @@ def test_lesion_system_is_scikit_images_system(seed, frame):
 
 def test_walk_equals_scikit_image_on_real_images(isic_sample):
     for name in ("ISIC_0000000", "ISIC_0000004", "ISIC_0014628"):
-        small = _resize_long(read_image(isic_sample / "images" / f"{name}.jpg", min_long_side=1024), 256)
+        small = resize_long(read_image(isic_sample / "images" / f"{name}.jpg", min_long_side=1024), 256)
         lab = seeds.to_lab(small)
         fov = seeds.field_of_view(small, lab=lab)
         labels = seeds.seed_labels(small, fov)
