@@ -481,6 +481,9 @@ def _pretrain_health(result) -> str:
                    "first 20 % of the iterations). Lower it when the pseudo-masks are poor on your data.")
 @click.option("--pseudo-batch", type=click.IntRange(min=1), default=None,
               help="Pool images per step beside the labelled batch (default 8).")
+@click.option("--pseudo-min-confidence", type=click.FloatRange(0, 1), default=None,
+              help="Leave out the pool's pseudo-masks whose confidence (stored by 'pseudomasks', listed by 'inspect') "
+                   "is below this (default 0: keep all).")
 @click.option("--tta", is_flag=True,
               help="Average the test predictions over the 8 flips/quarter turns (8x the prediction time); "
                    "'predict' with the saved model.pt does the same.")
@@ -492,10 +495,14 @@ def _pretrain_health(result) -> str:
               help="Segment the test images at this multiple of the training input size (default 2: +1.3 to +3.1 "
                    "Jaccard points over 1 on held-out ISIC 2017 images; 'predict' with the saved model.pt does the "
                    "same). 1 is the fastest.")
+@click.option("--fuse", is_flag=True,
+              help="Test masks (and 'predict' with the saved model.pt) from the mean of the model's lesion probability "
+                   "and stage 1's label-free walker probability of the same image (about 0.1 s more per image). The "
+                   "two make different errors: README, real-data table.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
 def finetune(data, frac, checkpoint, out, test_data, seed, init, decoder, decoder_arch, arch, img_size, iters, preset,
-             device, pic, pic_prob, pic_anneal, pseudo_shards, pseudo_weight, pseudo_batch, tta, all_components,
-             predict_scale, no_progress):
+             device, pic, pic_prob, pic_anneal, pseudo_shards, pseudo_weight, pseudo_batch, pseudo_min_confidence, tta,
+             all_components, predict_scale, fuse, no_progress):
     """Fine-tune with a fraction of the expert labels and report ISIC metrics."""
     import dataclasses
 
@@ -508,7 +515,8 @@ def finetune(data, frac, checkpoint, out, test_data, seed, init, decoder, decode
                                  param_hint="--checkpoint")
     overrides = {"seed": seed, "init": init, "decoder": decoder, "arch": arch, "img_size": img_size, "iters": iters,
                  "decoder_arch": decoder_arch, "pseudo_shards": str(pseudo_shards) if pseudo_shards else None,
-                 "pseudo_weight": pseudo_weight, "pseudo_batch": pseudo_batch, "tta": tta or None,
+                 "pseudo_weight": pseudo_weight, "pseudo_batch": pseudo_batch,
+                 "pseudo_min_confidence": pseudo_min_confidence, "tta": tta or None, "fuse": fuse or None,
                  "one_lesion": False if all_components else None, "predict_scale": predict_scale}
     if pic:
         from trainer.data.cutmix import PICConfig
@@ -550,8 +558,12 @@ def finetune(data, frac, checkpoint, out, test_data, seed, init, decoder, decode
 @click.option("--predict-scale", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Segment at this multiple of the model's training input size. Default: as 'finetune' made the "
                    "model's test masks (2; 1 for a model.pt older than the option; 2 for a pretraining export.pt).")
+@click.option("--fuse/--no-fuse", default=None,
+              help="Average the model's lesion probability with stage 1's label-free walker probability of each image "
+                   "(hair removal + Random Walker, about 0.1 s more per image) before cutting the mask. Default: "
+                   "as 'finetune' made the model's test masks (its --fuse); off for a pretraining export.pt.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
-def predict(model_path, data, out, probabilities, overlay, device, one_lesion, predict_scale, no_progress):
+def predict(model_path, data, out, probabilities, overlay, device, one_lesion, predict_scale, fuse, no_progress):
     """Segment a folder of new images with a saved model (exit 3 when some images were skipped)."""
     from pipeline import datasets
     from trainer.predict import predict_folder
@@ -559,7 +571,7 @@ def predict(model_path, data, out, probabilities, overlay, device, one_lesion, p
     try:
         result = predict_folder(model_path, list(data), out, probabilities=probabilities, overlay=overlay,
                                 device=device, progress=not no_progress, one_lesion=one_lesion,
-                                predict_scale=predict_scale)
+                                predict_scale=predict_scale, fuse=fuse)
     except (ValueError, FileNotFoundError, datasets.DatasetError) as exc:
         raise click.ClickException(str(exc)) from None
     for path, reason in result.failed:
@@ -632,8 +644,11 @@ def _floats(value: str) -> tuple[float, ...]:
                                              "pseudo-masks"]),
               show_default=True,
               help="Rows to run (comma-separated). unet-pseudo: a small U-Net trained on the pseudo-masks alone, "
-                   "then fine-tuned (the baseline ours must beat). Also: ours+fkd (needs --fkd-weights), ours+semi (ours' pretraining fine-tuned semi-supervised with the table's pseudo-masks), ours+pic (ours' "
-                   "pretraining fine-tuned with PIC CutMix), ours+ilka (the I-LKA + deformable decoder).")
+                   "then fine-tuned (the baseline ours must beat). Also: ours+fkd (needs --fkd-weights), ours+semi "
+                   "(ours' pretraining fine-tuned semi-supervised with the table's pseudo-masks), ours+pic (ours' "
+                   "pretraining fine-tuned with PIC CutMix), ours+ilka (the I-LKA + deformable decoder), ours+fuse, "
+                   "ours+semi+fuse and unet-pseudo+fuse (those rows' models, their test masks fused with the walker's "
+                   "probability: finetune --fuse; no training of their own).")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Local backbone checkpoint every pretraining and the same-init row start from.")
 @click.option("--pretrain-epochs", type=click.IntRange(min=1), default=None, help="Override the preset's epochs.")

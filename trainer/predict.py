@@ -55,8 +55,8 @@ def _check_folders(data: Sequence[Path], out_dir: Path) -> None:
 
 def predict_folder(model_path: str | Path, data: Sequence[str | Path] | str | Path, out_dir: str | Path, *,
                    probabilities: bool = False, overlay: str | Path | None = None, device: str = "auto",
-                   progress: bool = True, one_lesion: bool | None = None, predict_scale: float | None = None
-                   ) -> PredictResult:
+                   progress: bool = True, one_lesion: bool | None = None, predict_scale: float | None = None,
+                   fuse: bool | None = None) -> PredictResult:
     """Segment every image of ``data`` (any layout :func:`pipeline.datasets.open_dataset` reads; masks unused).
 
     Writes ``out_dir/<ID>_segmentation.png`` (0/255, the image's original size) and, with ``probabilities``,
@@ -67,7 +67,8 @@ def predict_folder(model_path: str | Path, data: Sequence[str | Path] | str | Pa
     predictions: on, except for a ``model.pt`` written before the option existed (off, as it was made).
     ``predict_scale`` (the test-time input size over the training size: :func:`trainer.finetune.predict_size`)
     likewise: the model's ``finetune`` setting, 1 for a ``model.pt`` older than it, the default (2) for an
-    ``export.pt``.
+    ``export.pt``. ``fuse`` (average with stage 1's walker probability: :func:`trainer.finetune.fuse_probabilities`)
+    likewise: the model's ``finetune`` setting, off for an ``export.pt`` and older models.
     """
     data = [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
     out_dir = Path(out_dir)
@@ -84,6 +85,8 @@ def predict_folder(model_path: str | Path, data: Sequence[str | Path] | str | Pa
         predict_scale = PREDICT_SCALE if made_by is None else float(made_by.get("predict_scale", 1.0))
     size = predict_size(int(info["img_size"]), predict_scale)
     tta = bool((made_by or {}).get("tta", False))  # as finetune predicted its test set
+    if fuse is None:
+        fuse = bool((made_by or {}).get("fuse", False))
     if one_lesion is None:  # as finetune (or the table's 0-labels column, for an export) made its masks
         one_lesion = True if made_by is None else bool(made_by.get("one_lesion", False))
     result = PredictResult(out_dir)
@@ -94,7 +97,7 @@ def predict_folder(model_path: str | Path, data: Sequence[str | Path] | str | Pa
             for s in dataset.samples[start:start + BATCH_FILES]:
                 bar.update()
                 try:
-                    prob = predict_image(model, s.image, size=size, device=dev, tta=tta)
+                    prob = predict_image(model, s.image, size=size, device=dev, tta=tta, fuse=fuse)
                 except (datasets.ImageReadError, OSError, cv2.error) as exc:
                     log.warning("skipped %s: %s", s.image, exc)
                     result.failed.append((str(s.image), str(exc)))

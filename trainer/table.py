@@ -17,7 +17,11 @@ Rows (METHOD.md section 6):
 - ``unet-pseudo``: a small U-Net (:mod:`trainer.models.unet`) trained on the pseudo-masks alone
   (:mod:`trainer.unet_pseudo`), then fine-tuned with the same labels: no DINO, no ViT. Ours must beat it to
   claim that self-distillation adds anything beyond the pseudo-masks;
-- ``pseudo-masks``: the test images' own pseudo-masks scored as predictions (no label used at all).
+- ``pseudo-masks``: the test images' own pseudo-masks scored as predictions (no label used at all);
+- ``ours+fuse``, ``ours+semi+fuse``, ``unet-pseudo+fuse``: the cells of ``ours`` / ``ours+semi`` /
+  ``unet-pseudo`` (run when missing; no new training) rescored with ``fuse``: each test probability averaged
+  with stage 1's walker probability of the same image (:func:`trainer.finetune.fuse_probabilities`;
+  ``finetune --fuse`` and ``predict --fuse``).
 
 Columns: **0 labels** (frac 0) for every row whose pretraining trained a segmentation decoder (``pseudo-only``,
 ``ours``, ``ours+fkd``, ``ours+ilka``, ``unet-pseudo``): the pretrained model used directly as the segmenter
@@ -58,8 +62,10 @@ log = logging.getLogger(__name__)
 PRETRAINED = {"dino": {"lambda_seg": 0.0}, "pseudo-only": {"distill": False}, "ours": {}, "ours+fkd": {},
               "ours+ilka": {"decoder": "ilka"}}
 FINETUNE_VARIANTS = {"ours+pic": "ours", "ours+semi": "ours"}  # another row's pretraining, fine-tuned differently
+# a row's cells rescored with fuse (no training of their own)
+FUSED = {"ours+fuse": "ours", "ours+semi+fuse": "ours+semi", "unet-pseudo+fuse": "unet-pseudo"}
 METHODS = ("scratch", "same-init", "unet-pseudo", "dino", "pseudo-only", "ours", "ours+fkd", "ours+pic", "ours+semi",
-           "ours+ilka", "pseudo-masks")
+           "ours+ilka", "unet-pseudo+fuse", "ours+fuse", "ours+semi+fuse", "pseudo-masks")
 ZERO_LABEL_ROWS = ("unet-pseudo", "pseudo-only", "ours", "ours+fkd", "ours+ilka")  # a decoder trained on pseudo-masks
 UNET = "unet-pseudo"
 METRICS = ("jaccard", "dice", "thresholded_jaccard", "accuracy", "sensitivity", "specificity")
@@ -118,6 +124,9 @@ def run_table(spec: TableSpec, *, progress: bool = True) -> Path:
     if bad:
         raise ValueError(f"fracs: each must be in (0, 1] (0.01 means 1 % of the labels), got {bad[0]}")
     check_out_dir(out, spec.data + spec.unlabelled + spec.test_data)
+    # a +fuse row rescores its base row's cells: the base runs too, and before it
+    plain = [FUSED.get(m, m) for m in spec.methods] + [m for m in spec.methods if m not in FUSED]
+    spec = dataclasses.replace(spec, methods=tuple(dict.fromkeys(plain + [m for m in spec.methods if m in FUSED])))
     labelled = datasets.open_dataset(spec.data).labelled  # every mask checked before any long work
     finetune_loop.check_before_training(labelled + tuple(datasets.open_dataset(spec.test_data).labelled
                                                          if spec.test_data else ()), progress=progress)
@@ -137,7 +146,8 @@ def _pretraining_phase(spec: TableSpec, out: Path, test_ids: set[str], *, progre
     """Pseudo-masks (unless given) and one pretraining per pretrained row; the exports by row, and the preset."""
     shard_dir = Path(spec.shards) if spec.shards else out / "shards"
     reused = {m: Path(d) / ("model.pt" if m == UNET else EXPORT) for m, d in spec.pretrained}
-    wanted = list(spec.methods) + [FINETUNE_VARIANTS[m] for m in spec.methods if m in FINETUNE_VARIANTS]
+    wanted = [FUSED.get(m, m) for m in spec.methods]
+    wanted += [FINETUNE_VARIANTS[m] for m in wanted if m in FINETUNE_VARIANTS]
     pretrain_needed = [m for m in PRETRAINED if m in wanted]
     overrides = {m: _pretrain_overrides(m, spec) for m in pretrain_needed}  # errors before any long work
     unet_needed = UNET in wanted and UNET not in reused
@@ -184,7 +194,24 @@ def _zero_label_rows(spec: TableSpec, out: Path, exports: dict[str, Path], *, pr
             log.info("table: %s with 0 labels (the pretrained decoder as the segmenter)", method)
             finetune_loop.score_model(exports[method], splits, cell, device=spec.device, progress=progress)
         rows.append(_row(method, 0.0, 0, json.loads(metrics_path.read_text())))
+        fused = next((f for f, base in FUSED.items() if base == method and f in spec.methods), None)
+        if fused:
+            rows.append(_fused_cell(spec, out, fused, 0.0, 0, exports[method], progress=progress))
     return rows
+
+
+def _fused_cell(spec: TableSpec, out: Path, method: str, frac: float, seed: int, model_path: Path, *,
+                progress: bool) -> dict:
+    """One ``+fuse`` cell: the base cell's model (or the export, with 0 labels) rescored with ``fuse``."""
+    cell = _cell_dir(out, method, frac, seed)
+    metrics_path = cell / "metrics.json"
+    if not metrics_path.exists():
+        test = datasets.open_dataset(list(spec.test_data), require_masks=True) if spec.test_data else None
+        splits = split_dataset(datasets.open_dataset(list(spec.data)), test=test)
+        log.info("table: %s, frac %g, seed %d (%s rescored, fused with the walker)", method, frac, seed, model_path)
+        finetune_loop.score_model(model_path, splits, cell, device=spec.device, progress=progress, fuse=True,
+                                  predict_scale=finetune_preset(spec.preset).predict_scale)
+    return _row(method, frac, seed, json.loads(metrics_path.read_text()))
 
 
 def _finetune_grid(spec: TableSpec, out: Path, exports: dict[str, Path], base_pre: PretrainConfig, *,
@@ -198,6 +225,10 @@ def _finetune_grid(spec: TableSpec, out: Path, exports: dict[str, Path], base_pr
         for seed in spec.seeds:
             for method in spec.methods:
                 if method == "pseudo-masks" or (method == "same-init" and not spec.weights):
+                    continue
+                if method in FUSED:  # its base comes earlier in spec.methods: its cell is done
+                    base_model = _cell_dir(out, FUSED[method], frac, seed) / finetune_loop.MODEL
+                    rows.append(_fused_cell(spec, out, method, frac, seed, base_model, progress=progress))
                     continue
                 cell = _cell_dir(out, method, frac, seed)
                 metrics_path = cell / "metrics.json"

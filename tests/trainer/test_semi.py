@@ -58,6 +58,29 @@ def test_each_fine_tuning_batch_mixes_both_kinds_with_the_ramped_weight(shards, 
     assert [s[:3] for s in seen] == [(3, 3, None)] * 5  # off: labelled crops only
 
 
+def test_the_pool_leaves_out_pseudo_masks_below_the_confidence_floor(tmp_path):
+    from pipeline.run import run_pseudomasks
+    from pipeline.shards import ShardReader, find_shards
+
+    write_synthetic_dataset(tmp_path / "data", 12, seed=6, size=(64, 48), progress=False)
+    run_pseudomasks(tmp_path / "data", tmp_path / "shards", progress=False)
+    confidence = {}
+    for path in find_shards(tmp_path / "shards"):
+        with ShardReader(path) as shard:
+            usable = shard.column("no_lesion") == 0
+            confidence.update({i: float(c) for i, c, ok in zip(shard.ids, shard.confidence(), usable) if ok})
+    values = sorted(confidence.values())
+    assert len(values) >= 6 and values[0] < values[-1]
+    floor = values[len(values) // 2]  # about half of them fall below it
+    everything = ft._PseudoPool(tmp_path / "shards", set(), seed=0)
+    kept = ft._PseudoPool(tmp_path / "shards", set(), seed=0, min_confidence=floor)
+    assert len(everything.valid) == len(values)
+    assert len(kept.valid) == sum(c >= floor for c in values) < len(values)
+    assert min(confidence[kept.dataset.ids[int(i)]] for i in kept.valid) >= floor
+    with pytest.raises(ValueError, match="pseudo_min_confidence"):
+        ft.FinetuneConfig(pseudo_min_confidence=1.5)
+
+
 class _Pointwise(torch.nn.Module):
     """Logits from each pixel alone (equivariant to every flip and turn), plus an optional fixed ramp (not)."""
 
