@@ -69,10 +69,14 @@ pretrain: $(STAMP)  ## stage 2: DINO + auxiliary pseudo-mask segmentation
 # in the README's table with both pretraining lengths, never below plain fine-tuning; SEMI=0 turns it off
 SEMI     ?= 1
 SEMI_ARG  = $(if $(and $(filter 1,$(SEMI)),$(wildcard $(SHARDS)/manifest.json)),--pseudo-shards $(SHARDS))
-finetune: $(STAMP)  ## fine-tune with FRAC of the labels (default 0.01), beside the pseudo-masks of SHARDS (SEMI=0: labels only)
+# test masks (and 'make predict' with the model) fused with stage 1's walker probability: better than the model
+# alone and than the pseudo-masks alone on both real test sets of the README; FUSE=0 turns it off
+FUSE     ?= 1
+FUSE_ARG  = $(if $(filter 1,$(FUSE)),--fuse)
+finetune: $(STAMP)  ## fine-tune with FRAC of the labels (default 0.01), beside the pseudo-masks of SHARDS (SEMI=0: labels only; FUSE=0: masks from the model alone)
 	@test -f $(PRETRAIN)/export.pt || { echo "no pretrained checkpoint at $(PRETRAIN)/export.pt: run 'make pretrain' first"; exit 1; }
 	@echo ">> using the latest pretraining export: $(PRETRAIN)/export.pt$(if $(SEMI_ARG), and the pseudo-masks of $(SHARDS))"
-	$(PY) cli.py finetune $(foreach d,$(DATA),--data $(d)) --frac $(FRAC) --checkpoint $(PRETRAIN)/export.pt --out $(OUT)/finetune-$(FRAC) --device $(DEVICE) --preset $(PRESET) $(SEMI_ARG) $(ARGS)
+	$(PY) cli.py finetune $(foreach d,$(DATA),--data $(d)) --frac $(FRAC) --checkpoint $(PRETRAIN)/export.pt --out $(OUT)/finetune-$(FRAC) --device $(DEVICE) --preset $(PRESET) $(SEMI_ARG) $(FUSE_ARG) $(ARGS)
 
 # the newest fine-tuned model (make demo leaves artifacts/finetune-0.1/model.pt)
 MODEL    ?= $(or $(shell ls -t $(OUT)/finetune-*/model.pt 2>/dev/null | head -n 1),$(OUT)/finetune-$(FRAC)/model.pt)
@@ -92,7 +96,7 @@ demo: $(STAMP)  ## the whole main job on built-in synthetic data (a few minutes 
 	@echo ">> 5/6 fine-tune with 10 % of the labels"; $(MAKE) --no-print-directory finetune DATA=$(SYNTH) FRAC=0.1 ARGS="--iters $(DEMO_ITERS)"
 	@echo ">> 6/6 a short comparison table"
 	$(PY) cli.py table --data $(SYNTH) --out $(OUT)/table --shards $(SHARDS) --pretrained ours=$(PRETRAIN) \
-	  --fracs 0.2 --seeds 1 --methods scratch,ours,pseudo-masks --finetune-iters $(DEMO_ITERS) --preset $(PRESET) --device $(DEVICE) --no-progress
+	  --fracs 0.2 --seeds 1 --methods scratch,ours,ours+fuse,pseudo-masks --finetune-iters $(DEMO_ITERS) --preset $(PRESET) --device $(DEVICE) --no-progress
 	@echo ">> done. Look at:"
 	@echo "   $(OUT)/shards_sheet.png            pseudo-masks (contact sheet)"
 	@echo "   $(PRETRAIN)/pictures/              predicted masks and CLS attention during pretraining"

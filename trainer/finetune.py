@@ -27,7 +27,7 @@ from pipeline.atomic import save_figure, write_text
 from pipeline.export import write_mask_png
 from pipeline.guard import check_out_dir, make_out_dir
 from pipeline.pseudomask import cleanup, seeds
-from pipeline.pseudomask.per_image import make_pseudo_mask, resize_long
+from pipeline.pseudomask.per_image import PseudoMaskConfig, make_pseudo_mask, resize_long
 from pipeline.report import draw_contour
 from pipeline.run import RunConfig
 from trainer.data.cutmix import PICConfig, pic_bias, pic_cutmix
@@ -44,6 +44,8 @@ from trainer.models.segmenter import SegModel, build_seg_model, load_seg_model, 
 MODEL = "model.pt"
 COLOUR_LONG_SIDE = 256  # the grid of implausible_map (the walker's)
 PREDICT_SCALE = 2.0  # test-time input size / training input size (FinetuneConfig.predict_scale)
+FUSE_WEIGHT = 0.15  # the model's share of a fused probability (fuse_probabilities)
+WALKER_CUT = PseudoMaskConfig().threshold  # stage 1 cuts its walker probability here (0.3)
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +75,9 @@ class FinetuneConfig:
     with. On 150 labelled ``isic2017_256`` images outside ``isic_sample``, 2x raised mean Jaccard by +1.3 to
     +3.1 points for every model tried (pretrained ViT used as it is, ViT fine-tuned on 16 labels, ViT from
     scratch, U-Net on pseudo-masks); 1.5x gave most of it, 2.7x (256 px) +0.5 more.
-    ``fuse``: each test probability is averaged with stage 1's label-free walker probability of the same image
-    (:func:`walker_probability`, :func:`fuse_probabilities`) before the mask is cut; ``predict`` does the same
-    for a model fine-tuned with it. The two make different errors: see the README's table for the measured gain.
+    ``fuse``: each test probability is combined with stage 1's label-free walker probability of the same image
+    (:func:`walker_probability`; ``fuse_weight``: :func:`fuse_probabilities`) before the mask is cut; ``predict``
+    does the same for a model fine-tuned with it. The two make different errors: the README's table has the gain.
     """
 
     init: str = "pretrain"
@@ -105,7 +107,8 @@ class FinetuneConfig:
     tta: bool = False                 # test-time averaging over flips and quarter turns
     one_lesion: bool = True           # masks: holes filled, one component kept (mask_from_probability)
     predict_scale: float = PREDICT_SCALE  # test-time input size / training input size (predict_size)
-    fuse: bool = False                # test masks from the mean of the model's and stage 1's probability
+    fuse: bool = False                # test masks from the model's and stage 1's probability (fuse_probabilities)
+    fuse_weight: float = FUSE_WEIGHT  # the model's share of the fused probability
 
     def __post_init__(self):
         if not self.predict_scale > 0:
@@ -115,6 +118,8 @@ class FinetuneConfig:
         if not self.pseudo_weight >= 0 or self.pseudo_batch < 1 or not 0 <= self.pseudo_ramp_frac <= 1:
             raise ValueError(f"pseudo_weight >= 0, pseudo_batch >= 1 and 0 <= pseudo_ramp_frac <= 1 expected, got "
                              f"{self.pseudo_weight}, {self.pseudo_batch}, {self.pseudo_ramp_frac}")
+        if not 0.0 <= self.fuse_weight <= 1.0:
+            raise ValueError(f"fuse_weight must be in [0, 1], got {self.fuse_weight}")
         if not 0.0 <= self.pseudo_min_confidence <= 1.0:
             raise ValueError(f"pseudo_min_confidence: expected a value in [0, 1] (0 keeps every pseudo-mask), got "
                              f"{self.pseudo_min_confidence}")
@@ -231,7 +236,8 @@ def finetune(data: Sequence[str | Path] | str | Path, frac: float, out_dir: str 
         "best_val_jaccard": best_val, "init": info, "config": json.loads(json.dumps(dataclasses.asdict(config)))})
     test_size = predict_size(size, config.predict_scale)
     means, rows = _predict_test(model, splits, out_dir, size=test_size, device=dev, progress=progress,
-                                tta=config.tta, one_lesion=config.one_lesion, fuse=config.fuse)
+                                tta=config.tta, one_lesion=config.one_lesion, fuse=config.fuse,
+                                fuse_weight=config.fuse_weight)
     write_text(out_dir / "metrics.json", json.dumps({
         "mean": means, "n_test": len(rows), "per_image": rows, "frac": frac, "n_labelled": len(subset),
         "predict_size": test_size, "best_iter": best_iter, "best_val_jaccard": best_val, "model": info,
@@ -261,7 +267,7 @@ def check_before_training(samples: Sequence[datasets.Sample], *, progress: bool 
 
 def score_model(model_path: str | Path, splits: Splits, out_dir: str | Path, *, device: str = "auto",
                 progress: bool = True, one_lesion: bool = True, predict_scale: float = PREDICT_SCALE,
-                fuse: bool = False) -> dict[str, float]:
+                fuse: bool = False, fuse_weight: float = FUSE_WEIGHT) -> dict[str, float]:
     """Score a saved segmenter as it is (no training) on ``splits.test``: the 0-labels column of the table.
 
     ``model_path`` is a ``model.pt`` or a pretraining ``export.pt`` (its auxiliary decoder). Writes
@@ -275,11 +281,12 @@ def score_model(model_path: str | Path, splits: Splits, out_dir: str | Path, *, 
     model.to(dev)
     test_size = predict_size(int(info["img_size"]), predict_scale)
     means, rows = _predict_test(model, splits, out_dir, size=test_size, device=dev, progress=progress,
-                                one_lesion=one_lesion, fuse=fuse)
+                                one_lesion=one_lesion, fuse=fuse, fuse_weight=fuse_weight)
     extra = info.get("extra", {})
     write_text(out_dir / "metrics.json", json.dumps({
         "mean": means, "n_test": len(rows), "per_image": rows, "frac": float(extra.get("frac", 0.0)),
         "n_labelled": int(extra.get("n_labelled", 0)), "one_lesion": one_lesion, "fuse": fuse,
+        "fuse_weight": fuse_weight,
         "predict_size": test_size,
         "model": {k: v for k, v in info.items() if k != "extra"}, "source": str(model_path)}, indent=1,
         default=str))
@@ -399,19 +406,19 @@ def predict_size(train_size: int, scale: float) -> int:
 
 
 def predict_image(model: SegModel, path: str | Path, *, size: int, device: torch.device,
-                  tta: bool = False, fuse: bool = False) -> np.ndarray:
+                  tta: bool = False, fuse: bool = False, fuse_weight: float = FUSE_WEIGHT) -> np.ndarray:
     """The lesion probability of one image file at its original size: ``(H, W) float32`` in [0, 1].
 
     The image is squashed to ``size`` x ``size`` (area interpolation), segmented, and the probability resized
-    back bilinearly; cut it at 0.5 for the mask. With ``fuse``, averaged with stage 1's walker probability of
-    the image (:func:`fuse_probabilities`). ``finetune`` (test predictions) and ``predict`` share it, so both
-    give the same mask for the same image and model.
+    back bilinearly; cut it at 0.5 for the mask. With ``fuse``, combined with stage 1's walker probability of
+    the image (:func:`fuse_probabilities` with ``fuse_weight``). ``finetune`` (test predictions) and ``predict``
+    share it, so both give the same mask for the same image and model.
     """
     image, (height, width) = _test_input(str(path), size)
     prob = predict_probability(model, torch.from_numpy(image.copy()).permute(2, 0, 1)[None], size=size,
                                device=device, tta=tta)[0]
     prob = cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
-    return fuse_probabilities(prob, walker_probability(str(path))) if fuse else prob
+    return fuse_probabilities(prob, walker_probability(str(path)), weight=fuse_weight) if fuse else prob
 
 
 @functools.lru_cache(maxsize=1024)
@@ -441,19 +448,29 @@ def walker_probability(path: str | Path) -> np.ndarray | None:
     return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def fuse_probabilities(model_prob: np.ndarray, walker_prob: np.ndarray | None) -> np.ndarray:
-    """The fused lesion probability: the plain mean of the model's and the walker's, ``(H, W) float32``; the
-    model's alone when the walker found no lesion (``walker_prob`` None).
+def fuse_probabilities(model_prob: np.ndarray, walker_prob: np.ndarray | None, *, weight: float = FUSE_WEIGHT,
+                       walker_cut: float = WALKER_CUT) -> np.ndarray:
+    """The fused lesion probability, ``(H, W) float32``: ``weight * model + (1 - weight) * walker'``, where
+    ``walker'`` maps the walker's probability piecewise linearly so that its own cut (``walker_cut``, stage 1's
+    ``PseudoMaskConfig.threshold``) lands on 0.5, the cut of every probability here; the model's alone when the
+    walker found no lesion (``walker_prob`` None).
 
-    Ours, not tuned: the mean, cut at 0.5 like every probability here. The walker's own mask cuts its
-    probability at 0.3, so a pixel the model is sure of (1) stays lesion down to a walker probability of 0,
-    and one the model rejects (0) needs the walker's 1; in between the two vote.
+    Ours. With the default weight (0.15) the walker's mask is kept where the walker is sure, and the model moves
+    its cut pixel by pixel between a walker probability of 0.25 (the model says lesion) and 0.42 (it says skin).
+    The weight was chosen on 300 labelled ``isic2017_256`` images that neither pretraining nor fine-tuning saw
+    (mean Jaccard of three models fine-tuned on 16 labels: 0.768 at weights 0.1-0.15, 0.767 at 0.2, 0.761 at
+    0.3, 0.738 for the plain mean; the walker alone 0.761, the models alone 0.708), never on ``isic_sample``.
     """
+    if not 0.0 <= weight <= 1.0 or not 0.0 < walker_cut < 1.0:
+        raise ValueError(f"weight in [0, 1] and walker_cut in (0, 1) expected, got {weight}, {walker_cut}")
     if walker_prob is None:
         return model_prob
     if walker_prob.shape != model_prob.shape:
         raise ValueError(f"walker probability {walker_prob.shape} and model probability {model_prob.shape} differ")
-    return ((model_prob.astype(np.float32) + walker_prob.astype(np.float32)) / 2).astype(np.float32)
+    walker = walker_prob.astype(np.float32)
+    calibrated = np.where(walker < walker_cut, walker * (0.5 / walker_cut),
+                          0.5 + (walker - walker_cut) * (0.5 / (1.0 - walker_cut)))
+    return (weight * model_prob.astype(np.float32) + (1.0 - weight) * calibrated).astype(np.float32)
 
 
 def mask_from_probability(prob: np.ndarray, *, one_lesion: bool = True,
@@ -485,11 +502,12 @@ def implausible_map(path: str) -> np.ndarray:
 
 
 def _predict_test(model, splits: Splits, out_dir: Path, *, size, device, progress, tta=False, one_lesion=True,
-                  fuse=False):
+                  fuse=False, fuse_weight=FUSE_WEIGHT):
     pred_dir = out_dir / "predictions"
     rows = []
     for s in tqdm(splits.test, desc="predict test", unit="img", disable=not progress, leave=False):
-        full = mask_from_probability(predict_image(model, s.image, size=size, device=device, tta=tta, fuse=fuse),
+        full = mask_from_probability(predict_image(model, s.image, size=size, device=device, tta=tta, fuse=fuse,
+                                                   fuse_weight=fuse_weight),
                                      one_lesion=one_lesion,
                                      implausible=implausible_map(str(s.image)) if one_lesion else None)
         write_mask_png(pred_dir / f"{s.id}_segmentation.png", full.astype(np.uint8) * 255)

@@ -22,7 +22,14 @@ from pipeline.export import encode_png
 from pipeline.guard import claim_file
 from pipeline.report import draw_contour
 from trainer.engine.distributed import resolve_device
-from trainer.finetune import PREDICT_SCALE, implausible_map, mask_from_probability, predict_image, predict_size
+from trainer.finetune import (
+    FUSE_WEIGHT,
+    PREDICT_SCALE,
+    implausible_map,
+    mask_from_probability,
+    predict_image,
+    predict_size,
+)
 from trainer.models.segmenter import load_seg_model
 
 log = logging.getLogger(__name__)
@@ -67,8 +74,8 @@ def predict_folder(model_path: str | Path, data: Sequence[str | Path] | str | Pa
     predictions: on, except for a ``model.pt`` written before the option existed (off, as it was made).
     ``predict_scale`` (the test-time input size over the training size: :func:`trainer.finetune.predict_size`)
     likewise: the model's ``finetune`` setting, 1 for a ``model.pt`` older than it, the default (2) for an
-    ``export.pt``. ``fuse`` (average with stage 1's walker probability: :func:`trainer.finetune.fuse_probabilities`)
-    likewise: the model's ``finetune`` setting, off for an ``export.pt`` and older models.
+    ``export.pt``. ``fuse`` (combine with stage 1's walker probability: :func:`trainer.finetune.fuse_probabilities`,
+    with the model's ``fuse_weight``) likewise: the model's ``finetune`` setting, off for an ``export.pt`` and older models.
     """
     data = [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
     out_dir = Path(out_dir)
@@ -87,6 +94,7 @@ def predict_folder(model_path: str | Path, data: Sequence[str | Path] | str | Pa
     tta = bool((made_by or {}).get("tta", False))  # as finetune predicted its test set
     if fuse is None:
         fuse = bool((made_by or {}).get("fuse", False))
+    fuse_weight = float((made_by or {}).get("fuse_weight", FUSE_WEIGHT))
     if one_lesion is None:  # as finetune (or the table's 0-labels column, for an export) made its masks
         one_lesion = True if made_by is None else bool(made_by.get("one_lesion", False))
     result = PredictResult(out_dir)
@@ -97,7 +105,8 @@ def predict_folder(model_path: str | Path, data: Sequence[str | Path] | str | Pa
             for s in dataset.samples[start:start + BATCH_FILES]:
                 bar.update()
                 try:
-                    prob = predict_image(model, s.image, size=size, device=dev, tta=tta, fuse=fuse)
+                    prob = predict_image(model, s.image, size=size, device=dev, tta=tta, fuse=fuse,
+                                         fuse_weight=fuse_weight)
                 except (datasets.ImageReadError, OSError, cv2.error) as exc:
                     log.warning("skipped %s: %s", s.image, exc)
                     result.failed.append((str(s.image), str(exc)))

@@ -36,17 +36,25 @@ def export(tmp_path_factory) -> Path:
     return path
 
 
-def test_fuse_probabilities_is_the_mean_or_the_model_alone():
-    model = np.array([[1.0, 0.0], [0.4, 0.8]], np.float32)
-    walker = np.array([[0.0, 1.0], [0.4, 0.1]], np.float32)
-    fused = fuse_probabilities(model, walker)
+def test_fuse_probabilities_weighs_the_model_against_the_walker_calibrated_to_its_cut():
+    model = np.array([[1.0, 0.0, 1.0], [0.4, 0.8, 0.0]], np.float32)
+    walker = np.array([[0.0, 1.0, 0.25], [0.3, 0.1, 0.44]], np.float32)
+    # the walker's cut 0.3 lands on 0.5: 0 -> 0, 0.25 -> 0.4167, 0.3 -> 0.5, 0.1 -> 0.1667, 0.44 -> 0.6, 1 -> 1
+    calibrated = np.array([[0.0, 1.0, 0.25 / 0.6], [0.5, 0.1 / 0.6, 0.6]])
+    fused = fuse_probabilities(model, walker)  # the default weight: 0.15 the model, 0.85 the walker
     assert fused.dtype == np.float32
-    np.testing.assert_allclose(fused, [[0.5, 0.5], [0.4, 0.45]], atol=1e-7)
-    # cut at 0.5 like every probability: sure model + zero walker stays lesion; 0.4 + 0.4 does not
-    assert mask_from_probability(fused, one_lesion=False).tolist() == [[True, True], [False, False]]
+    np.testing.assert_allclose(fused, 0.15 * model + 0.85 * calibrated, atol=1e-6)
+    np.testing.assert_allclose(fused[0, :2], [0.15, 0.85], atol=1e-6)
+    # a sure model lifts a walker pixel just under its cut (0.25) into the lesion; a walker pixel above it (0.44)
+    # stays lesion even against the model; the walker's cut itself needs the model above 0.5
+    assert mask_from_probability(fused, one_lesion=False).tolist() == [[False, True, True], [False, False, True]]
+    np.testing.assert_allclose(fuse_probabilities(model, walker, weight=0.5, walker_cut=0.5),
+                               (model + walker) / 2, atol=1e-6)  # cut 0.5 maps to itself: the plain mean
     assert fuse_probabilities(model, None) is model  # stage 1 found no lesion: the model decides alone
     with pytest.raises(ValueError, match="differ"):
         fuse_probabilities(model, np.zeros((3, 2), np.float32))
+    with pytest.raises(ValueError, match="weight"):
+        fuse_probabilities(model, walker, weight=1.5)
 
 
 def test_walker_probability_is_stage_1s_at_the_original_size(synth, tmp_path):  # noqa: F811
@@ -81,7 +89,9 @@ def test_finetune_and_predict_fuse_the_same_way(synth, export, tmp_path):  # noq
     sample = next(s for s in datasets.open_dataset(synth).samples if f"{s.id}_segmentation.png" == differ[0])
     size = predict_size(int(info["img_size"]), 2.0)
     alone = predict_image(model, sample.image, size=size, device=torch.device("cpu"))
-    expected = (alone + walker_probability(sample.image)) / 2
+    walker = walker_probability(sample.image)
+    calibrated = np.where(walker < 0.3, walker / 0.6, 0.5 + (walker - 0.3) / 1.4)
+    expected = 0.15 * alone + 0.85 * calibrated
     got = cv2.imread(str(tmp_path / "fused" / differ[0]), cv2.IMREAD_GRAYSCALE) > 127
     from trainer.finetune import implausible_map
 
