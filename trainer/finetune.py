@@ -27,9 +27,9 @@ from pipeline.atomic import save_figure, write_text
 from pipeline.export import write_mask_png
 from pipeline.guard import check_out_dir, make_out_dir
 from pipeline.pseudomask import cleanup, seeds
-from pipeline.pseudomask.per_image import PseudoMaskConfig, make_pseudo_mask, resize_long
+from pipeline.pseudomask.per_image import PseudoMaskConfig, resize_long
 from pipeline.report import draw_contour
-from pipeline.run import RunConfig
+from pipeline.run import RunConfig, process_sample
 from trainer.data.cutmix import PICConfig, pic_bias, pic_cutmix
 from trainer.data.multicrop import MultiCropConfig, multi_crop
 from trainer.data.normalise import normalise
@@ -424,12 +424,10 @@ def predict_image(model: SegModel, path: str | Path, *, size: int, device: torch
 @functools.lru_cache(maxsize=1024)
 def _walker_probability_small(path: str) -> np.ndarray | None:
     # the squashed S x S map, not the full-size one, is cached: 256 KB per image instead of up to 50 MB
-    config = RunConfig()
-    image = datasets.read_image(path, min_long_side=config.decode_long_side)
-    result = make_pseudo_mask(image, size=config.size, config=config.pseudo)
-    if result.no_lesion:
+    record = process_sample(datasets.Sample(id=Path(path).stem, image=Path(path)), RunConfig())
+    if record.no_lesion:
         return None
-    prob = result.prob.astype(np.float32)
+    prob = record.prob.astype(np.float32)
     prob.flags.writeable = False
     return prob
 

@@ -19,7 +19,7 @@ Rows (METHOD.md section 6):
   claim that self-distillation adds anything beyond the pseudo-masks;
 - ``pseudo-masks``: the test images' own pseudo-masks scored as predictions (no label used at all);
 - ``ours+fuse``, ``ours+semi+fuse``, ``unet-pseudo+fuse``: the cells of ``ours`` / ``ours+semi`` /
-  ``unet-pseudo`` (run when missing; no new training) rescored with ``fuse``: each test probability averaged
+  ``unet-pseudo`` (run when missing; no new training) rescored with ``fuse``: each test probability combined
   with stage 1's walker probability of the same image (:func:`trainer.finetune.fuse_probabilities`;
   ``finetune --fuse`` and ``predict --fuse``).
 
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -125,7 +126,8 @@ def run_table(spec: TableSpec, *, progress: bool = True) -> Path:
         raise ValueError(f"fracs: each must be in (0, 1] (0.01 means 1 % of the labels), got {bad[0]}")
     check_out_dir(out, spec.data + spec.unlabelled + spec.test_data)
     # a +fuse row rescores its base row's cells: the base runs too, and before it
-    plain = [FUSED.get(m, m) for m in spec.methods] + [m for m in spec.methods if m not in FUSED]
+    _test_splits.cache_clear()  # the data may have changed since an earlier run in this process
+    plain = [FUSED.get(m, m) for m in spec.methods]
     spec = dataclasses.replace(spec, methods=tuple(dict.fromkeys(plain + [m for m in spec.methods if m in FUSED])))
     labelled = datasets.open_dataset(spec.data).labelled  # every mask checked before any long work
     finetune_loop.check_before_training(labelled + tuple(datasets.open_dataset(spec.test_data).labelled
@@ -189,10 +191,9 @@ def _zero_label_rows(spec: TableSpec, out: Path, exports: dict[str, Path], *, pr
         cell = _cell_dir(out, method, 0.0, 0)
         metrics_path = cell / "metrics.json"
         if not metrics_path.exists():
-            test = datasets.open_dataset(list(spec.test_data), require_masks=True) if spec.test_data else None
-            splits = split_dataset(datasets.open_dataset(list(spec.data)), test=test)
             log.info("table: %s with 0 labels (the pretrained decoder as the segmenter)", method)
-            finetune_loop.score_model(exports[method], splits, cell, device=spec.device, progress=progress)
+            finetune_loop.score_model(exports[method], _test_splits(spec), cell, device=spec.device,
+                                      progress=progress)
         rows.append(_row(method, 0.0, 0, json.loads(metrics_path.read_text())))
         fused = next((f for f, base in FUSED.items() if base == method and f in spec.methods), None)
         if fused:
@@ -206,12 +207,17 @@ def _fused_cell(spec: TableSpec, out: Path, method: str, frac: float, seed: int,
     cell = _cell_dir(out, method, frac, seed)
     metrics_path = cell / "metrics.json"
     if not metrics_path.exists():
-        test = datasets.open_dataset(list(spec.test_data), require_masks=True) if spec.test_data else None
-        splits = split_dataset(datasets.open_dataset(list(spec.data)), test=test)
         log.info("table: %s, frac %g, seed %d (%s rescored, fused with the walker)", method, frac, seed, model_path)
-        finetune_loop.score_model(model_path, splits, cell, device=spec.device, progress=progress, fuse=True,
-                                  predict_scale=finetune_preset(spec.preset).predict_scale)
+        finetune_loop.score_model(model_path, _test_splits(spec), cell, device=spec.device, progress=progress,
+                                  fuse=True, predict_scale=finetune_preset(spec.preset).predict_scale)
     return _row(method, frac, seed, json.loads(metrics_path.read_text()))
+
+
+@functools.lru_cache(maxsize=4)
+def _test_splits(spec: TableSpec):
+    """The table's splits (the test split scored by the 0-labels and ``+fuse`` cells), made once per table run."""
+    test = datasets.open_dataset(list(spec.test_data), require_masks=True) if spec.test_data else None
+    return split_dataset(datasets.open_dataset(list(spec.data)), test=test)
 
 
 def _finetune_grid(spec: TableSpec, out: Path, exports: dict[str, Path], base_pre: PretrainConfig, *,
@@ -258,8 +264,7 @@ def _row(method: str, frac: float, seed: int, metrics: dict) -> dict:
 
 def _pseudo_mask_rows(spec: TableSpec, out: Path, *, progress: bool) -> list[dict]:
     """Score the pseudo-masks of the test images themselves (no label used) as a constant row."""
-    test = datasets.open_dataset(list(spec.test_data), require_masks=True) if spec.test_data else None
-    splits = split_dataset(datasets.open_dataset(list(spec.data)), test=test)
+    splits = _test_splits(spec)
     cell = out / "cells" / "pseudo-masks"
     metrics_path = cell / "metrics.json"
     if not metrics_path.exists():
