@@ -173,11 +173,16 @@ def synth(out: Path, n: int, seed: int, size: str, jobs: int, overwrite: bool, f
               help="walker: seeds + edge-aware Random Walker (about 0.2 s/image; the better masks on ISIC). "
                    "s3net: per-image unsupervised clustering after S^3-Net, lesion clusters chosen from the "
                    "coarse lesion map (label-free, several times slower). A different method needs a new --out.")
+@click.option("--cut", "cut_rule", type=click.Choice(["learned", "fixed"]), default="learned", show_default=True,
+              help="Where the walker's probability is cut. learned: per image, among the thresholds 0.1-0.7, by "
+                   "a small model of seven label-free measures of each candidate mask (fitted on labelled ISIC "
+                   "2017; README). fixed: 0.3 for every image (the masks before; about 9 ms less per image). "
+                   "A different rule needs a new --out or --overwrite.")
 @click.option("--seed", default=0, show_default=True,
               help="Seeds --method s3net per image from (seed, image id); the walker does not use it.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
-def pseudomasks(data, out, jobs, size, shard_size, backend, scheduler, exclude_from, overwrite, method, seed,
-                no_progress):
+def pseudomasks(data, out, jobs, size, shard_size, backend, scheduler, exclude_from, overwrite, method, cut_rule,
+                seed, no_progress):
     """Remove hair and make edge-aware pseudo-masks into HDF5 shards (stage 1)."""
     from pipeline import datasets
     from pipeline.pseudomask.per_image import PseudoMaskConfig
@@ -192,7 +197,8 @@ def pseudomasks(data, out, jobs, size, shard_size, backend, scheduler, exclude_f
     for folder in exclude_from:
         exclude |= set(datasets.open_dataset(folder).ids)
     try:
-        config = RunConfig(size=size, shard_size=shard_size, seed=seed, pseudo=PseudoMaskConfig(method=method))
+        pseudo = PseudoMaskConfig(method=method, cut_rule=cut_rule)
+        config = RunConfig(size=size, shard_size=shard_size, seed=seed, pseudo=pseudo)
         summary = run_pseudomasks(list(data), out, config=config,
                                   jobs=jobs, backend=backend, scheduler=scheduler, overwrite=overwrite,
                                   progress=not no_progress, exclude_ids=exclude)

@@ -45,7 +45,7 @@ MODEL = "model.pt"
 COLOUR_LONG_SIDE = 256  # the grid of implausible_map (the walker's)
 PREDICT_SCALE = 2.0  # test-time input size / training input size (FinetuneConfig.predict_scale)
 FUSE_WEIGHT = 0.15  # the model's share of a fused probability (fuse_probabilities)
-WALKER_CUT = PseudoMaskConfig().threshold  # stage 1 cuts its walker probability here (0.3)
+WALKER_CUT = PseudoMaskConfig().threshold  # stage 1's fixed cut (0.3); fusion uses each image's own (walker_cut)
 
 log = logging.getLogger(__name__)
 
@@ -411,25 +411,28 @@ def predict_image(model: SegModel, path: str | Path, *, size: int, device: torch
 
     The image is squashed to ``size`` x ``size`` (area interpolation), segmented, and the probability resized
     back bilinearly; cut it at 0.5 for the mask. With ``fuse``, combined with stage 1's walker probability of
-    the image (:func:`fuse_probabilities` with ``fuse_weight``). ``finetune`` (test predictions) and ``predict``
+    the image (:func:`fuse_probabilities` with ``fuse_weight``, calibrated at stage 1's own cut of that image,
+    :func:`walker_cut`). ``finetune`` (test predictions) and ``predict``
     share it, so both give the same mask for the same image and model.
     """
     image, (height, width) = _test_input(str(path), size)
     prob = predict_probability(model, torch.from_numpy(image.copy()).permute(2, 0, 1)[None], size=size,
                                device=device, tta=tta)[0]
     prob = cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
-    return fuse_probabilities(prob, walker_probability(str(path)), weight=fuse_weight) if fuse else prob
+    if not fuse:
+        return prob
+    return fuse_probabilities(prob, walker_probability(str(path)), weight=fuse_weight, walker_cut=walker_cut(str(path)))
 
 
 @functools.lru_cache(maxsize=1024)
-def _walker_probability_small(path: str) -> np.ndarray | None:
+def _walker_small(path: str) -> tuple[np.ndarray, float] | None:
     # the squashed S x S map, not the full-size one, is cached: 256 KB per image instead of up to 50 MB
     record = process_sample(datasets.Sample(id=Path(path).stem, image=Path(path)), RunConfig())
     if record.no_lesion:
         return None
     prob = record.prob.astype(np.float32)
     prob.flags.writeable = False
-    return prob
+    return prob, float(record.diagnostics.get("threshold", WALKER_CUT))
 
 
 def walker_probability(path: str | Path) -> np.ndarray | None:
@@ -439,18 +442,26 @@ def walker_probability(path: str | Path) -> np.ndarray | None:
 
     About 0.1 s per full-size ISIC image on one core; cached by path across the cells of a table run.
     """
-    small = _walker_probability_small(str(path))
-    if small is None:
+    found = _walker_small(str(path))
+    if found is None:
         return None
     height, width = datasets.image_size(Path(path))
-    return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(found[0], (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def walker_cut(path: str | Path) -> float:
+    """Where stage 1 cut the walker probability of the image at ``path`` (its per-image learned cut,
+    :mod:`pipeline.pseudomask.cut`); ``WALKER_CUT`` when it found no lesion. Shares :func:`walker_probability`'s
+    cache."""
+    found = _walker_small(str(path))
+    return WALKER_CUT if found is None else found[1]
 
 
 def fuse_probabilities(model_prob: np.ndarray, walker_prob: np.ndarray | None, *, weight: float = FUSE_WEIGHT,
                        walker_cut: float = WALKER_CUT) -> np.ndarray:
     """The fused lesion probability, ``(H, W) float32``: ``weight * model + (1 - weight) * walker'``, where
-    ``walker'`` maps the walker's probability piecewise linearly so that its own cut (``walker_cut``, stage 1's
-    ``PseudoMaskConfig.threshold``) lands on 0.5, the cut of every probability here; the model's alone when the
+    ``walker'`` maps the walker's probability piecewise linearly so that its own cut (``walker_cut``: stage 1's
+    cut of the same image, :func:`walker_cut`) lands on 0.5, the cut of every probability here; the model's alone when the
     walker found no lesion (``walker_prob`` None).
 
     Ours. With the default weight (0.15) the walker's mask is kept where the walker is sure, and the model moves

@@ -17,8 +17,9 @@ import cv2
 import numpy as np
 
 from pipeline.pseudomask.cleanup import main_component
+from pipeline.pseudomask.cut import choose_cut, load_cut_model
 from pipeline.pseudomask.fov import edge_run
-from pipeline.pseudomask.hair import HairConfig, remove_hair
+from pipeline.pseudomask.hair import HairConfig, HairResult, remove_hair
 from pipeline.pseudomask.s3net import S3NetConfig, s3net_segment
 from pipeline.pseudomask.seeds import (
     BACKGROUND,
@@ -34,8 +35,9 @@ from pipeline.pseudomask.walker import WalkerConfig, walk
 
 DIAGNOSTICS = ("fov_fraction", "coarse_fraction", "separation", "fg_seed_fraction", "bg_seed_fraction",
                "hair_fraction", "hair_skipped", "lesion_fraction", "uncertain_fraction", "edge_run",
-               "edge_rejected", "confidence", "hair_seconds", "walker_seconds")
+               "edge_rejected", "confidence", "threshold", "hair_seconds", "walker_seconds")
 METHODS = ("walker", "s3net")
+CUT_RULES = ("learned", "fixed")
 
 
 @dataclass(frozen=True)
@@ -50,9 +52,17 @@ class PseudoMaskConfig:
     walker_long_side : int
         Long side (px) of the Random Walker's grid.
     threshold : float
-        Walker probability above which a pixel is lesion. 0.3, not 0.5: expert ISIC masks include the pale
-        lesion periphery, and the walker's probability falls below 0.5 there (tuned on isic2017_256 outside
-        isic_sample: mean Jaccard 0.73 at 0.3 vs 0.62 at 0.5, 0.72 at 0.15).
+        Walker probability above which a pixel is lesion with ``cut_rule='fixed'``, and where the learned rule
+        finds no usable candidate. 0.3, not 0.5: expert ISIC masks include the pale lesion periphery, and the
+        walker's probability falls below 0.5 there (tuned on isic2017_256 outside isic_sample: mean Jaccard
+        0.73 at 0.3 vs 0.62 at 0.5, 0.72 at 0.15).
+    cut_rule : {'learned', 'fixed'}
+        ``'learned'`` (default): the cut is chosen per image among the thresholds 0.1-0.7 by the model
+        ``cut_model`` (:mod:`pipeline.pseudomask.cut`; 5-fold held-out on isic2017_256: mean Jaccard 0.749 ->
+        0.763, README). ``'fixed'``: ``threshold`` for every image.
+    cut_model : str
+        Name of the bundled cut model (``pipeline/pseudomask/cut_model.json``); a refitted model gets a new
+        name, hence a new config hash.
     method : {'walker', 's3net'}
         What turns the seeds into a mask: the Random Walker (default, about 0.2 s per image), or per-image
         unsupervised clustering after S^3-Net (:func:`pipeline.pseudomask.s3net.s3net_segment`; slower, label-free).
@@ -77,10 +87,14 @@ class PseudoMaskConfig:
     s3net: S3NetConfig = field(default_factory=S3NetConfig)
     edge_run_max: float = 0.25
     edge_thresholds: tuple[float, ...] = (0.5, 0.7, 0.9)
+    cut_rule: str = "learned"
+    cut_model: str = "isic2017_256-v1"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"PseudoMaskConfig.method must be one of {METHODS}, got {self.method!r}")
+        if self.cut_rule not in CUT_RULES:
+            raise ValueError(f"PseudoMaskConfig.cut_rule must be one of {CUT_RULES}, got {self.cut_rule!r}")
         if not 0.0 < self.edge_run_max <= 1.0:
             raise ValueError(f"PseudoMaskConfig.edge_run_max must be in (0, 1], got {self.edge_run_max}")
 
@@ -136,12 +150,13 @@ def mask_confidence(prob: np.ndarray, mask: np.ndarray, fov: np.ndarray, *, sepa
 
 
 def _leave_the_edge(prob: np.ndarray, mask: np.ndarray, fg: np.ndarray, fov: np.ndarray, coarse: np.ndarray,
-                    config: PseudoMaskConfig) -> tuple[np.ndarray, float, bool]:
-    """The edge-run check: ``(mask, its edge_run, rejected)``; see ``PseudoMaskConfig.edge_run_max``."""
+                    config: PseudoMaskConfig, threshold: float) -> tuple[np.ndarray, float, bool]:
+    """The edge-run check: ``(mask, its edge_run, rejected)``; see ``PseudoMaskConfig.edge_run_max``. The
+    higher thresholds tried are the ``edge_thresholds`` above ``threshold``, the cut that gave ``mask``."""
     run = edge_run(mask, fov)
     if run <= config.edge_run_max:
         return mask, run, False
-    for t in config.edge_thresholds:
+    for t in (t for t in config.edge_thresholds if t > threshold):
         candidate = main_component(prob > t, fg)
         if candidate.any() and (run := edge_run(candidate, fov)) <= config.edge_run_max:
             return candidate, run, True
@@ -156,8 +171,9 @@ def segment(small: np.ndarray, *, config: PseudoMaskConfig = PseudoMaskConfig(),
     ``(h, w, 3) uint8 -> (fov, coarse, separation, labels, prob, mask, checks)``: (h, w) bool field of view
     and coarse map, the Otsu separation (float), (h, w) int8 seed labels, (h, w) float32 lesion probability,
     the (h, w) bool mask (all False when no lesion stands out) and ``checks``: ``edge_run``,
-    ``edge_rejected`` and ``confidence`` (floats; see :func:`mask_confidence`). ``seed`` is used by
-    ``method='s3net'`` only.
+    ``edge_rejected``, ``confidence`` (see :func:`mask_confidence`) and ``threshold``, the walker cut used
+    (``config.cut_rule``; the S^3-Net clustering's own threshold with ``method='s3net'``), all floats.
+    ``seed`` is used by ``method='s3net'`` only.
     """
     lab = to_lab(small)
     fov = field_of_view(small, config=config.seeds, lab=lab)
@@ -170,13 +186,38 @@ def segment(small: np.ndarray, *, config: PseudoMaskConfig = PseudoMaskConfig(),
         prob, mask = s3net_segment(small, coarse=coarse & fov, fov=fov, config=config.s3net, seed=seed)
         rejected = False
         run = edge_run(mask, fov)
+        threshold = config.s3net.threshold
     else:
         prob = walk(small, labels, config=config.walker, lab=lab)
-        mask = np.zeros(prob.shape, bool) if not fg.any() else main_component(prob > config.threshold, fg)
-        mask, run, rejected = _leave_the_edge(prob, mask, fg, fov, coarse, config)
+        threshold, mask = config.threshold, None
+        if fg.any() and config.cut_rule == "learned":
+            chosen = choose_cut(prob, fg, fov, lab, separation=separation, coarse_fraction=float(coarse.mean()),
+                                model=load_cut_model(config.cut_model))
+            if chosen is not None:
+                threshold, mask = chosen
+        if mask is None:
+            mask = np.zeros(prob.shape, bool) if not fg.any() else main_component(prob > threshold, fg)
+        mask, run, rejected = _leave_the_edge(prob, mask, fg, fov, coarse, config, threshold)
     confidence = mask_confidence(prob, mask, fov, separation=separation, edge_rejected=rejected)
-    checks = {"edge_run": run, "edge_rejected": float(rejected), "confidence": confidence}
+    checks = {"edge_run": run, "edge_rejected": float(rejected), "confidence": confidence,
+              "threshold": float(threshold)}
     return fov, coarse, separation, labels, prob, mask, checks
+
+
+def clean_image(image: np.ndarray, *, config: PseudoMaskConfig = PseudoMaskConfig()) -> HairResult:
+    """Hair removal as stage 1 runs it: at ``hair_long_side``, guided by a quick coarse lesion map (and the
+    field of view) found at ``walker_long_side``. ``(H, W, 3) uint8 -> HairResult`` at the hair resolution."""
+    work = resize_long(image, config.hair_long_side)
+    small = resize_long(work, config.walker_long_side)
+    lab_small = to_lab(small)
+    fov_small = field_of_view(small, config=config.seeds, lab=lab_small)
+    # one pass is enough for a hint (it only protects the lesion core from the hair filter): ~10 ms saved
+    hint_config = dataclasses.replace(config.seeds, second_pass=False)
+    coarse_hint, _ = coarse_lesion_map(lab_small, fov_small, config=hint_config)
+    wh = (work.shape[1], work.shape[0])
+    hint = cv2.resize(coarse_hint.astype(np.uint8), wh, interpolation=cv2.INTER_NEAREST) > 0
+    fov_work = cv2.resize(fov_small.astype(np.uint8), wh, interpolation=cv2.INTER_NEAREST) > 0
+    return remove_hair(work, config=config.hair, lesion_hint=hint, fov=fov_work)
 
 
 def make_pseudo_mask(image: np.ndarray, *, size: int = 256, config: PseudoMaskConfig = PseudoMaskConfig(),
@@ -212,19 +253,8 @@ def make_pseudo_mask(image: np.ndarray, *, size: int = 256, config: PseudoMaskCo
         raise ValueError(f"image must be at least 32 px a side, got {image.shape[1]}x{image.shape[0]}")
     if size < 8:
         raise ValueError(f"size must be >= 8, got {size}")
-    # Hair at the hair resolution, guided by a quick coarse map at the walker resolution.
     t0 = time.perf_counter()
-    work = resize_long(image, config.hair_long_side)
-    small = resize_long(work, config.walker_long_side)
-    lab_small = to_lab(small)
-    fov_small = field_of_view(small, config=config.seeds, lab=lab_small)
-    # one pass is enough for a hint (it only protects the lesion core from the hair filter): ~10 ms saved
-    hint_config = dataclasses.replace(config.seeds, second_pass=False)
-    coarse_hint, _ = coarse_lesion_map(lab_small, fov_small, config=hint_config)
-    wh = (work.shape[1], work.shape[0])
-    hint = cv2.resize(coarse_hint.astype(np.uint8), wh, interpolation=cv2.INTER_NEAREST) > 0
-    fov_work = cv2.resize(fov_small.astype(np.uint8), wh, interpolation=cv2.INTER_NEAREST) > 0
-    hair = remove_hair(work, config=config.hair, lesion_hint=hint, fov=fov_work)
+    hair = clean_image(image, config=config)
     t1 = time.perf_counter()
     # Seeds and walker on the cleaned image.
     cleaned_small = resize_long(hair.cleaned, config.walker_long_side)

@@ -287,6 +287,29 @@ def test_issue14_defaults_give_a_new_config_hash():
     assert RunConfig().hash != RunConfig(pseudo=dataclasses.replace(RunConfig().pseudo, edge_run_max=1.0)).hash
 
 
+def test_cut_rule_is_set_by_the_cli_recorded_per_image_and_part_of_the_config(tmp_path):
+    from pipeline.pseudomask.cut import CUT_LADDER
+
+    # the hash of RunConfig() before the learned cut: its shards must not be resumed into a run of the new default
+    assert RunConfig().hash != "2df78de0e5e68620"
+    data = good_folder(tmp_path / "data", 3)
+    seen = {}
+    for rule in ("fixed", "learned"):
+        out = tmp_path / rule
+        result = CliRunner().invoke(cli.main, ["pseudomasks", "--data", str(data), "--out", str(out), "--size", "64",
+                                               "--cut", rule, "--no-progress"])
+        assert result.exit_code == 0, result.output
+        manifest = json.loads((out / "manifest.json").read_text())
+        with ShardReader(find_shards(out)[0]) as shard:
+            seen[rule] = (shard.attrs["config_hash"], shard.diagnostics["threshold"])
+        assert manifest["config"]["pseudo"]["cut_rule"] == rule
+    assert seen["fixed"][0] != seen["learned"][0]
+    assert np.all(seen["fixed"][1] == np.float32(0.3))
+    assert all(min(abs(t - c) for c in CUT_LADDER) < 1e-6 for t in seen["learned"][1])
+    with pytest.raises(ValueError, match="another configuration"):
+        run_pseudomasks(data, tmp_path / "fixed", config=RunConfig(size=64), progress=False)
+
+
 def test_one_thread_limits_every_pool_and_restores_it():
     from threadpoolctl import threadpool_info
 

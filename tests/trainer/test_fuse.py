@@ -16,11 +16,13 @@ from pipeline.run import RunConfig, process_sample
 from trainer.engine.export import export_model
 from trainer.finetune import (
     MODEL,
+    WALKER_CUT,
     finetune,
     fuse_probabilities,
     mask_from_probability,
     predict_image,
     predict_size,
+    walker_cut,
     walker_probability,
 )
 from trainer.models.segmenter import load_seg_model
@@ -68,6 +70,8 @@ def test_walker_probability_is_stage_1s_at_the_original_size(synth, tmp_path):  
     flat = tmp_path / "flat.png"
     cv2.imwrite(str(flat), np.full((60, 80, 3), (120, 140, 190), np.uint8))
     assert walker_probability(flat) is None  # nothing stands out: no walker vote
+    assert walker_cut(flat) == WALKER_CUT == 0.3
+    assert walker_cut(sample.image) == process_sample(sample, RunConfig()).diagnostics["threshold"]
 
 
 def test_finetune_and_predict_fuse_the_same_way(synth, export, tmp_path):  # noqa: F811
@@ -89,8 +93,9 @@ def test_finetune_and_predict_fuse_the_same_way(synth, export, tmp_path):  # noq
     sample = next(s for s in datasets.open_dataset(synth).samples if f"{s.id}_segmentation.png" == differ[0])
     size = predict_size(int(info["img_size"]), 2.0)
     alone = predict_image(model, sample.image, size=size, device=torch.device("cpu"))
-    walker = walker_probability(sample.image)
-    calibrated = np.where(walker < 0.3, walker / 0.6, 0.5 + (walker - 0.3) / 1.4)
+    walker, cut = walker_probability(sample.image), walker_cut(sample.image)
+    assert cut == process_sample(sample, RunConfig()).diagnostics["threshold"]  # stage 1's own cut of this image
+    calibrated = np.where(walker < cut, walker * 0.5 / cut, 0.5 + (walker - cut) * 0.5 / (1 - cut))
     expected = 0.15 * alone + 0.85 * calibrated
     got = cv2.imread(str(tmp_path / "fused" / differ[0]), cv2.IMREAD_GRAYSCALE) > 127
     from trainer.finetune import implausible_map
