@@ -31,6 +31,7 @@ class ShardSummary:
     confidence: list = field(default_factory=list)
     low_confidence: list = field(default_factory=list)   # (id, confidence) below ``threshold``
     threshold: float = LOW_CONFIDENCE
+    walker_cut: list = field(default_factory=list)  # stage 1's per-image cut (diag/threshold; absent in older shards)
 
     def text(self) -> str:
         lines = [f"shards: {self.n_shards}   samples: {self.n_samples}   rejected: {len(self.rejects)}   "
@@ -41,7 +42,8 @@ class ShardSummary:
                              ("hair fraction", self.hair_fraction),
                              (f"uncertain pixels ({UNCERTAIN_BAND[0]} < p < {UNCERTAIN_BAND[1]})",
                               self.uncertain_fraction),
-                             ("confidence", [c for c in self.confidence if np.isfinite(c)])):
+                             ("confidence", [c for c in self.confidence if np.isfinite(c)]),
+                             ("walker cut", self.walker_cut)):
             if values:
                 q = np.quantile(values, [0, 0.1, 0.5, 0.9, 1])
                 lines.append(f"{name:>34}: min {q[0]:.3f}  p10 {q[1]:.3f}  median {q[2]:.3f}  "
@@ -89,6 +91,9 @@ def summarise(path: str | Path, *, threshold: float = LOW_CONFIDENCE) -> ShardSu
             confidence = shard.confidence()
             summary.confidence += [float(c) for c in confidence]
             summary.low_confidence += [(sid, float(c)) for sid, c in zip(shard.ids, confidence) if c < threshold]
+            if n and "diag" in shard._file and "threshold" in shard._file["diag"]:
+                cuts = shard._file["diag/threshold"][...]
+                summary.walker_cut += [float(c) for c, empty in zip(cuts, shard.column("no_lesion")) if not empty]
             f = shard._file
             for i in range(n):
                 summary.lesion_fraction.append(float(f["pseudo_mask"][i].mean()))

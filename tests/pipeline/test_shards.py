@@ -123,3 +123,22 @@ def test_confidence_column_and_old_shards_without_it(tmp_path):
     text = summarise(new, threshold=0.15).text()
     assert "confidence below 0.15: 2 of 3" in text and "low confidence 0.000: ID_0" in text
     assert "not stored" in summarise(old).text()
+
+
+def test_inspect_shows_the_walker_cuts_and_old_shards_without_them(tmp_path):
+    from pipeline.report import summarise
+
+    old = tmp_path / "old" / "shard-00000.h5"
+    old.parent.mkdir()
+    _write(old, _records(3))  # no diag/threshold: a shard from before the learned cut
+    assert summarise(old).walker_cut == [] and "walker cut" not in summarise(old).text()
+    records = [ShardRecord(**{**r.__dict__, "diagnostics": {**r.diagnostics, "threshold": t}})
+               for t, r in zip((0.25, 0.5, 0.7), _records(3))]
+    new = tmp_path / "shard-00001.h5"
+    _write(new, records)
+    summary = summarise(new)
+    lesions = [not r.no_lesion for r in records]
+    np.testing.assert_allclose(summary.walker_cut, [t for t, keep in zip((0.25, 0.5, 0.7), lesions) if keep],
+                               atol=1e-6)
+    line = next(x for x in summary.text().splitlines() if "walker cut" in x)
+    assert f"max {max(summary.walker_cut):.3f}" in line
