@@ -29,7 +29,7 @@ import json, sys
 from pathlib import Path
 import numpy as np, torch
 out = Path(sys.argv[1])
-torch.set_num_threads(int(sys.argv[2]))  # the same thread count as the test: the same float sums
+torch.set_num_threads(int(sys.argv[2]))  # the same thread count as the test: as few reordered float sums as we can
 from pipeline.synth import write_synthetic_dataset
 from pipeline.run import RunConfig, run_pseudomasks
 from trainer.pretrain import PretrainConfig, export_model
@@ -76,7 +76,9 @@ def test_old_export_loads_and_predicts_the_same(old_files, kind):
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         logits = seg.eval()(x).numpy()
-    np.testing.assert_array_equal(logits, np.load(old_files / f"logits-{kind}.npy"))
+    # The old code ran in another process: its float sums may be ordered differently (CI saw 1e-6 apart on the
+    # second image), so the logits must agree to 1e-5, far tighter than any wrongly loaded or rebuilt layer (0.01+).
+    np.testing.assert_allclose(logits, np.load(old_files / f"logits-{kind}.npy"), rtol=0, atol=1e-5)
 
 
 def test_old_shards_read_and_verify(old_files):
