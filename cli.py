@@ -175,7 +175,7 @@ def synth(out: Path, n: int, seed: int, size: str, jobs: int, overwrite: bool, f
                    "coarse lesion map (label-free, several times slower). A different method needs a new --out.")
 @click.option("--cut", "cut_rule", type=click.Choice(["learned", "fixed"]), default="learned", show_default=True,
               help="Where the walker's probability is cut. learned: per image, among the thresholds 0.1-0.7, by "
-                   "a small model of seven label-free measures of each candidate mask (fitted on labelled ISIC "
+                   "a small model of ten label-free measures of each candidate mask (fitted on labelled ISIC "
                    "2017; README). fixed: 0.3 for every image (the masks before; about 9 ms less per image). "
                    "A different rule needs a new --out or --overwrite.")
 @click.option("--seed", default=0, show_default=True,

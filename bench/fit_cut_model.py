@@ -2,7 +2,7 @@
 
 Protocol (README, issue 14): the labelled ``isic2017_256`` images outside ``isic_sample``; each runs stage 1 up to
 the walker (hair removal, seeds, walker: ``cut_rule='fixed'``), and every threshold of the ladder gives a candidate
-mask, its seven label-free features and its Jaccard against the expert mask (at the walker's grid: 256 x 256
+mask, its ten label-free features and its Jaccard against the expert mask (at the walker's grid: 256 x 256
 for these images). A degree-2 polynomial ridge regression (scikit-learn) predicts each candidate's Jaccard
 minus the mean over its image's candidates (only the order within an image matters); an image's cut is its
 best-predicted candidate. Folds: ``sha256(id) % 5``; each fold is scored by the model fitted on the other four.
@@ -28,7 +28,7 @@ from joblib import Parallel, delayed
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.datasets import open_dataset, read_image, read_mask  # noqa: E402
-from pipeline.pseudomask.cut import CUT_LADDER, candidate_cuts, model_from_sklearn  # noqa: E402
+from pipeline.pseudomask.cut import CUT_LADDER, FEATURES, candidate_cuts, model_from_sklearn  # noqa: E402
 from pipeline.pseudomask.per_image import (  # noqa: E402
     PseudoMaskConfig,
     clean_image,
@@ -55,7 +55,7 @@ def candidates_of(sample) -> dict:
     truth = cv2.resize((read_mask(sample.mask) > 0).astype(np.float32), (small.shape[1], small.shape[0]),
                        interpolation=cv2.INTER_AREA) >= 0.5
     fg = labels == LESION
-    row = {"id": sample.id, "fixed": _jaccard(mask, truth), "x": np.zeros((0, 7)), "j": np.zeros(0)}
+    row = {"id": sample.id, "fixed": _jaccard(mask, truth), "x": np.zeros((0, len(FEATURES))), "j": np.zeros(0)}
     if fg.any():
         _, masks, x = candidate_cuts(prob, fg, fov, to_lab(small), separation=separation,
                                      coarse_fraction=float(coarse.mean()))

@@ -2,8 +2,9 @@
 
 One Random Walker gives a probability map; a fixed cut (0.3) is right for most images but leaks on small faint
 lesions and cuts large ones short. Every threshold of ``CUT_LADDER`` gives a candidate mask (the component
-holding the lesion seeds, holes filled); seven label-free measures of each candidate (:data:`FEATURES`) are
-scored by a small quadratic model, and the best-scoring candidate is kept.
+holding the lesion seeds, holes filled); ten label-free measures of each candidate (:data:`FEATURES`: seven of
+the candidate itself, three against the image's best candidate on the same measure) are scored by a small
+quadratic model, and the best-scoring candidate is kept.
 
 The model (``cut_model.json`` beside this file) is a degree-2 polynomial ridge regression of each candidate's
 Jaccard against the expert mask, fitted by ``bench/fit_cut_model.py`` on the labelled ``isic2017_256`` images
@@ -27,7 +28,7 @@ __all__ = ["CUT_LADDER", "FEATURES", "CutModel", "candidate_cuts", "choose_cut",
 
 CUT_LADDER = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
 FEATURES = ("threshold", "log_area", "within_variance", "ring_contrast", "contour_gradient", "separation",
-            "coarse_fraction")
+            "coarse_fraction", "within_variance_over_min", "ring_contrast_under_max", "contour_gradient_under_max")
 MODEL_PATH = Path(__file__).with_name("cut_model.json")
 _RING = np.ones((5, 5), np.uint8)
 
@@ -120,11 +121,15 @@ def candidate_cuts(prob: np.ndarray, fg: np.ndarray, fov: np.ndarray, lab: np.nd
     -------
     (thresholds, masks, X)
         The thresholds whose candidate is usable (at least 5 pixels inside and 5 field-of-view pixels
-        outside), their masks, and ``X`` (n, 7) float64 in the order of :data:`FEATURES`:
+        outside), their masks, and ``X`` (n, 10) float64 in the order of :data:`FEATURES`:
         the threshold; log of the mask's share of the field of view; the within-class Lab variance of the
         two-region split of the field of view over the total (a Chan-Vese energy, lower = better split); the
         Lab distance between the means of 2-px rings just inside and just outside the outline; the mean Lab
-        gradient magnitude on those rings; ``separation``; ``coarse_fraction``.
+        gradient magnitude on those rings; ``separation``; ``coarse_fraction``; then the third, fourth and
+        fifth measures against the image's best candidate: within-variance minus the smallest among the
+        candidates (>= 0), contrast and gradient minus the largest (<= 0). These three let one global model
+        compare candidates within an image (5-fold held-out on ``isic2017_256``: mean Jaccard 0.763 -> 0.765;
+        ``isic_sample``, never fitted: 0.806 -> 0.811; README).
     """
     smooth = cv2.GaussianBlur(lab, (0, 0), 1.0)
     gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0)
@@ -167,7 +172,8 @@ def candidate_cuts(prob: np.ndarray, fg: np.ndarray, fov: np.ndarray, lab: np.nd
     gradient = (ring_in[:, 6] + ring_out[:, 6]) / np.maximum(ring_in[:, 7] + ring_out[:, 7], 1)
     areas = np.array([m.sum() for m in masks], np.float64)
     x = np.column_stack([np.asarray(kept, np.float64), np.log(areas / max(n_fov, 1)), within, contrast, gradient,
-                         np.full(len(kept), float(separation)), np.full(len(kept), float(coarse_fraction))])
+                         np.full(len(kept), float(separation)), np.full(len(kept), float(coarse_fraction)),
+                         within - within.min(), contrast - contrast.max(), gradient - gradient.max()])
     return kept, masks, x
 
 

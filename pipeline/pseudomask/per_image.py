@@ -59,7 +59,7 @@ class PseudoMaskConfig:
     cut_rule : {'learned', 'fixed'}
         ``'learned'`` (default): the cut is chosen per image among the thresholds 0.1-0.7 by the model
         ``cut_model`` (:mod:`pipeline.pseudomask.cut`; 5-fold held-out on isic2017_256: mean Jaccard 0.749 ->
-        0.763, README). ``'fixed'``: ``threshold`` for every image.
+        0.765 with model v2, README). ``'fixed'``: ``threshold`` for every image.
     cut_model : str
         Name of the bundled cut model (``pipeline/pseudomask/cut_model.json``); a refitted model gets a new
         name, hence a new config hash.
@@ -93,7 +93,7 @@ class PseudoMaskConfig:
     edge_run_max: float = 0.6
     edge_thresholds: tuple[float, ...] = (0.5, 0.7, 0.9)
     cut_rule: str = "learned"
-    cut_model: str = "isic2017_256-v1"
+    cut_model: str = "isic2017_256-v2"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

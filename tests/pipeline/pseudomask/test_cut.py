@@ -43,7 +43,7 @@ def _scene(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
 
 
 def _reference(prob, fg, fov, lab, t, separation, coarse_fraction) -> list[float]:
-    """The seven features of one threshold, computed the plain way (boolean indexing, one candidate at a time)."""
+    """The first seven features of one threshold, computed the plain way (boolean indexing, one candidate at a time)."""
     smooth = cv2.GaussianBlur(lab, (0, 0), 1.0).astype(np.float64)
     grad = np.sqrt(sum(cv2.Sobel(smooth.astype(np.float32), cv2.CV_32F, dx, dy) ** 2
                        for dx, dy in ((1, 0), (0, 1))).sum(-1))
@@ -70,7 +70,15 @@ def test_features_match_a_plain_computation():
     assert x.shape == (len(CUT_LADDER), len(FEATURES)) and kept == list(CUT_LADDER)
     for t, mask, row in zip(kept, masks, x):
         assert np.array_equal(mask, main_component(prob > t, fg))
-        np.testing.assert_allclose(row, _reference(prob, fg, fov, lab, t, 2.5, 0.2), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(row[:7], _reference(prob, fg, fov, lab, t, 2.5, 0.2), rtol=1e-6, atol=1e-6)
+    # the last three: each candidate against the image's best on the same measure (least within-variance, most
+    # contrast, most gradient), so the best candidate scores 0 and every other is worse
+    refs = np.array([_reference(prob, fg, fov, lab, t, 2.5, 0.2) for t in kept])
+    np.testing.assert_allclose(x[:, 7], refs[:, 2] - refs[:, 2].min(), atol=1e-6)
+    np.testing.assert_allclose(x[:, 8], refs[:, 3] - refs[:, 3].max(), atol=1e-5)
+    np.testing.assert_allclose(x[:, 9], refs[:, 4] - refs[:, 4].max(), atol=1e-5)
+    assert x[:, 7].min() == 0 and x[:, 8].max() == 0 and x[:, 9].max() == 0 and (x[:, 7] > 0).sum() == len(kept) - 1
+    assert kept[int(np.argmin(x[:, 7]))] in (0.5, 0.55)  # the ladder steps either side of the disc's edge (below)
     # hand values: the disc of radius 28 (prob > 0.533) splits the image best; the halo's edge (radius 40,
     # prob > 0.333) next; a cut inside the dark disc or out on the skin splits it worse
     within = dict(zip(kept, x[:, 2]))
@@ -94,7 +102,9 @@ def test_model_scores_as_scikit_learn_predicts_and_survives_json():
     from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 
     rng = np.random.default_rng(3)
-    x = rng.normal(size=(200, 7)) * [0.2, 1, 0.1, 5, 3, 1, 0.1] + [0.4, -2, 0.5, 10, 4, 2, 0.2]
+    x = (rng.normal(size=(200, 10)) * [0.2, 1, 0.1, 5, 3, 1, 0.1, 0.05, 2, 1]
+         + [0.4, -2, 0.5, 10, 4, 2, 0.2, 0.05, -2, -1])
+    assert x.shape[1] == len(FEATURES)
     y = np.sin(x[:, 0] * 3) + 0.1 * x[:, 3] - x[:, 1] * x[:, 2] + rng.normal(0, 0.05, 200)
     fitted = make_pipeline(StandardScaler(), PolynomialFeatures(2), StandardScaler(), Ridge(3.0)).fit(x, y)
     model = model_from_sklearn(fitted, "test")
