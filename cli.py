@@ -364,6 +364,11 @@ def verify(path: Path) -> None:
               help="KoLeo spreading term on the student's global-view head outputs (DINOv2: 0.1; 0 = off). Pushes "
                    "each image's embedding away from its nearest neighbour in the batch; try it when all images "
                    "map to one point (uniform collapse).")
+@click.option("--masked-patch-weight", type=click.FloatRange(min=0),
+              help="iBOT-style masked-patch loss beside DINO's (0 = off; iBOT: 1): half the student's global views "
+                   "have 10-50 percent of their patches hidden behind a learned token and must predict the teacher's "
+                   "patch outputs there. A patch-level objective, for dense tasks. Adds a mask token: a run "
+                   "resumes only with the same on/off.")
 @click.option("--momentum-teacher", type=click.FloatRange(0, 1),
               help="Teacher EMA momentum at the start, rising to 1 (DINO: 0.996; cpu preset 0.99). Lower for "
                    "short runs on small data.")

@@ -62,6 +62,7 @@ CANDIDATES = {
     "free": {"norm_last_layer": False},
     "tt0.02+free": {"teacher_temp": 0.02, "warmup_teacher_temp": 0.02, "norm_last_layer": False},
     "tt0.02+mom0.9": {"teacher_temp": 0.02, "warmup_teacher_temp": 0.02, "momentum_teacher": 0.9},
+    "masked-patch": {"masked_patch_weight": 1.0},  # iBOT's masked-patch loss beside DINO's (preset teacher 0.02)
 }
 
 

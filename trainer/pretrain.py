@@ -53,6 +53,7 @@ from trainer.losses.collapse import CollapseDetector, entropy
 from trainer.losses.dino import CENTERINGS, DINOLoss
 from trainer.losses.fkd import fkd_loss
 from trainer.losses.koleo import koleo_loss
+from trainer.losses.masked_patch import MaskedPatchLoss, random_patch_masks
 from trainer.losses.seg import seg_loss
 from trainer.losses.spatial import spatial_loss
 from trainer.models.backbone import patch_grid
@@ -90,7 +91,10 @@ class PretrainConfig:
     DINO collapse (the last fields; docs/DINO_COLLAPSE.md): ``student_temp`` and ``center_momentum`` are DINO's
     :math:`\\tau_s` and :math:`m`; ``centering`` is ``"centre"`` (DINO) or ``"sinkhorn"`` (Sinkhorn-Knopp targets,
     DINOv2); ``koleo_weight`` adds ``koleo_weight * L_KoLeo`` on the student's global-view head outputs
-    (:mod:`trainer.losses.koleo`); ``collapse_patience`` is how many steps of collapse the detector tolerates
+    (:mod:`trainer.losses.koleo`); ``masked_patch_weight`` adds iBOT's masked-patch loss
+    (:mod:`trainer.losses.masked_patch`: the student's global views with ``masked_patch_ratio`` of their patches
+    hidden, in a ``masked_patch_prob`` share of the images, predict the teacher's patch outputs there);
+    ``collapse_patience`` is how many steps of collapse the detector tolerates
     before it warns; ``probe_samples`` images of the last shard are held out of training (when the data has at
     least 4x as many) for the linear probe (:mod:`trainer.probe`); 0 turns the probe off.
     """
@@ -141,6 +145,9 @@ class PretrainConfig:
     center_momentum: float = 0.9     # DINO's m (1: the centre stays 0, no centring)
     centering: str = "centre"        # "centre" (DINO) or "sinkhorn" (DINOv2's Sinkhorn-Knopp targets)
     koleo_weight: float = 0.0        # KoLeo spreading term on the student's global head outputs (0: off)
+    masked_patch_weight: float = 0.0  # iBOT-style masked-patch distillation on the global views (0: off)
+    masked_patch_ratio: tuple[float, float] = (0.1, 0.5)  # share of a masked image's patches hidden (iBOT)
+    masked_patch_prob: float = 0.5   # share of the global views masked at all (iBOT)
     collapse_patience: int = 50      # steps of collapse before the warning
     probe_samples: int = 64          # held-out images for the end-of-run linear probe (0: off)
     min_confidence: float = 0.0      # ours: leave out pseudo-masks whose confidence is below this (0: keep all)
@@ -175,6 +182,14 @@ class PretrainConfig:
             raise ValueError(f"centering: expected one of {CENTERINGS}, got {self.centering!r}")
         if not self.koleo_weight >= 0:
             raise ValueError(f"koleo_weight: expected >= 0 (0: off), got {self.koleo_weight}")
+        if not self.masked_patch_weight >= 0:
+            raise ValueError(f"masked_patch_weight: expected >= 0 (0: off), got {self.masked_patch_weight}")
+        if self.masked_patch_weight > 0 and not self.distill:
+            raise ValueError("masked_patch_weight > 0 needs the teacher: it cannot be used with no_distill")
+        lo, hi = self.masked_patch_ratio
+        if not (0.0 <= lo <= hi <= 1.0 and 0.0 <= self.masked_patch_prob <= 1.0):
+            raise ValueError(f"masked_patch_ratio must be 0 <= low <= high <= 1 and masked_patch_prob in [0, 1], "
+                             f"got {self.masked_patch_ratio}, {self.masked_patch_prob}")
         if self.collapse_patience < 1:
             raise ValueError(f"collapse_patience: expected >= 1 step, got {self.collapse_patience}")
         if not 0.0 <= self.min_confidence <= 1.0:
@@ -206,7 +221,7 @@ class PretrainConfig:
                          decoder=self.decoder, weights=self.weights, drop_path_rate=self.drop_path,
                          head_hidden=self.head_hidden, bottleneck_dim=self.bottleneck_dim, fkd_dim=fkd_dim,
                          decoder_skip=self.decoder_skip, patch_size=self.patch_size,
-                         norm_last_layer=self.norm_last_layer)
+                         norm_last_layer=self.norm_last_layer, mask_token=self.masked_patch_weight > 0)
 
 
 @dataclass
@@ -335,6 +350,7 @@ class _Run:
     ddp_student: torch.nn.Module
     optimizer: torch.optim.Optimizer
     dino_loss: DINOLoss
+    patch_loss: MaskedPatchLoss | None
     generator: torch.Generator
     fkd_teacher: FoundationTeacher | None
     detector: CollapseDetector
@@ -390,9 +406,12 @@ def _set_up(shards, config: PretrainConfig, info, exclude_ids) -> _Run:
                          warmup_teacher_temp_epochs=min(config.warmup_teacher_temp_epochs, config.epochs),
                          n_epochs=config.epochs, student_temp=config.student_temp, steps_per_epoch=steps_per_epoch,
                          center_momentum=config.center_momentum, centering=config.centering).to(info.device)
+    patch_loss = (MaskedPatchLoss(config.out_dim, student_temp=config.student_temp,
+                                  center_momentum=config.center_momentum).to(info.device)
+                  if config.masked_patch_weight > 0 else None)
     generator = torch.Generator(device=info.device)
     generator.manual_seed(config.seed * 1000 + info.rank)
-    return _Run(config=config, dataset=dataset, sampler=sampler, loader=loader, batch=batch,
+    return _Run(patch_loss=patch_loss, config=config, dataset=dataset, sampler=sampler, loader=loader, batch=batch,
                 steps_per_epoch=steps_per_epoch, sched=Schedules.build(config, steps_per_epoch, batch * info.world_size),
                 student=student, teacher=teacher, ddp_student=ddp_student,
                 optimizer=torch.optim.AdamW(param_groups(student, config.weight_decay,
@@ -456,6 +475,8 @@ def _resume(run: _Run, out_dir: Path, device: torch.device, *, new_data: bool = 
                          "with the same --decoder-lr-scale and --norm-last-layer/--free-last-layer, or use a new "
                          "--out") from None
     run.dino_loss.center.copy_(state["center"])
+    if run.patch_loss is not None and "patch_center" in state:
+        run.patch_loss.center.copy_(state["patch_center"])
     epochs_done = int(state.get("epoch", int(state["step"]) // run.steps_per_epoch))
     run.step = epochs_done * run.steps_per_epoch
     if run.step != int(state["step"]):
@@ -499,7 +520,8 @@ def _train_epoch(run: _Run, epoch: int, run_log: RunLog, info, *, progress: bool
         last = _train_step(batch_data, step=run.step, epoch=epoch, config=config, sched=run.sched,
                            crops=config.crops(), student=run.student, ddp_student=run.ddp_student,
                            teacher=run.teacher, optimizer=run.optimizer, dino_loss=run.dino_loss,
-                           generator=run.generator, device=info.device, fkd_teacher=run.fkd_teacher)
+                           generator=run.generator, device=info.device, fkd_teacher=run.fkd_teacher,
+                           patch_loss=run.patch_loss)
         for k, v in last.items():
             sums[k] = sums.get(k, 0.0) + v
         if run.step % config.log_every == 0:
@@ -516,7 +538,7 @@ def _train_epoch(run: _Run, epoch: int, run_log: RunLog, info, *, progress: bool
     run_log.write({"event": "epoch", "epoch": epoch + 1, "step": run.step,
                    "seconds": round(time.perf_counter() - tic, 2), **means})
     if info.is_main:
-        shown = ("loss", "dino", "seg", "fkd", "affine", "spatial", "koleo", "teacher_entropy_frac",
+        shown = ("loss", "dino", "seg", "fkd", "affine", "spatial", "koleo", "masked_patch", "teacher_entropy_frac",
                  "epoch_entropy_of_mean_frac", "prototypes_used")
         log.info("epoch %d/%d: %s", epoch + 1, config.epochs,
                  "  ".join(f"{k} {v:.4f}" for k, v in means.items() if k in shown))
@@ -544,7 +566,8 @@ def _end_of_epoch(run: _Run, epoch: int, out_dir: Path, device: torch.device) ->
         "student": run.student.state_dict(), "teacher": run.teacher.state_dict(),
         "optimizer": run.optimizer.state_dict(), "scaler": {}, "center": run.dino_loss.center,
         "step": run.step, "epoch": epoch + 1, "rng": rng_state(), "generator": run.generator.get_state(),
-        "config": dataclasses.asdict(config), "data": run.data, "collapse": run.detector.summary()})
+        "config": dataclasses.asdict(config), "data": run.data, "collapse": run.detector.summary(),
+        **({"patch_center": run.patch_loss.center} if run.patch_loss is not None else {})})
     if config.picture_every and ((epoch + 1) % config.picture_every == 0 or epoch + 1 == config.epochs):
         pretrain_picture(run.teacher, run.dataset, out_dir / "pictures" / f"epoch-{epoch + 1:04d}.png",
                          img_size=config.img_size, device=device)
@@ -562,28 +585,47 @@ def _check_resumable(state: dict, config: PretrainConfig, path: Path) -> None:
     if diff:
         shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
         raise ValueError(f"{path}: cannot resume a run of another architecture ({shown}); use a new --out")
+    had_token = float(state.get("config", {}).get("masked_patch_weight", 0.0)) > 0
+    if had_token != (config.masked_patch_weight > 0):  # the model has a mask token exactly when the loss is on
+        raise ValueError(f"{path}: this run was made {'with' if had_token else 'without'} the masked-patch loss "
+                         f"(--masked-patch-weight); resume it {'with a weight > 0' if had_token else 'without it'}, "
+                         "or use a new --out")
 
 
 def _train_step(batch_data, *, step, epoch, config, sched, crops, student, ddp_student, teacher, optimizer,
-                dino_loss, generator, device, fkd_teacher=None) -> dict[str, float]:
+                dino_loss, generator, device, fkd_teacher=None, patch_loss=None) -> dict[str, float]:
     images = batch_data["image"].to(device, non_blocking=True)
     maps = batch_data["maps"].to(device, non_blocking=True).float().div_(255.0)
     valid = batch_data["valid"].to(device, non_blocking=True)
     views = multi_crop(images, maps, config=crops, generator=generator, binary_channels=(0, 2))
+    masks = None
+    if patch_loss is not None:
+        grid = patch_grid(student.backbone, tuple(views.global_views[0].shape[-2:]))
+        masks = random_patch_masks(len(views.global_views) * images.shape[0], grid[0] * grid[1],
+                                   ratio=config.masked_patch_ratio, prob=config.masked_patch_prob,
+                                   generator=generator, device=device)
     return train_step(views, valid, step=step, epoch=epoch, config=config, sched=sched, student=student,
                       ddp_student=ddp_student, teacher=teacher, optimizer=optimizer, dino_loss=dino_loss,
-                      fkd_teacher=fkd_teacher)
+                      fkd_teacher=fkd_teacher, patch_loss=patch_loss, masks=masks)
 
 
 def train_step(views, valid, *, step, epoch, config, sched, student, ddp_student, teacher, optimizer,
-               dino_loss, fkd_teacher=None) -> dict[str, float]:
+               dino_loss, fkd_teacher=None, patch_loss=None, masks=None) -> dict[str, float]:
     """One optimisation step on ready-made views (``MultiCropOutput``); returns the logged numbers.
 
     ``valid`` (B,) weights each sample's segmentation loss (0 when no lesion was seeded); the label-free
     ``affine`` and ``spatial`` terms (when their weights are > 0) use every sample. ``fkd_teacher`` (a
     :class:`~trainer.models.fkd.FoundationTeacher`, needed when ``config.fkd_weight > 0``) adds
-    ``fkd_weight * L_FKD`` on the global views (not ramped; with or without ``distill``).
+    ``fkd_weight * L_FKD`` on the global views (not ramped; with or without ``distill``). ``patch_loss`` (a
+    :class:`~trainer.losses.masked_patch.MaskedPatchLoss`, needed when ``config.masked_patch_weight > 0``) with
+    ``masks`` ``(G * B, N)`` bool adds ``masked_patch_weight * L_MIM``: the student's global views are masked
+    (for every term), the teacher's are not, and the shared head's outputs are compared at the masked patches.
     """
+    if (patch_loss is not None) != (config.masked_patch_weight > 0) or (patch_loss is not None) != (masks is not None):
+        raise ValueError(f"patch_loss and masks: needed exactly when config.masked_patch_weight > 0 "
+                         f"(masked_patch_weight {config.masked_patch_weight}, patch_loss "
+                         f"{'given' if patch_loss is not None else 'None'}, masks "
+                         f"{'given' if masks is not None else 'None'})")
     if (fkd_teacher is not None) != (config.fkd_weight > 0):
         raise ValueError(f"fkd_teacher: needed exactly when config.fkd_weight > 0 (fkd_weight "
                          f"{config.fkd_weight}, fkd_teacher {'given' if fkd_teacher is not None else 'None'})")
@@ -593,17 +635,28 @@ def train_step(views, valid, *, step, epoch, config, sched, student, ddp_student
     segment = config.lambda_seg > 0
     set_lr_wd(optimizer, float(sched.lr[step]), float(sched.wd[step]))
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-        head_out, seg_logits, *fkd_feats = ddp_student(views.global_views,
-                                                       views.local_views if config.distill else [],
-                                                       segment=segment, project=config.distill,
-                                                       fkd=fkd_teacher is not None)
+        head_out, seg_logits, *extra = ddp_student(views.global_views,
+                                                   views.local_views if config.distill else [],
+                                                   segment=segment, project=config.distill,
+                                                   fkd=fkd_teacher is not None, masks=masks,
+                                                   return_patches=masks is not None)
+        fkd_feats = extra[:1] if fkd_teacher is not None else []
         parts = {}
         loss = torch.zeros((), device=device)
         if config.distill:
             with torch.no_grad():
-                teacher_out, _ = teacher(views.global_views, segment=False)
+                teacher_out, _, *teacher_patches = teacher(views.global_views, segment=False,
+                                                           return_patches=masks is not None)
             parts["dino"] = dino_loss(head_out.float(), teacher_out.float(), step)
             loss = loss + parts["dino"]
+            if masks is not None:
+                hidden = masks.reshape(-1)
+                student_patches = extra[-1].reshape(-1, extra[-1].shape[-1])[hidden]
+                with torch.no_grad():
+                    target = teacher.head(teacher_patches[0].reshape(-1, extra[-1].shape[-1])[hidden])
+                parts["masked_patch"] = patch_loss(student.head(student_patches).float(), target.float(),
+                                                   dino_loss.teacher_temp_at(step))
+                loss = loss + config.masked_patch_weight * parts["masked_patch"]
             if config.koleo_weight > 0:
                 per_view = head_out.shape[0] // (len(views.global_views) + len(views.local_views))
                 parts["koleo"] = torch.stack([koleo_loss(head_out[i * per_view:(i + 1) * per_view])

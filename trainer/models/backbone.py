@@ -26,6 +26,7 @@ __all__ = [
     "load_weights",
     "extract_state_dict",
     "forward_tokens",
+    "forward_tokens_masked",
     "patch_tokens",
     "patch_size",
     "patch_grid",
@@ -239,6 +240,25 @@ def forward_tokens(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tor
     ``patches`` are the final-normed patch tokens, class and register tokens removed.
     """
     feats = model.forward_features(x)
+    return model.forward_head(feats, pre_logits=True), feats[:, model.num_prefix_tokens:]
+
+
+def forward_tokens_masked(model: nn.Module, x: torch.Tensor, masks: torch.Tensor, mask_token: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`forward_tokens` with some patches hidden: ``(B, 3, H, W), (B, N) bool, (D,) -> (cls, patches)``.
+
+    The patch embeddings where ``masks`` is True are replaced by ``mask_token`` before the position embedding is
+    added (iBOT), then the ViT runs as timm's ``forward_features`` does (position embedding, patch dropout,
+    pre-norm, blocks, final norm). With no patch masked the result equals :func:`forward_tokens`.
+    """
+    tokens = model.patch_embed(x)  # (B, h, w, D) with dynamic_img_size, else (B, N, D)
+    b, d = tokens.shape[0], tokens.shape[-1]
+    n = tokens[0, ..., 0].numel()
+    if masks.shape != (b, n):
+        raise ValueError(f"masks: expected ({b}, {n}) for {tuple(x.shape)} inputs, got {tuple(masks.shape)}")
+    hidden = masks.reshape(*tokens.shape[:-1], 1)
+    tokens = torch.where(hidden, mask_token.to(tokens.dtype).reshape(*([1] * (tokens.ndim - 1)), d), tokens)
+    feats = model.norm(model.blocks(model.norm_pre(model.patch_drop(model._pos_embed(tokens)))))
     return model.forward_head(feats, pre_logits=True), feats[:, model.num_prefix_tokens:]
 
 

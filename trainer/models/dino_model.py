@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainer.models.backbone import create_backbone, forward_tokens, patch_kwargs
+from trainer.models.backbone import create_backbone, forward_tokens, forward_tokens_masked, patch_kwargs
 from trainer.models.backbone import patch_size as backbone_patch_size
 from trainer.models.decoders import build_decoder
 from trainer.models.dino_head import DINOHead
@@ -45,12 +45,15 @@ class DINOModel(nn.Module):
     fkd_dim : int, optional
         Width ``D_t`` of a frozen foundation model's features: adds ``fkd_proj``, the
         :class:`~trainer.models.fkd.FKDProjector` ``D -> D_t`` on the patch tokens used by ``forward(..., fkd=True)``.
+    mask_token : bool
+        Add ``mask_token`` (D,), the learned embedding that replaces hidden patches in ``forward(..., masks=...)``
+        (the masked-patch objective, :mod:`trainer.losses.masked_patch`; iBOT initialises it to zeros).
     """
 
     def __init__(self, arch: str, *, img_size: int, out_dim: int, decoder_hidden: int = 128, decoder: str = "conv",
                  weights: str | None = None, drop_path_rate: float = 0.1, head_hidden: int = 2048,
                  bottleneck_dim: int = 256, fkd_dim: int | None = None, decoder_skip: bool = False,
-                 patch_size: int | None = None, norm_last_layer: bool = True):
+                 patch_size: int | None = None, norm_last_layer: bool = True, mask_token: bool = False):
         super().__init__()
         self.backbone = create_backbone(arch, img_size=img_size, weights=weights, drop_path_rate=drop_path_rate,
                                         **patch_kwargs(patch_size))
@@ -58,11 +61,13 @@ class DINOModel(nn.Module):
         self.head = DINOHead(dim, out_dim, hidden_dim=head_hidden, bottleneck_dim=bottleneck_dim,
                              norm_last_layer=norm_last_layer)
         self.fkd_proj = FKDProjector(dim, fkd_dim) if fkd_dim else None
+        self.mask_token = nn.Parameter(torch.zeros(dim)) if mask_token else None
         self.decoder = build_decoder(decoder, dim, backbone_patch_size(self.backbone), hidden=decoder_hidden,
                                      skip=decoder_skip)
 
     def forward(self, global_views: list[torch.Tensor], local_views: list[torch.Tensor] = (), *,
-                segment: bool = True, project: bool = True, fkd: bool = False) -> tuple[torch.Tensor | None, ...]:
+                segment: bool = True, project: bool = True, fkd: bool = False, masks: torch.Tensor | None = None,
+                return_patches: bool = False) -> tuple[torch.Tensor | None, ...]:
         """Run every view; return ``(head_out, seg_logits)``, or ``(head_out, seg_logits, fkd_feats)`` with ``fkd``.
 
         ``head_out`` is ``(V * B, K)`` view-major (globals first, then locals), or None when ``project`` is
@@ -70,11 +75,19 @@ class DINOModel(nn.Module):
         Views of one size go through the backbone as one batch. ``fkd_feats`` (``fkd=True``, which needs
         ``fkd_dim``) is ``(G * B, N, D_t)``: the global views' patch tokens through ``fkd_proj``. The decoder also
         receives the global views themselves (its edge path draws borders from their pixels).
+        ``masks`` ``(G * B, N)`` bool hides those patches of the global views behind ``mask_token`` (every output
+        then sees the masked views); ``return_patches`` appends the global views' patch tokens ``(G * B, N, D)``
+        to the returned tuple.
         """
         if fkd and self.fkd_proj is None:
             raise ValueError("fkd: this model has no fkd_proj; build it with fkd_dim")
+        if masks is not None and self.mask_token is None:
+            raise ValueError("masks: this model has no mask_token; build it with mask_token=True")
         globals_ = torch.cat(global_views)
-        cls_g, patches_g = forward_tokens(self.backbone, globals_)
+        if masks is None:
+            cls_g, patches_g = forward_tokens(self.backbone, globals_)
+        else:
+            cls_g, patches_g = forward_tokens_masked(self.backbone, globals_, masks, self.mask_token)
         cls = [cls_g]
         if project and local_views:
             cls.append(forward_tokens(self.backbone, torch.cat(list(local_views)))[0])
@@ -83,9 +96,8 @@ class DINOModel(nn.Module):
         if segment:
             size = global_views[0].shape[-2:]
             seg = self.decoder(patches_g, (int(size[0]), int(size[1])), globals_)
-        if fkd:
-            return head_out, seg, self.fkd_proj(patches_g)
-        return head_out, seg
+        out = (head_out, seg, self.fkd_proj(patches_g)) if fkd else (head_out, seg)
+        return (*out, patches_g) if return_patches else out
 
 
 @torch.no_grad()
