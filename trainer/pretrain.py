@@ -411,11 +411,12 @@ def _set_up(shards, config: PretrainConfig, info, exclude_ids) -> _Run:
                   if config.masked_patch_weight > 0 else None)
     generator = torch.Generator(device=info.device)
     generator.manual_seed(config.seed * 1000 + info.rank)
-    return _Run(patch_loss=patch_loss, config=config, dataset=dataset, sampler=sampler, loader=loader, batch=batch,
+    return _Run(config=config, dataset=dataset, sampler=sampler, loader=loader, batch=batch,
                 steps_per_epoch=steps_per_epoch, sched=Schedules.build(config, steps_per_epoch, batch * info.world_size),
                 student=student, teacher=teacher, ddp_student=ddp_student,
                 optimizer=torch.optim.AdamW(param_groups(student, config.weight_decay,
                                                           lr_scales=_lr_scales(config))), dino_loss=dino_loss,
+                patch_loss=patch_loss,
                 generator=generator, fkd_teacher=fkd_teacher, data=data_record(dataset),
                 detector=CollapseDetector(config.collapse_patience), probe_dataset=probe_dataset,
                 probe_indices=probe_indices, probe_heldout=probe_heldout)
