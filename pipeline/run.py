@@ -253,14 +253,21 @@ def write_planned_shard(plan: ShardPlan, out_dir: str | Path, config: RunConfig,
                   sha256=digest)
 
 
-def process_shard(plan: ShardPlan, out_dir: str | Path, config: RunConfig, owner_pid: int | None = None) -> dict:
+def process_shard(plan: ShardPlan, out_dir: str | Path, config: RunConfig, owner_pid: int | None = None,
+                  on_images=None) -> dict:
     """Process every sample of ``plan`` and write its shard; return its manifest entry (one process, or a Dask task).
 
     A sample that fails is recorded in the shard's rejects with the reason, and the shard goes on. ``owner_pid``
-    is checked before each sample and before the write (see :func:`try_sample`).
+    is checked before each sample and before the write (see :func:`try_sample`). ``on_images(1)`` is called
+    after each sample (the progress bar), when given.
     """
     start = time.perf_counter()
-    results, parts = zip(*[hashed_sample(sample, config, owner_pid) for sample in plan.samples])
+    done = []
+    for sample in plan.samples:
+        done.append(hashed_sample(sample, config, owner_pid))
+        if on_images is not None:
+            on_images(1)
+    results, parts = zip(*done)
     return write_planned_shard(plan, out_dir, config, results, time.perf_counter() - start, owner_pid, parts)
 
 
@@ -419,9 +426,9 @@ def _run_locked(dataset: datasets.Dataset, data, out_dir: Path, *, config: RunCo
     from tqdm.auto import tqdm
 
     with tqdm(total=total, desc="pseudo-masks", unit="img", disable=not progress or not total) as bar:
-        for entry in _execute(todo, out_dir, config, jobs=jobs, backend=backend, scheduler=scheduler):
+        for entry in _execute(todo, out_dir, config, jobs=jobs, backend=backend, scheduler=scheduler,
+                              on_images=bar.update):
             record(entry)
-            bar.update(entry["rows"] + entry["rejected"])
     _write_outputs(out_dir, entries, extra)
     rejects = [r for name in sorted(entries) for r in entries[name]["rejects"]]
     return RunSummary(out_dir=out_dir, n_shards=len(plans), n_samples=sum(e["rows"] for e in entries.values()),
@@ -437,22 +444,25 @@ def _write_outputs(out_dir: Path, entries: dict[str, dict], extra: dict) -> None
 
 
 def _execute(plans: list[ShardPlan], out_dir: Path, config: RunConfig, *, jobs: int, backend: str,
-             scheduler: str | None):
-    """Yield manifest entries as shards finish, in whatever order they finish."""
+             scheduler: str | None, on_images=lambda n: None):
+    """Yield manifest entries as shards finish, in whatever order they finish; ``on_images(n)`` is called as
+    images finish (per image on this machine, per shard with Dask), from the run's own thread."""
     if not plans:
         return
     if backend == "dask":
-        yield from _execute_dask(plans, out_dir, config, jobs=jobs, scheduler=scheduler)
+        for entry in _execute_dask(plans, out_dir, config, jobs=jobs, scheduler=scheduler):
+            on_images(entry["rows"] + entry["rejected"])
+            yield entry
         return
     jobs = cap_jobs(jobs, sum(len(plan.samples) for plan in plans))
     if jobs == 1:
         for plan in plans:
-            yield process_shard(plan, out_dir, config)
+            yield process_shard(plan, out_dir, config, on_images=on_images)
         return
-    yield from _execute_local(plans, out_dir, config, jobs=jobs)
+    yield from _execute_local(plans, out_dir, config, jobs=jobs, on_images=on_images)
 
 
-def _execute_local(plans: list[ShardPlan], out_dir: Path, config: RunConfig, *, jobs: int):
+def _execute_local(plans: list[ShardPlan], out_dir: Path, config: RunConfig, *, jobs: int, on_images):
     """``jobs`` processes on this machine: this one and ``jobs - 1`` loky workers, one image per task.
 
     The run's own process works too instead of waiting: it starts on the first image at once, while the
@@ -495,10 +505,12 @@ def _execute_local(plans: list[ShardPlan], out_dir: Path, config: RunConfig, *, 
                 failures.append((future.index, future.exception()))
                 return
             results[future.index] = future.result()
+            n_back[0] += 1
             feed()
 
     ends = np.cumsum([len(plan.samples) for plan in plans])
     next_plan, first, start, by_me = 0, 0, time.perf_counter(), 0
+    n_back, reported = [0], 0  # images back (counted under ``lock``), and reported to ``on_images``
     try:
         with lock:
             feed()
@@ -510,8 +522,14 @@ def _execute_local(plans: list[ShardPlan], out_dir: Path, config: RunConfig, *, 
                 by_me += 1
                 with lock:
                     results[mine] = result
+                    n_back[0] += 1
             elif in_flight:
                 wait(list(in_flight), timeout=1.0, return_when=FIRST_COMPLETED)
+            with lock:
+                now = n_back[0]
+            if now > reported:
+                on_images(now - reported)
+                reported = now
             if failures:
                 i, exc = failures[0]
                 if isinstance(exc, ParentGone):

@@ -20,7 +20,7 @@ import cli
 from pipeline import datasets
 from pipeline.export import export_masks
 from pipeline.guard import input_part, inputs_hash
-from pipeline.run import RunConfig, plan_shards, run_pseudomasks
+from pipeline.run import RunConfig, _execute, plan_shards, run_pseudomasks
 from pipeline.shards import ShardReader, find_shards, sha256_file, verify
 
 REPO = Path(__file__).resolve().parents[2]
@@ -143,6 +143,23 @@ def test_two_jobs_are_this_process_and_one_worker(tmp_path, caplog):
     assert int(lines[0].split()[0]) > 0  # joblib's parent processed none: it only waited for its two workers
     one = run_pseudomasks(data, tmp_path / "one", config=SMALL, jobs=1, progress=False)
     assert one.n_samples == 7 and shard_hashes(tmp_path / "one") == shard_hashes(tmp_path / "two")
+
+
+def test_progress_moves_per_image_whatever_the_shard_size(tmp_path):
+    # one shard of 5: the bar must not sit at 0 until the whole shard is written
+    data = good_folder(tmp_path / "data", 5)
+    config = RunConfig(size=64, shard_size=5)
+    plans = plan_shards(datasets.open_dataset(data), config.shard_size)
+    assert len(plans) == 1
+    for jobs in (1, 2):
+        calls: list[int] = []
+        out = tmp_path / f"out{jobs}"
+        out.mkdir()
+        for entry in _execute(plans, out, config, jobs=jobs, backend="loky", scheduler=None, on_images=calls.append):
+            assert entry["rows"] == 5 and sum(calls) == 5  # every image reported before its shard is
+        assert len(calls) >= 2 and all(n >= 1 for n in calls), (jobs, calls)
+        if jobs == 1:
+            assert calls == [1] * 5
 
 
 def test_inputs_hash_from_parts_is_the_hash_of_the_files(tmp_path):
