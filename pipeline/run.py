@@ -505,12 +505,11 @@ def _execute_local(plans: list[ShardPlan], out_dir: Path, config: RunConfig, *, 
                 failures.append((future.index, future.exception()))
                 return
             results[future.index] = future.result()
-            n_back[0] += 1
             feed()
 
     ends = np.cumsum([len(plan.samples) for plan in plans])
     next_plan, first, start, by_me = 0, 0, time.perf_counter(), 0
-    n_back, reported = [0], 0  # images back (counted under ``lock``), and reported to ``on_images``
+    reported = 0  # images reported to ``on_images``
     try:
         with lock:
             feed()
@@ -522,11 +521,10 @@ def _execute_local(plans: list[ShardPlan], out_dir: Path, config: RunConfig, *, 
                 by_me += 1
                 with lock:
                     results[mine] = result
-                    n_back[0] += 1
             elif in_flight:
                 wait(list(in_flight), timeout=1.0, return_when=FIRST_COMPLETED)
-            with lock:
-                now = n_back[0]
+            with lock:  # images back: those of the shards written, and those waiting in ``results``
+                now = first + len(results)
             if now > reported:
                 on_images(now - reported)
                 reported = now
