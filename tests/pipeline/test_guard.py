@@ -279,6 +279,35 @@ def test_exif_orientation_is_applied_at_every_decode_size(tmp_path, orientation)
     assert np.abs(reduced.astype(int) - small).mean() < 6
 
 
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import zlib
+
+    return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+
+def test_png_orientation_is_read_from_exif_before_or_after_the_pixels_and_a_plain_png_is_not_decoded(
+        tmp_path, monkeypatch):
+    rgb = lesion_rgb(4, 40, 70)[0]
+    exif = Image.new("RGB", (1, 1)).getexif()
+    exif[0x0112] = 6
+    Image.fromarray(rgb).save(tmp_path / "before.png", exif=exif.tobytes())  # Pillow writes eXIf before IDAT
+    Image.fromarray(rgb).save(tmp_path / "plain.png")
+    plain = (tmp_path / "plain.png").read_bytes()
+    iend = plain.rindex(b"IEND") - 4
+    (tmp_path / "after.png").write_bytes(plain[:iend] + _png_chunk(b"eXIf", exif.tobytes()) + plain[iend:])
+    assert datasets.image_header(tmp_path / "before.png")[:3] == (70, 40, 6)
+    assert datasets.image_header(tmp_path / "after.png")[:3] == (70, 40, 6)  # found only by decoding
+    decoded = []
+    real_load = Image.Image.load
+    monkeypatch.setattr(Image.Image, "load", lambda im: decoded.append(im) or real_load(im))
+    assert datasets.image_header(tmp_path / "plain.png")[:3] == (40, 70, 1)
+    assert decoded == []  # the chunk walk answered: no pixel was decoded
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(plain[:iend - 20])  # no IEND: Pillow decides (and the file is named as unreadable later)
+    with Image.open(truncated) as im:
+        assert not datasets._png_without_exif(im) and im.fp.tell() == Image.open(tmp_path / "plain.png").fp.tell()
+
+
 def test_exif_rotated_jpeg_gives_an_upright_mask_at_the_upright_size(tmp_path):
     stored, lesion = lesion_rgb(2, 96, 160)
     data = tmp_path / "data"
