@@ -54,7 +54,9 @@ def _imdecode(paths: list[Path]) -> float:
 _RUN = """
 import sys, time
 from pathlib import Path
+import pipeline.run
 from pipeline.run import run_pseudomasks
+print(pipeline.run.__file__)
 start = time.perf_counter()
 run_pseudomasks(Path(sys.argv[1]), Path(sys.argv[2]), jobs=int(sys.argv[3]), progress=False)
 print(time.perf_counter() - start)
@@ -64,10 +66,15 @@ print(time.perf_counter() - start)
 def _fresh_run(code: Path, data: Path, out: Path, jobs: int) -> float:
     """Seconds of one ``run_pseudomasks`` in a new Python process, as ``edgedino pseudomasks`` runs (imports not
     counted): worker pools are started by the run, never left warm by an earlier one."""
+    # Run from ``code``: ``python -c`` puts the working folder first on sys.path, before PYTHONPATH, so a run
+    # started elsewhere imported the caller's checkout (until 2026-12-01 ``--against`` timed this checkout twice).
     env = {**os.environ, "PYTHONPATH": str(code)}
-    done = subprocess.run([sys.executable, "-c", _RUN, str(data), str(out), str(jobs)], env=env, check=True,
-                          capture_output=True, text=True)
-    return float(done.stdout.strip().splitlines()[-1])
+    done = subprocess.run([sys.executable, "-c", _RUN, str(data.resolve()), str(out.resolve()), str(jobs)], env=env,
+                          cwd=code, check=True, capture_output=True, text=True)
+    imported, seconds = done.stdout.strip().splitlines()[-2:]
+    if not Path(imported).resolve().is_relative_to(code.resolve()):
+        raise RuntimeError(f"the run meant for {code} imported {imported}")
+    return float(seconds)
 
 
 def measure(code: Path, data: Path, limit: int | None, rounds: int) -> dict:
