@@ -4,7 +4,8 @@ Prints, per image: a plain full-size decode (``cv2.imdecode`` of the file's byte
 18.9 ms), the full decode of ``read_image`` (header, EXIF orientation, checks), the reduced decode stage 1 uses
 (``read_image(path, min_long_side=decode_long_side)``), and the whole ``run_pseudomasks`` (decode, hair
 removal, seeds, walker, shard writing) with ``--jobs 1`` and ``--jobs 2`` (default shard size: all 99 images in
-one shard, so the speed-up comes from per-image tasks). Then the ratios the issue asks for: every row is
+one shard, so the speed-up comes from per-image tasks) on a copy of the folder as it is: the images and, where
+the folder has them, their masks (``pseudomasks --data isic_sample`` pairs them and checks each mask's size). Then the ratios the issue asks for: every row is
 measured once per round (``--rounds``, default 3) and each ratio is taken within a round; medians are shown.
 
 ``--against DIR`` measures another checkout of edgedino (e.g. the main branch) the same way, in a subprocess
@@ -94,11 +95,19 @@ def measure(code: Path, data: Path, limit: int | None, rounds: int) -> dict:
     config = RunConfig()
     out = {"n": len(paths), "shard_size": config.shard_size, "decode_long_side": config.decode_long_side,
            "rounds": []}
+    masks = sorted((data / "masks").glob("*_segmentation.png"))
+    wanted = {p.stem for p in paths}
+    masks = [m for m in masks if m.name.removesuffix("_segmentation.png") in wanted]
+    out["masks"] = len(masks)
     with tempfile.TemporaryDirectory(prefix="bench_stage1_") as tmp:
         src = Path(tmp) / "data" / "images"
         src.mkdir(parents=True)
         for p in paths:
             shutil.copy(p, src / p.name)
+        if masks:
+            (src.parent / "masks").mkdir()
+            for m in masks:
+                shutil.copy(m, src.parent / "masks" / m.name)
         for r in range(rounds):
             row = {"imdecode": _imdecode(paths), "full_decode": _decode(read_image, paths, None),
                    "reduced_decode": _decode(read_image, paths, config.decode_long_side)}
@@ -118,7 +127,8 @@ def _table(results: dict[str, dict]) -> str:
              "full_decode": "full decode by read_image (+ header, EXIF)",
              "reduced_decode": f"reduced decode (min_long_side={first['decode_long_side']})",
              "jobs1": "pseudomasks --jobs 1 (wall / images)", "jobs2": "pseudomasks --jobs 2 (wall / images)"}
-    lines = [f"isic_sample, {first['n']} images, default RunConfig (shard size {first['shard_size']}); "
+    lines = [f"isic_sample, {first['n']} images and {first.get('masks', 0)} masks, default RunConfig (shard size "
+             f"{first['shard_size']}); "
              f"median of {len(first['rounds'])} rounds [min - max]",
              f"{'ms/image':<46}" + "".join(f"{label:>26}" for label in results)]
 
