@@ -87,18 +87,16 @@ def measure(code: Path, data: Path, limit: int | None, rounds: int) -> dict:
     sys.path.insert(0, str(code))
     import cv2
 
-    from pipeline.datasets import read_image
+    from pipeline.datasets import open_dataset, read_image
     from pipeline.run import RunConfig
 
     cv2.setNumThreads(1)
-    paths = sorted((data / "images").glob("*.jpg"))[:limit]
+    samples = open_dataset(data).samples[:limit]  # images paired with their masks as ``pseudomasks`` pairs them
+    paths = [s.image for s in samples]
+    masks = [s.mask for s in samples if s.mask is not None]
     config = RunConfig()
     out = {"n": len(paths), "shard_size": config.shard_size, "decode_long_side": config.decode_long_side,
-           "rounds": []}
-    masks = sorted((data / "masks").glob("*_segmentation.png"))
-    wanted = {p.stem for p in paths}
-    masks = [m for m in masks if m.name.removesuffix("_segmentation.png") in wanted]
-    out["masks"] = len(masks)
+           "rounds": [], "masks": len(masks)}
     with tempfile.TemporaryDirectory(prefix="bench_stage1_") as tmp:
         src = Path(tmp) / "data" / "images"
         src.mkdir(parents=True)
