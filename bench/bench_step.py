@@ -19,6 +19,7 @@ weights, its activations, the projector and its optimiser state).
 
     python bench/bench_step.py                       # ViT-S/16 at 112/48 px, batch 8, CPU
     python bench/bench_step.py --img-size 224 --local-size 96 --device cuda --batch-size 64
+    python bench/bench_step.py --preset cpu --compile --no-memory   # the cpu preset, eager vs torch.compile
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ from trainer.engine.schedules import param_groups  # noqa: E402
 from trainer.losses.dino import DINOLoss  # noqa: E402
 from trainer.models.backbone import forward_tokens  # noqa: E402
 from trainer.models.fkd import FoundationTeacher  # noqa: E402
+from trainer.presets import pretrain_preset  # noqa: E402
 from trainer.pretrain import PretrainConfig, Schedules, train_step  # noqa: E402
 
 
@@ -75,6 +77,10 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="ViT-Ti, batch 4, 3 steps")
+    ap.add_argument("--preset", choices=["cpu", "paper"],
+                    help="take the model, crops, heads and batch from this pretraining preset instead")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time the DINO + aux step with every ViT block under torch.compile, side by side")
     ap.add_argument("--fkd-teacher", default="vit_small_patch16_224",
                     help="frozen foundation ViT of the FKD variant (random init unless --fkd-weights)")
     ap.add_argument("--fkd-weights", default=None, help="its local checkpoint (an export.pt needs no name)")
@@ -90,6 +96,10 @@ def main(argv=None) -> None:
     config = PretrainConfig(arch=args.arch, img_size=args.img_size, local_size=args.local_size,
                             n_local=args.n_local, out_dim=args.out_dim, batch_size=args.batch_size, epochs=1,
                             drop_path=0.0, freeze_last_layer=0)
+    if args.preset:
+        config = dataclasses.replace(pretrain_preset(args.preset), epochs=1, drop_path=0.0, freeze_last_layer=0)
+        args.arch, args.img_size, args.local_size = config.arch, config.img_size, config.local_size
+        args.n_local, args.out_dim, args.batch_size = config.n_local, config.out_dim, config.batch_size
     b = args.batch_size
     images = torch.randint(0, 256, (b, 3, 256, 256), dtype=torch.uint8, device=device)
     maps = torch.rand(b, 3, 256, 256, device=device)
@@ -98,9 +108,12 @@ def main(argv=None) -> None:
                        binary_channels=(0,))
     valid = torch.ones(b, device=device)
 
-    def make(cfg, fkd_teacher=None):
+    def make(cfg, fkd_teacher=None, compiled=False):
         student = cfg.build_model(fkd_dim=fkd_teacher.embed_dim if fkd_teacher else None).to(device)
         teacher = copy.deepcopy(student).eval().requires_grad_(False)
+        if compiled:  # each transformer block, in place (a graph per crop size)
+            for block in (*student.backbone.blocks, *teacher.backbone.blocks):
+                block.compile(dynamic=False)
         optimizer = torch.optim.AdamW(param_groups(student, cfg.weight_decay))
         loss = DINOLoss(cfg.out_dim, n_crops=2 + cfg.n_local, n_epochs=1, warmup_teacher_temp_epochs=0).to(device)
         sched = Schedules.build(cfg, steps_per_epoch=10_000, total_batch=b)
@@ -139,14 +152,17 @@ def main(argv=None) -> None:
         loss.backward()
         plain_opt.step()
 
-    times = {"plain": [], "dino": [], "full": [], "fkd": [], "teacher": []}
+    compiled_step = make(config, compiled=True)[0] if args.compile else None
+    times = {"plain": [], "dino": [], "full": [], "fkd": [], "teacher": [], "compiled": []}
     for _ in range(args.steps):  # interleaved, so load from other processes hits all three alike
         times["plain"].append(_median_time(plain_step, device, 1))
         times["dino"].append(_median_time(dino_step, device, 1))
         times["full"].append(_median_time(full_step, device, 1))
         times["fkd"].append(_median_time(fkd_step, device, 1))
         times["teacher"].append(_median_time(lambda: fkd_teacher(globals_cat, grid), device, 1))
-    t = {k: statistics.median(v) for k, v in times.items()}
+        if compiled_step:  # its first call (the warm-up inside _median_time) compiles
+            times["compiled"].append(_median_time(compiled_step, device, 1))
+    t = {k: statistics.median(v) for k, v in times.items() if v}
     p = student.backbone.patch_embed.patch_size[0]
     g_tokens = 2 * (args.img_size // p) ** 2
     l_tokens = args.n_local * (args.local_size // p) ** 2
@@ -161,6 +177,9 @@ def main(argv=None) -> None:
     print(f"DINO + aux + FKD    : {t['fkd'] * 1e3:9.1f} ms   {t['fkd'] / t['full']:.3f}x DINO + aux   "
           f"(frozen {fkd_teacher.arch}{'' if args.fkd_weights else ' random init'}, patch "
           f"{fkd_teacher.patch_size}, D_t {fkd_teacher.embed_dim}; its forward alone {t['teacher'] * 1e3:.1f} ms)")
+    if compiled_step:
+        print(f"DINO + aux, compiled: {t['compiled'] * 1e3:9.1f} ms   speed-up over eager {t['full'] / t['compiled']:.3f}x "
+              "(every ViT block under torch.compile)")
     if not args.no_memory:
         _print_memory(argv)
 
