@@ -46,12 +46,12 @@ def _jaccard(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else float((a & b).sum()) / union
 
 
-def candidates_of(sample) -> dict:
-    """Stage 1 up to the walker on one labelled image: the fixed cut's Jaccard and every candidate's features
-    and Jaccard."""
+def candidates_of(sample, config: PseudoMaskConfig = FIXED, pairs: bool = False) -> dict:
+    """Stage 1 up to the walker on one labelled image (``config``, fixed cut): the fixed cut's Jaccard and every
+    candidate's features and Jaccard; with ``pairs``, also ``"pairs"``: the Jaccard between each two candidates."""
     image = read_image(sample.image, min_long_side=RunConfig().decode_long_side)
-    small = resize_long(clean_image(image, config=FIXED).cleaned, FIXED.walker_long_side)
-    fov, coarse, separation, labels, prob, mask, _ = segment(small, config=FIXED)
+    small = resize_long(clean_image(image, config=config).cleaned, config.walker_long_side)
+    fov, coarse, separation, labels, prob, mask, _ = segment(small, config=config)
     truth = cv2.resize((read_mask(sample.mask) > 0).astype(np.float32), (small.shape[1], small.shape[0]),
                        interpolation=cv2.INTER_AREA) >= 0.5
     fg = labels == LESION
@@ -60,6 +60,10 @@ def candidates_of(sample) -> dict:
         _, masks, x = candidate_cuts(prob, fg, fov, to_lab(small), separation=separation,
                                      coarse_fraction=float(coarse.mean()))
         row.update(x=x, j=np.array([_jaccard(m, truth) for m in masks]))
+        if pairs and masks:
+            flat = np.stack([m.ravel() for m in masks]).astype(np.float32)
+            inter, area = flat @ flat.T, flat.sum(1)
+            row["pairs"] = inter / np.maximum(area[:, None] + area[None] - inter, 1)
     return row
 
 
