@@ -33,8 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fit_cut_model import FIXED, _fit, candidates_of  # noqa: E402
 
 from pipeline.datasets import open_dataset  # noqa: E402
+from pipeline.pseudomask.cut import FEATURES  # noqa: E402
 
-WITHIN, CONTRAST, GRADIENT = 2, 3, 4  # columns of FEATURES whose relative versions are columns 7, 8, 9
+# the three measures that are taken relative to the image's best candidate, and their relative columns
+RELATIVE = [(FEATURES.index(a), FEATURES.index(b), kind) for a, b, kind in (
+    ("within_variance", "within_variance_over_min", "min"), ("ring_contrast", "ring_contrast_under_max", "max"),
+    ("contour_gradient", "contour_gradient_under_max", "max"))]
 
 
 def _setting(text: str):
@@ -64,9 +68,8 @@ def pooled(ladders: list[list[dict]], one_hot: bool) -> list[dict]:
             out.append({"id": first["id"], "fixed": first["fixed"], "x": first["x"], "j": first["j"]})
             continue
         x = np.concatenate(xs)
-        x[:, 7] = x[:, WITHIN] - x[:, WITHIN].min()
-        x[:, 8] = x[:, CONTRAST] - x[:, CONTRAST].max()
-        x[:, 9] = x[:, GRADIENT] - x[:, GRADIENT].max()
+        for column, relative, kind in RELATIVE:
+            x[:, relative] = x[:, column] - (x[:, column].min() if kind == "min" else x[:, column].max())
         out.append({"id": first["id"], "fixed": first["fixed"], "x": x, "j": np.concatenate(js)})
     return out
 
