@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import sys
 from pathlib import Path
 
@@ -30,15 +29,10 @@ from joblib import Parallel, delayed
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fit_cut_model import FIXED, _fit, candidates_of  # noqa: E402
+from fit_cut_model import FIXED, _fit, candidates_of, ceiling, chosen, held_out_scores, report  # noqa: E402
 
 from pipeline.datasets import open_dataset  # noqa: E402
-from pipeline.pseudomask.cut import FEATURES  # noqa: E402
-
-# the three measures that are taken relative to the image's best candidate, and their relative columns
-RELATIVE = [(FEATURES.index(a), FEATURES.index(b), kind) for a, b, kind in (
-    ("within_variance", "within_variance_over_min", "min"), ("ring_contrast", "ring_contrast_under_max", "max"),
-    ("contour_gradient", "contour_gradient_under_max", "max"))]
+from pipeline.pseudomask.cut import model_from_sklearn, relative_measures  # noqa: E402
 
 
 def _setting(text: str):
@@ -67,49 +61,27 @@ def pooled(ladders: list[list[dict]], one_hot: bool) -> list[dict]:
         if not xs:
             out.append({"id": first["id"], "fixed": first["fixed"], "x": first["x"], "j": first["j"]})
             continue
-        x = np.concatenate(xs)
-        for column, relative, kind in RELATIVE:
-            x[:, relative] = x[:, column] - (x[:, column].min() if kind == "min" else x[:, column].max())
-        out.append({"id": first["id"], "fixed": first["fixed"], "x": x, "j": np.concatenate(js)})
+        out.append({"id": first["id"], "fixed": first["fixed"], "x": relative_measures(np.concatenate(xs)),
+                    "j": np.concatenate(js)})
     return out
 
 
-def _predict(model, x: np.ndarray) -> np.ndarray:
-    return model.predict(x)
-
-
-def held_out_scores(rows: list[dict], alpha: float) -> list[np.ndarray | None]:
-    """Each image's candidate scores from the model fitted on the other four folds (None: no candidate)."""
-    fold = np.array([int(hashlib.sha256(r["id"].encode()).hexdigest(), 16) % 5 for r in rows])
-    scores: list[np.ndarray | None] = [None] * len(rows)
-    for f in range(5):
-        model = _fit([r for r, k in zip(rows, fold) if k != f], alpha)
-        for i in np.where(fold == f)[0]:
-            if len(rows[i]["j"]):
-                scores[i] = _predict(model, rows[i]["x"])
-    return scores
-
-
-def choose(rows: list[dict], scores, temperature: float = 0.0) -> np.ndarray:
-    """Jaccard of each image's kept candidate: the best score (T = 0) or the minimum-Bayes-risk one."""
+def minimum_bayes_risk(rows: list[dict], scores, temperature: float) -> np.ndarray:
+    """Jaccard of each image's candidate with the highest expected Jaccard against the others, the candidates
+    weighted by ``softmax(score / temperature)`` (the fixed cut's when it has none)."""
     out = []
     for row, s in zip(rows, scores):
         if s is None:
             out.append(row["fixed"])
-        elif temperature == 0.0:
-            out.append(row["j"][int(np.argmax(s))])
         else:
             w = np.exp((s - s.max()) / temperature)
             out.append(row["j"][int(np.argmax(row["pairs"] @ (w / w.sum())))])
     return np.asarray(out)
 
 
-def ceiling(rows: list[dict]) -> np.ndarray:
-    return np.array([r["j"].max() if len(r["j"]) else r["fixed"] for r in rows])
-
-
-def _fmt(js: np.ndarray) -> str:
-    return f"{js.mean():.4f} ({100 * (js < 0.65).mean():4.1f} % < 0.65)"
+def _final_scores(train: list[dict], rows: list[dict], alpha: float) -> list[np.ndarray | None]:
+    model = model_from_sklearn(_fit(train, alpha), "all folds")
+    return [model.score(r["x"]) if len(r["j"]) else None for r in rows]
 
 
 def main() -> None:
@@ -128,20 +100,21 @@ def main() -> None:
     samples = [s for s in open_dataset(args.data).labelled if s.id not in excluded][:args.limit]
     check = list(open_dataset(args.check).labelled) if args.check else []
     print(f"{len(samples)} labelled images ({len(excluded)} ids excluded); check: {len(check)}")
+
+    def show(name: str, folds: np.ndarray, held: np.ndarray) -> None:
+        report(f"{name}, folds", folds)
+        if check:
+            report(f"{name}, {Path(args.check).name}", held)
+
     base = _rows(samples, FIXED, args.jobs, pairs=True)
     base_check = _rows(check, FIXED, args.jobs, pairs=True)
     scores = held_out_scores(base, args.alpha)
-    final = _fit(base, args.alpha)
-    check_scores = [_predict(final, r["x"]) if len(r["j"]) else None for r in base_check]
-
-    def line(name: str, folds: np.ndarray, held: np.ndarray | None) -> None:
-        print(f"{name:48s} folds {_fmt(folds)}" + (f"   check {_fmt(held)}" if held is not None else ""))
-
-    line("cut model (stage 1)", choose(base, scores), choose(base_check, check_scores) if check else None)
+    check_scores = _final_scores(base, base_check, args.alpha)
+    show("cut model (stage 1)", chosen(base, scores), chosen(base_check, check_scores))
     for t in (float(v) for v in args.temperatures.split(",")):
-        line(f"minimum Bayes risk, T {t:g}", choose(base, scores, t),
-             choose(base_check, check_scores, t) if check else None)
-    line("best candidate (with the labels)", ceiling(base), ceiling(base_check) if check else None)
+        show(f"minimum Bayes risk, T {t:g}", minimum_bayes_risk(base, scores, t),
+             minimum_bayes_risk(base_check, check_scores, t))
+    show("best candidate (with the labels)", ceiling(base), ceiling(base_check))
 
     ladders, ladders_check = [base], [base_check]
     for text in args.settings:
@@ -150,15 +123,12 @@ def main() -> None:
         ladders.append(_rows(samples, config, args.jobs, pairs=False))
         ladders_check.append(_rows(check, config, args.jobs, pairs=False))
         for one_hot in (False, True):
-            rows = pooled(ladders, one_hot)
-            held = held_out_scores(rows, args.alpha)
-            model = _fit(rows, args.alpha)
-            rows_check = pooled(ladders_check, one_hot)
-            held_check = [_predict(model, r["x"]) if len(r["j"]) else None for r in rows_check]
-            name = f"pooled, {len(ladders)} ladders" + (", one-hot of the setting" if one_hot else "")
-            line(name, choose(rows, held), choose(rows_check, held_check) if check else None)
-        line("  best pooled candidate (with the labels)", ceiling(pooled(ladders, False)),
-             ceiling(pooled(ladders_check, False)) if check else None)
+            rows, rows_check = pooled(ladders, one_hot), pooled(ladders_check, one_hot)
+            show(f"pooled, {len(ladders)} ladders" + (", one-hot" if one_hot else ""),
+                 chosen(rows, held_out_scores(rows, args.alpha)),
+                 chosen(rows_check, _final_scores(rows, rows_check, args.alpha)))
+        show(f"best of {len(ladders)} pooled ladders (labels)", ceiling(pooled(ladders, False)),
+             ceiling(pooled(ladders_check, False)))
 
 
 if __name__ == "__main__":

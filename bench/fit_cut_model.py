@@ -82,14 +82,37 @@ def _fit(rows: list[dict], alpha: float):
     return make_pipeline(StandardScaler(), PolynomialFeatures(2), StandardScaler(), Ridge(alpha)).fit(x, y)
 
 
-def _chosen(model, rows: list[dict]) -> np.ndarray:
-    """Each image's Jaccard with the best-scoring candidate (the fixed cut's when it has none)."""
-    return np.array([r["j"][int(np.argmax(model.score(r["x"])))] if len(r["j"]) else r["fixed"] for r in rows])
+def fold_of(sample_id: str) -> int:
+    """The protocol's fold of an id: ``sha256(id) % 5``."""
+    return int(hashlib.sha256(sample_id.encode()).hexdigest(), 16) % 5
 
 
-def _report(name: str, scores: np.ndarray) -> None:
+def held_out_scores(rows: list[dict], alpha: float, name: str = "fold") -> list[np.ndarray | None]:
+    """Each image's candidate scores by the cut model fitted on the other four folds (None: no candidate),
+    evaluated as stage 1 evaluates it (:class:`CutModel`)."""
+    fold = np.array([fold_of(r["id"]) for r in rows])
+    scores: list[np.ndarray | None] = [None] * len(rows)
+    for f in range(5):
+        model = model_from_sklearn(_fit([r for r, k in zip(rows, fold) if k != f], alpha), name)
+        for i in np.where(fold == f)[0]:
+            if len(rows[i]["j"]):
+                scores[i] = model.score(rows[i]["x"])
+    return scores
+
+
+def chosen(rows: list[dict], scores: list[np.ndarray | None]) -> np.ndarray:
+    """Each image's Jaccard with its best-scoring candidate (the fixed cut's when it has none)."""
+    return np.array([r["fixed"] if s is None else r["j"][int(np.argmax(s))] for r, s in zip(rows, scores)])
+
+
+def ceiling(rows: list[dict]) -> np.ndarray:
+    """Each image's best candidate chosen with the labels (the fixed cut's when it has none)."""
+    return np.array([r["j"].max() if len(r["j"]) else r["fixed"] for r in rows])
+
+
+def report(name: str, scores: np.ndarray) -> None:
     thr = np.where(scores < 0.65, 0.0, scores)
-    print(f"{name:44s} n={len(scores):5d}  mean {scores.mean():.4f}  median {np.median(scores):.3f}  "
+    print(f"{name:48s} n={len(scores):5d}  mean {scores.mean():.4f}  median {np.median(scores):.3f}  "
           f"thr. {thr.mean():.4f}  < 0.65 {100 * (scores < 0.65).mean():4.1f} %")
 
 
@@ -108,24 +131,21 @@ def main() -> None:
     samples = [s for s in open_dataset(args.data).labelled if s.id not in excluded]
     print(f"{len(samples)} labelled images ({len(excluded)} ids excluded), ladder {CUT_LADDER}")
     rows = Parallel(n_jobs=args.jobs, batch_size=8)(delayed(candidates_of)(s) for s in samples)
-    fold = np.array([int(hashlib.sha256(r["id"].encode()).hexdigest(), 16) % 5 for r in rows])
-    held = np.zeros(len(rows))
+    held = chosen(rows, held_out_scores(rows, args.alpha, args.name))
+    fold = np.array([fold_of(r["id"]) for r in rows])
     for f in range(5):
-        train = [r for r, k in zip(rows, fold) if k != f]
-        test = [r for r, k in zip(rows, fold) if k == f]
-        model = model_from_sklearn(_fit(train, args.alpha), args.name)
-        held[fold == f] = _chosen(model, test)
-        print(f"  fold {f}: fixed {np.mean([r['fixed'] for r in test]):.4f} -> learned {held[fold == f].mean():.4f}")
-    _report("fixed cut 0.3 (all folds)", np.array([r["fixed"] for r in rows]))
-    _report("learned cut, held-out folds", held)
-    _report("best cut of the ladder (oracle, needs labels)",
-            np.array([r["j"].max() if len(r["j"]) else r["fixed"] for r in rows]))
+        print(f"  fold {f}: fixed {np.mean([r['fixed'] for r, k in zip(rows, fold) if k == f]):.4f} -> learned "
+              f"{held[fold == f].mean():.4f}")
+    report("fixed cut 0.3 (all folds)", np.array([r["fixed"] for r in rows]))
+    report("learned cut, held-out folds", held)
+    report("best cut of the ladder (oracle, needs labels)", ceiling(rows))
     final = model_from_sklearn(_fit(rows, args.alpha), args.name)
     if args.check:
         check = Parallel(n_jobs=args.jobs, batch_size=8)(delayed(candidates_of)(s)
                                                         for s in open_dataset(args.check).labelled)
-        _report(f"{Path(args.check).name}: fixed cut 0.3", np.array([r["fixed"] for r in check]))
-        _report(f"{Path(args.check).name}: learned cut (final model)", _chosen(final, check))
+        report(f"{Path(args.check).name}: fixed cut 0.3", np.array([r["fixed"] for r in check]))
+        report(f"{Path(args.check).name}: learned cut (final model)",
+               chosen(check, [final.score(r["x"]) if len(r["j"]) else None for r in check]))
     if args.out:
         Path(args.out).write_text(json.dumps(final.to_json(), indent=1) + "\n")
         print(f"wrote {args.out}")

@@ -24,12 +24,15 @@ import numpy as np
 from pipeline.pseudomask.cleanup import main_component
 
 __all__ = ["CUT_LADDER", "FEATURES", "CutModel", "candidate_cuts", "choose_cut", "load_cut_model",
-           "model_from_sklearn"]
+           "model_from_sklearn", "relative_measures"]
 
 CUT_LADDER = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
 FEATURES = ("threshold", "log_area", "within_variance", "ring_contrast", "contour_gradient", "separation",
             "coarse_fraction", "within_variance_over_min", "ring_contrast_under_max", "contour_gradient_under_max")
 MODEL_PATH = Path(__file__).with_name("cut_model.json")
+_RELATIVE = tuple((FEATURES.index(measure), FEATURES.index(relative), best) for measure, relative, best in (
+    ("within_variance", "within_variance_over_min", np.min), ("ring_contrast", "ring_contrast_under_max", np.max),
+    ("contour_gradient", "contour_gradient_under_max", np.max)))
 _RING = np.ones((5, 5), np.uint8)
 
 
@@ -173,8 +176,17 @@ def candidate_cuts(prob: np.ndarray, fg: np.ndarray, fov: np.ndarray, lab: np.nd
     areas = np.array([m.sum() for m in masks], np.float64)
     x = np.column_stack([np.asarray(kept, np.float64), np.log(areas / max(n_fov, 1)), within, contrast, gradient,
                          np.full(len(kept), float(separation)), np.full(len(kept), float(coarse_fraction)),
-                         within - within.min(), contrast - contrast.max(), gradient - gradient.max()])
-    return kept, masks, x
+                         np.zeros((len(kept), 3))])
+    return kept, masks, relative_measures(x)
+
+
+def relative_measures(x: np.ndarray) -> np.ndarray:
+    """Fill the last three columns of ``x`` (n candidates of one image, :data:`FEATURES` order) in place from the
+    image's best candidate: within-variance minus the smallest, ring contrast and contour gradient minus the
+    largest; returns ``x``. Also for candidates pooled from several ladders of one image."""
+    for measure, relative, best in _RELATIVE:
+        x[:, relative] = x[:, measure] - best(x[:, measure])
+    return x
 
 
 def choose_cut(prob: np.ndarray, fg: np.ndarray, fov: np.ndarray, lab: np.ndarray, *, separation: float,

@@ -18,6 +18,7 @@ from pipeline.pseudomask.cut import (
     choose_cut,
     load_cut_model,
     model_from_sklearn,
+    relative_measures,
 )
 from pipeline.pseudomask.per_image import PseudoMaskConfig, make_pseudo_mask, segment
 from pipeline.pseudomask.seeds import LESION, to_lab
@@ -85,6 +86,25 @@ def test_features_match_a_plain_computation():
     assert within[0.55] < within[0.7] and within[0.55] < within[0.1]
     assert np.isclose(x[0, 1], np.log(((np.hypot(*np.mgrid[0:120, 0:160] - np.array([60, 75])[:, None, None])
                                         < 54) & fov).sum() / fov.sum()), atol=0.02)
+
+
+def test_relative_measures_by_hand_and_over_a_pool():
+    x = np.zeros((3, len(FEATURES)))
+    x[:, 2] = [0.5, 0.2, 0.4]   # within-variance: less is better
+    x[:, 3] = [10.0, 30.0, 20.0]  # ring contrast: more is better
+    x[:, 4] = [5.0, 1.0, 7.0]   # contour gradient: more is better
+    out = relative_measures(x)
+    assert out is x
+    np.testing.assert_allclose(x[:, 7:], [[0.3, -20.0, -2.0], [0.0, 0.0, -6.0], [0.2, -10.0, 0.0]], atol=1e-12)
+    # candidates of two ladders pooled: the relative columns follow the pool, not each ladder
+    image, prob, fg, fov = _scene()
+    lab = to_lab(image)
+    _, _, a = candidate_cuts(prob, fg, fov, lab, separation=2.5, coarse_fraction=0.2, ladder=CUT_LADDER[:4])
+    _, _, b = candidate_cuts(prob, fg, fov, lab, separation=2.5, coarse_fraction=0.2, ladder=CUT_LADDER[4:])
+    _, _, whole = candidate_cuts(prob, fg, fov, lab, separation=2.5, coarse_fraction=0.2)
+    pooled = relative_measures(np.concatenate([a, b]))
+    assert not np.array_equal(np.concatenate([a, b])[:, 7:], whole[:, 7:])
+    np.testing.assert_array_equal(pooled, whole)
 
 
 def test_unusable_candidates_are_left_out():
