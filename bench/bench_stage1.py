@@ -14,6 +14,7 @@ work on the machine slows both, and ``--jobs 2`` most).
 
     python bench/bench_stage1.py            # all 99 images
     python bench/bench_stage1.py --limit 30
+    python bench/bench_stage1.py --quick           # 20 images, 1 round (make bench)
     python bench/bench_stage1.py --against ../main
 """
 from __future__ import annotations
@@ -153,7 +154,10 @@ def main() -> None:
                         help="Another edgedino checkout (e.g. the main branch) to measure the same way, after this one.")
     parser.add_argument("--code", type=Path, default=HERE, help=argparse.SUPPRESS)  # the checkout to import
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # one JSON line (for --against)
+    parser.add_argument("--quick", action="store_true", help="20 images, 1 round (what make bench runs)")
     args = parser.parse_args()
+    if args.quick:
+        args.limit, args.rounds = args.limit or 20, 1
     load = os.getloadavg()[0]
     results = {"this": measure(args.code, args.data, args.limit, args.rounds)}
     if args.json:
