@@ -123,10 +123,12 @@ def main(verbose: bool) -> None:
 @click.option("--overwrite", is_flag=True,
               help="Replace files in --out that synth did not write (e.g. a synthetic set made by an older version). "
                    "Never point it at real data.")
-@click.option("--fov", type=click.Choice(["auto", "circle"]), default="auto", show_default=True,
+@click.option("--fov", type=click.Choice(["auto", "circle", "vignette"]), default="auto", show_default=True,
               help="'circle': every image gets a circular field of view (random radius and offset, black or "
-                   "dark-grey corners, darker towards the rim), as on some clinics' dermoscopes. 'auto' keeps "
-                   "the usual mix (and byte-identical images).")
+                   "dark-grey corners, darker towards the rim), as on some clinics' dermoscopes. 'vignette': a wide, "
+                   "soft, brown-tinted lens vignette around light skin with a small (4-15 %) brown lesion, the case "
+                   "where stage 1 takes the whole bright disc for lesion. 'auto' keeps the usual mix (and "
+                   "byte-identical images).")
 @click.option("--lesion", type=click.Choice(["auto", "large"]), default="auto", show_default=True,
               help="'large': lesions that fill 60-100 % of the frame or cross its edge, with a broad pale "
                    "periphery. 'auto' keeps the usual 3-60 % lesions.")
