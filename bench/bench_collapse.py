@@ -12,7 +12,7 @@ means over the last epoch:
 - ``H(ep.mean)/lnK``: the entropy of the mean target over the whole last epoch (the issue's target: >= 0.9);
 - ``KL``: student-teacher KL (nats); ``protos``: distinct teacher argmax per batch (at most 2B);
 - ``probe``: the linear probe's patch Jaccard against held-out pseudo-masks, before -> after training
-  (:mod:`trainer.probe`); ``collapse``: the detector's verdict (patience: 20 steps).
+  (:mod:`trainer.eval.probe`); ``collapse``: the detector's verdict (patience: 20 steps).
 
     python bench/bench_collapse.py --shards /tmp/shards --epochs 3                   # every candidate
     python bench/bench_collapse.py --shards /tmp/shards --only baseline,sinkhorn     # some of them
@@ -35,8 +35,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainer.engine.run_log import read_log  # noqa: E402
-from trainer.presets import pretrain_preset  # noqa: E402
-from trainer.pretrain import pretrain  # noqa: E402
+from trainer.train.presets import pretrain_preset  # noqa: E402
+from trainer.train.pretrain import pretrain  # noqa: E402
 
 CANDIDATES = {
     "baseline": {},

@@ -1,6 +1,6 @@
 """Step-time overhead of the decoder's high-resolution edge path, side by side with the token-only decoder.
 
-The real pretraining step (``trainer.pretrain.train_step``: multi-crop, student on every crop, teacher on the
+The real pretraining step (``trainer.train.objective.train_step``: multi-crop, student on every crop, teacher on the
 globals, DINO head and loss, decoder and pseudo-mask loss, AdamW, EMA) of a preset, built twice from the same
 seed: ``decoder_skip=False`` (tokens only) and ``decoder_skip=True`` (the edge path), timed interleaved so
 load from other processes hits both alike. Also the old cpu preset (ViT-Ti/16, 6x6 tokens, 4 local crops) for
@@ -29,8 +29,9 @@ from trainer.data.multicrop import multi_crop  # noqa: E402
 from trainer.engine.distributed import resolve_device  # noqa: E402
 from trainer.engine.schedules import param_groups  # noqa: E402
 from trainer.losses.dino import DINOLoss  # noqa: E402
-from trainer.presets import pretrain_preset  # noqa: E402
-from trainer.pretrain import Schedules, train_step  # noqa: E402
+from trainer.train.config import Schedules  # noqa: E402
+from trainer.train.objective import train_step
+from trainer.train.presets import pretrain_preset  # noqa: E402
 
 
 def _sync(device):

@@ -147,7 +147,7 @@ def _shard_from(paths: list[Path], out: Path, size: int = 256) -> Path:
     """A shard of the real images squashed to size x size (masks empty: only the I/O cost matters here)."""
     import cv2
 
-    from pipeline.datasets import read_image
+    from common.datasets import read_image
     from pipeline.shards import ShardRecord, write_shard
 
     empty = np.zeros((size, size), bool)

@@ -1,4 +1,4 @@
-"""What resume's input check costs: sha256 of every input file (pipeline.guard.inputs_hash), per image.
+"""What resume's input check costs: sha256 of every input file (common.guard.inputs_hash), per image.
 
     python bench/bench_provenance.py [DATA ...]     (default: ../shared/data/isic_sample)
     python bench/bench_provenance.py --quick        (what ``make bench`` runs: the same, it takes about a second)
@@ -12,8 +12,8 @@ import argparse
 import time
 from pathlib import Path
 
-from pipeline import datasets
-from pipeline.guard import inputs_hash
+from common import datasets
+from common.guard import inputs_hash
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -41,12 +41,12 @@ from skimage.segmentation import random_walker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.datasets import read_image  # noqa: E402
+from common.datasets import read_image  # noqa: E402
 from pipeline.pseudomask.hair import remove_hair  # noqa: E402
 from pipeline.pseudomask.per_image import PseudoMaskConfig, make_pseudo_mask  # noqa: E402
 from pipeline.run import sample_seed  # noqa: E402
 from pipeline.synth import generate_sample  # noqa: E402
-from trainer.metrics import binary_scores  # noqa: E402
+from trainer.eval.metrics import binary_scores  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SIZE = 256

@@ -88,7 +88,7 @@ def measure(code: Path, data: Path, limit: int | None, rounds: int) -> dict:
     sys.path.insert(0, str(code))
     import cv2
 
-    from pipeline.datasets import open_dataset, read_image
+    from common.datasets import open_dataset, read_image
     from pipeline.run import RunConfig
 
     cv2.setNumThreads(1)

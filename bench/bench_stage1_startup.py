@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from joblib.externals.loky import ProcessPoolExecutor  # noqa: E402
 
-from pipeline.datasets import open_dataset  # noqa: E402
+from common.datasets import open_dataset  # noqa: E402
 from pipeline.run import RunConfig, hashed_sample, sample_seed  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "isic_sample"

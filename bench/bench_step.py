@@ -1,4 +1,4 @@
-"""Step overhead: the real pretraining step (``trainer.pretrain.train_step``) vs a plain backbone step.
+"""Step overhead: the real pretraining step (``trainer.train.objective.train_step``) vs a plain backbone step.
 
 On the same ready-made crops (2 global + N local, made once with ``multi_crop``), side by side in one run:
 
@@ -44,8 +44,9 @@ from trainer.engine.schedules import param_groups  # noqa: E402
 from trainer.losses.dino import DINOLoss  # noqa: E402
 from trainer.models.backbone import forward_tokens  # noqa: E402
 from trainer.models.fkd import FoundationTeacher  # noqa: E402
-from trainer.presets import pretrain_preset  # noqa: E402
-from trainer.pretrain import PretrainConfig, Schedules, train_step  # noqa: E402
+from trainer.train.config import PretrainConfig, Schedules  # noqa: E402
+from trainer.train.objective import train_step
+from trainer.train.presets import pretrain_preset  # noqa: E402
 
 
 def _sync(device):

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fit_cut_model import FIXED, _fit, candidates_of, ceiling, chosen, held_out_scores, report  # noqa: E402
 
-from pipeline.datasets import open_dataset  # noqa: E402
+from common.datasets import open_dataset  # noqa: E402
 from pipeline.pseudomask.cut import model_from_sklearn, relative_measures  # noqa: E402
 
 

@@ -27,7 +27,7 @@ from joblib import Parallel, delayed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.datasets import open_dataset, read_image, read_mask  # noqa: E402
+from common.datasets import open_dataset, read_image, read_mask  # noqa: E402
 from pipeline.pseudomask.cut import CUT_LADDER, FEATURES, candidate_cuts, model_from_sklearn  # noqa: E402
 from pipeline.pseudomask.per_image import (  # noqa: E402
     PseudoMaskConfig,

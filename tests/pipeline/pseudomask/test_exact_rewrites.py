@@ -13,7 +13,7 @@ from scipy import ndimage as ndi
 from skimage.morphology import skeletonize
 from skimage.segmentation import random_walker_segmentation as rws
 
-from pipeline.datasets import read_image
+from common.datasets import read_image
 from pipeline.pseudomask import seeds
 from pipeline.pseudomask.cleanup import fill_holes
 from pipeline.pseudomask.hair import _elongated, erode_mask, median_mad, median_of_counts

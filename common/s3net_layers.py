@@ -1,8 +1,8 @@
 """S^3-Net's two layers: Inception Large Kernel Attention and a modulated deformable convolution.
 
 Used by the label-free S^3-Net clustering (:mod:`pipeline.pseudomask.s3net`) and by the trainer's ILKA decoder
-(:class:`trainer.models.decoders.ILKADecoder`, ``--decoder ilka``); they live here because stage 1 must not
-import stage 2.
+(:class:`trainer.models.decoders.ILKADecoder`, ``--decoder ilka``); they live in ``common`` because both stages
+use them and stage 1 must not import stage 2.
 
 S^3-Net (Karimijafarbigloo et al., "Self-supervised semantic segmentation: consistency over transformation",
 ICCV 2023 workshops; METHOD.md section 7) builds on Large Kernel Attention (Guo et al., "Visual Attention

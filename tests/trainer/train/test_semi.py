@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_pretrain import shards  # noqa: F401  (the tiny shard fixture)
 
-import trainer.finetune as ft
+import trainer.train.finetune as ft
 from pipeline.synth import write_synthetic_dataset
 from trainer.losses.seg import seg_loss
 

@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline import datasets
-from pipeline.datasets import DatasetError, ImageReadError, check_dataset, open_dataset, read_image, read_mask
+from common import datasets
+from common.datasets import DatasetError, ImageReadError, check_dataset, open_dataset, read_image, read_mask
 
 
 def _img(h=64, w=80, seed=0) -> np.ndarray:

@@ -12,13 +12,13 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from pipeline.datasets import open_dataset
+from common.datasets import open_dataset
 from pipeline.synth import write_synthetic_dataset
 from trainer.data.splits import dhash, labelled_subset, near_duplicates, split_dataset
 from trainer.engine.export import export_model
-from trainer.finetune import FinetuneConfig, finetune
-from trainer.pretrain import PretrainConfig
 from trainer.table import TableSpec, read_results, run_table
+from trainer.train.config import PretrainConfig
+from trainer.train.finetune import FinetuneConfig, finetune
 
 TINY_PRE = PretrainConfig(arch="vit_tiny_patch16_224", img_size=32, out_dim=64, head_hidden=64, bottleneck_dim=32,
                           decoder_hidden=16, drop_path=0.0)
@@ -120,8 +120,8 @@ def test_table_runs_skips_finished_cells_and_writes_results(synth, export, tmp_p
     spec = TableSpec(data=(str(synth),), out=str(tmp_path / "table"), fracs=(0.1, 0.3), seeds=(0,),
                      methods=("scratch", "ours"), preset="cpu", finetune_iters=4, device="cpu",
                      pretrained=(("ours", str(run_dir)),))
-    monkeypatch.setattr("trainer.presets.pretrain_preset", lambda name: TINY_PRE)
-    import trainer.presets as presets
+    monkeypatch.setattr("trainer.train.presets.pretrain_preset", lambda name: TINY_PRE)
+    import trainer.train.presets as presets
 
     monkeypatch.setattr(presets, "finetune_preset", lambda name: TINY_FT)
     md = run_table(spec, progress=False)
@@ -134,13 +134,13 @@ def test_table_runs_skips_finished_cells_and_writes_results(synth, export, tmp_p
     assert "| 0 labels | FRAC 0.1" in md.read_text().replace("| method ", "")
     assert "| scratch |" in md.read_text() and (tmp_path / "table" / "results.png").exists()
     calls = []
-    monkeypatch.setattr("trainer.finetune.finetune", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr("trainer.train.finetune.finetune", lambda *a, **k: calls.append(1))
     run_table(spec, progress=False)
     assert calls == []  # every cell was finished: nothing re-run
 
 
 def test_table_variant_rows_reuse_ours_and_check_their_inputs(synth, export, tmp_path, monkeypatch):
-    import trainer.presets as presets
+    import trainer.train.presets as presets
 
     monkeypatch.setattr(presets, "pretrain_preset", lambda name: TINY_PRE)
     monkeypatch.setattr(presets, "finetune_preset", lambda name: TINY_FT)
@@ -152,7 +152,7 @@ def test_table_variant_rows_reuse_ours_and_check_their_inputs(synth, export, tmp
         (cell / "metrics.json").write_text(json.dumps({"n_labelled": 1, "mean": {"jaccard": 0.5,
                                                                                "thresholded_jaccard": 0.0}}))
 
-    monkeypatch.setattr("trainer.finetune.finetune", fake_finetune)
+    monkeypatch.setattr("trainer.train.finetune.finetune", fake_finetune)
     spec = TableSpec(data=(str(synth),), out=str(tmp_path / "table"), fracs=(0.1,), seeds=(0,),
                      methods=("ours+pic",), preset="cpu", device="cpu", pretrained=(("ours", str(export.parent)),))
     run_table(spec, progress=False)
@@ -164,7 +164,7 @@ def test_table_variant_rows_reuse_ours_and_check_their_inputs(synth, export, tmp
 
 
 def test_mask_from_probability_applies_the_one_lesion_prior_only_when_asked():
-    from trainer.finetune import mask_from_probability
+    from trainer.inference.masks import mask_from_probability
 
     prob = np.zeros((30, 30), np.float32)
     prob[5:20, 5:20] = 0.9
@@ -179,7 +179,7 @@ def test_mask_from_probability_applies_the_one_lesion_prior_only_when_asked():
 def test_test_masks_skip_a_component_of_sticker_colour(tmp_path):
     # a model that marks the lesion and a central orange calibration sticker: the sticker is bigger and nearer
     # the centre, so the centre prior alone keeps it; the colour check keeps the lesion
-    from trainer.finetune import implausible_map, mask_from_probability
+    from trainer.inference.masks import implausible_map, mask_from_probability
 
     h, w = 300, 400
     yy, xx = np.mgrid[:h, :w]
@@ -200,7 +200,7 @@ def test_test_masks_skip_a_component_of_sticker_colour(tmp_path):
 
 @pytest.mark.parametrize("scores,best", [([0.9, 0.5, 0.6, 0.4], 0), ([0.1, 0.5, 0.7, 0.6], 6)])
 def test_the_starting_model_competes_in_the_validation_choice(synth, export, tmp_path, monkeypatch, scores, best):
-    import trainer.finetune as ft
+    import trainer.train.finetune as ft
 
     calls = iter(scores)  # validation at iteration 0, then at 3 and 6 (eval_every 3, 6 iterations)
     monkeypatch.setattr(ft, "_mean_jaccard", lambda prob, masks: next(calls))

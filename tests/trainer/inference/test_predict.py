@@ -13,10 +13,10 @@ from PIL import Image
 import cli
 from pipeline.synth import write_synthetic_dataset
 from trainer.engine.export import export_model
-from trainer.finetune import MODEL, FinetuneConfig, finetune
+from trainer.inference.predict import predict_folder
 from trainer.models.segmenter import build_seg_model, load_seg_model, save_seg_model
-from trainer.predict import predict_folder
-from trainer.pretrain import PretrainConfig
+from trainer.train.config import PretrainConfig
+from trainer.train.finetune import MODEL, FinetuneConfig, finetune
 
 TINY_PRE = PretrainConfig(arch="vit_tiny_patch16_224", patch_size=8, img_size=32, out_dim=64, head_hidden=64,
                           bottleneck_dim=32, decoder_hidden=16, drop_path=0.0)
@@ -108,8 +108,8 @@ def test_an_export_is_a_zero_label_segmenter(tmp_path):
 def test_predict_segments_at_the_scale_finetune_used(finetuned, synth, tmp_path, monkeypatch):
     import json
 
-    import trainer.predict as pr
-    from trainer.finetune import predict_size
+    import trainer.inference.predict as pr
+    from trainer.inference.segment import predict_size
 
     assert [predict_size(96, 2.0), predict_size(224, 2.0), predict_size(96, 1.0), predict_size(100, 1.0),
             predict_size(8, 1.0), predict_size(96, 1.5)] == [192, 448, 96, 96, 16, 144]

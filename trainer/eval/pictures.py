@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.atomic import save_figure
+from common.atomic import save_figure
 from trainer.data.normalise import normalise
 from trainer.engine.run_log import read_log
 from trainer.models.backbone import forward_tokens

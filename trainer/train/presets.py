@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import torch
 
-from trainer.finetune import FinetuneConfig
-from trainer.pretrain import PretrainConfig
-from trainer.unet_pseudo import UNetPseudoConfig
+from trainer.train.config import PretrainConfig
+from trainer.train.finetune import FinetuneConfig
+from trainer.train.unet_pseudo import UNetPseudoConfig
 
 PRESETS = ("auto", "cpu", "paper")
 

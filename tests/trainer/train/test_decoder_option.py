@@ -12,10 +12,11 @@ import cli
 from trainer.engine.checkpoint import load_checkpoint, save_checkpoint
 from trainer.engine.export import EXPORT, export_model, read_export
 from trainer.engine.run_log import read_log
-from trainer.finetune import FinetuneConfig
 from trainer.models.decoders import EdgePath, ILKADecoder, SegDecoder
 from trainer.models.segmenter import build_seg_model
-from trainer.pretrain import LATEST, PretrainConfig, pretrain
+from trainer.train.config import PretrainConfig
+from trainer.train.finetune import FinetuneConfig
+from trainer.train.pretrain import LATEST, pretrain
 
 S3 = dataclasses.replace(TINY, epochs=1, picture_every=0, affine_weight=0.5, spatial_weight=2.0)
 
@@ -103,8 +104,8 @@ def test_seg_model_decoder_arch_for_fresh_runs_and_old_exports(tmp_path):
 
 
 def test_cli_passes_the_options(monkeypatch, tmp_path, shards):  # noqa: F811
-    import trainer.finetune
-    import trainer.pretrain
+    import trainer.train.finetune
+    import trainer.train.pretrain
 
     seen = {}
 
@@ -116,8 +117,8 @@ def test_cli_passes_the_options(monkeypatch, tmp_path, shards):  # noqa: F811
         seen["finetune"] = config
         raise ValueError("stop here")
 
-    monkeypatch.setattr(trainer.pretrain, "pretrain", fake_pretrain)
-    monkeypatch.setattr(trainer.finetune, "finetune", fake_finetune)
+    monkeypatch.setattr(trainer.train.pretrain, "pretrain", fake_pretrain)
+    monkeypatch.setattr(trainer.train.finetune, "finetune", fake_finetune)
     runner = CliRunner()
     result = runner.invoke(cli.main, ["pretrain", "--shards", str(shards), "--out", str(tmp_path / "p"),
                                       "--preset", "cpu", "--decoder", "ilka", "--affine-weight", "0.25",

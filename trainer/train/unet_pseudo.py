@@ -20,7 +20,7 @@ from typing import Iterable
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.atomic import write_text
+from common.atomic import write_text
 from trainer.data.multicrop import MultiCropConfig, multi_crop
 from trainer.data.shard_dataset import ShardAwareSampler, ShardDataset
 from trainer.engine.distributed import resolve_device

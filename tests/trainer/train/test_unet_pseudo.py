@@ -11,7 +11,7 @@ from trainer.data.normalise import normalise
 from trainer.data.shard_dataset import ShardDataset
 from trainer.models.segmenter import build_seg_model, load_seg_model
 from trainer.models.unet import UNet
-from trainer.unet_pseudo import UNetPseudoConfig, train_unet_on_pseudomasks
+from trainer.train.unet_pseudo import UNetPseudoConfig, train_unet_on_pseudomasks
 
 
 def test_unet_shapes_and_gradient():
@@ -68,7 +68,7 @@ def test_table_trains_the_unet_once_scores_it_with_0_labels_and_fine_tunes_from_
         (cell / "metrics.json").write_text(json.dumps({"n_labelled": 2, "mean": {"jaccard": 0.5,
                                                                                "thresholded_jaccard": 0.0}}))
 
-    monkeypatch.setattr("trainer.finetune.finetune", fake_finetune)
+    monkeypatch.setattr("trainer.train.finetune.finetune", fake_finetune)
     spec = table.TableSpec(data=(str(data),), out=str(tmp_path / "table"), fracs=(0.2,), seeds=(0,),
                            methods=("unet-pseudo",), preset="cpu", device="cpu", shards=str(shards))
     table.run_table(spec, progress=False)

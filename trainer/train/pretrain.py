@@ -1,17 +1,16 @@
-"""Pretraining: DINO self-distillation plus an auxiliary segmentation loss on the pseudo-masks.
+"""Pretraining: DINO self-distillation plus an auxiliary segmentation loss on the pseudo-masks; the loop around
+the objective.
 
-``L = L_DINO + lambda_t * L_seg`` (METHOD.md section 5): the student sees 2 global + N local views made on the
-device from the shard images (``trainer.data.multicrop``); the EMA teacher sees the global views; the decoder on the
-student's patch tokens is trained against each global view's pseudo-mask, transformed with the same grid.
-Schedules are precomputed per global step (as in facebookresearch/dino), so resuming needs only the step.
-Ablations: ``lambda_seg=0`` is plain DINO; ``distill=False`` is pseudo-mask supervision only.
-Option ``fkd_weight > 0`` (DINO-Mix FKD, ``trainer.models.fkd``) adds ``fkd_weight * L_FKD``: the student's projected
-patch tokens of the global views aligned to a frozen foundation ViT's (``fkd_teacher``/``fkd_weights``).
+The configuration is :class:`~trainer.train.config.PretrainConfig`, the loss mix of one step
+:mod:`trainer.train.objective`. Here: the set-up (data, models, optimiser, losses), the checks before a resume
+(same architecture, same data), the epochs, the end-of-epoch checkpoint and pictures, the export at the end, and
+the summary of a run folder (:func:`run_summary`). Schedules are precomputed per global step (as in
+facebookresearch/dino), so resuming needs only the step.
 Collapse: every step the DINO loss's collapse monitor (:mod:`trainer.losses.collapse`) is logged, and a
 :class:`~trainer.losses.collapse.CollapseDetector` warns when the teacher sits at uniform or one-hot collapse for
 more than ``collapse_patience`` steps; ``centering="sinkhorn"`` and ``koleo_weight`` are the preventions
 (docs/DINO_COLLAPSE.md). A linear probe of the teacher's frozen patch tokens against held-out pseudo-masks
-(:mod:`trainer.probe`) runs at the start and the end of a run.
+(:mod:`trainer.eval.probe`) runs at the start and the end of a run.
 """
 from __future__ import annotations
 
@@ -31,37 +30,23 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.guard import FolderLock, check_out_dir, make_out_dir
-from pipeline.shards import read_manifest, sha256_file
-from trainer.data.multicrop import MultiCropConfig, multi_crop
+from common.guard import FolderLock, check_out_dir, make_out_dir, sha256_file
+from pipeline.shards import read_manifest
 from trainer.data.shard_dataset import ShardAwareSampler, ShardDataset
 from trainer.engine import distributed as dist_utils
 from trainer.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from trainer.engine.export import EXPORT, export_model
 from trainer.engine.run_log import RunLog, read_log
-from trainer.engine.schedules import (
-    cancel_last_layer_grads,
-    clip_gradients,
-    cosine_schedule,
-    lambda_ramp,
-    param_groups,
-    set_lr_wd,
-    update_momentum,
-)
-from trainer.losses.affine import affine_loss, rot90
+from trainer.engine.schedules import param_groups
+from trainer.eval.pictures import collapse_picture, pretrain_picture
+from trainer.eval.probe import patch_probe
 from trainer.losses.collapse import CollapseDetector, entropy
-from trainer.losses.dino import CENTERINGS, DINOLoss
-from trainer.losses.fkd import fkd_loss
-from trainer.losses.koleo import koleo_loss
-from trainer.losses.masked_patch import MaskedPatchLoss, random_patch_masks
-from trainer.losses.seg import seg_loss
-from trainer.losses.spatial import spatial_loss
-from trainer.models.backbone import patch_grid
-from trainer.models.decoders import DECODERS
+from trainer.losses.dino import DINOLoss
+from trainer.losses.masked_patch import MaskedPatchLoss
 from trainer.models.dino_model import DINOModel
 from trainer.models.fkd import FoundationTeacher
-from trainer.pictures import collapse_picture, pretrain_picture
-from trainer.probe import patch_probe
+from trainer.train.config import PretrainConfig, Schedules
+from trainer.train.objective import make_views_and_step
 
 log = logging.getLogger(__name__)
 
@@ -73,173 +58,6 @@ ARCHITECTURE_FIELDS = ("arch", "img_size", "out_dim", "decoder_hidden", "head_hi
                        "fkd_teacher", "decoder_skip", "patch_size")
 # ... except these, whose default changed after checkpoints without them were written: missing = this value.
 _MISSING_MEANS = {"decoder_skip": False}
-
-
-class NonFiniteLoss(FloatingPointError):
-    """The loss became NaN or inf; the last good checkpoint is kept."""
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    """Pretraining hyper-parameters (facebookresearch/dino defaults for ViT-S/16 unless marked ours).
-
-    ``lr`` is the base rate for a total batch of 256 (scaled linearly, DINO). Warm-ups longer than the run are
-    shortened to fit it. ``decoder`` picks the auxiliary decoder (:func:`trainer.models.decoders.build_decoder`);
-    ``affine_weight`` and ``spatial_weight`` add S^3-Net's label-free terms on the decoder's output
-    (:mod:`trainer.losses.affine`, :mod:`trainer.losses.spatial`), weighted like ``L_seg`` times these factors.
-
-    DINO collapse (the last fields; docs/DINO_COLLAPSE.md): ``student_temp`` and ``center_momentum`` are DINO's
-    :math:`\\tau_s` and :math:`m`; ``centering`` is ``"centre"`` (DINO) or ``"sinkhorn"`` (Sinkhorn-Knopp targets,
-    DINOv2); ``koleo_weight`` adds ``koleo_weight * L_KoLeo`` on the student's global-view head outputs
-    (:mod:`trainer.losses.koleo`); ``masked_patch_weight`` adds iBOT's masked-patch loss
-    (:mod:`trainer.losses.masked_patch`: the student's global views with ``masked_patch_ratio`` of their patches
-    hidden, in a ``masked_patch_prob`` share of the images, predict the teacher's patch outputs there);
-    ``collapse_patience`` is how many steps of collapse the detector tolerates
-    before it warns; ``probe_samples`` images of the last shard are held out of training (when the data has at
-    least 4x as many) for the linear probe (:mod:`trainer.probe`); 0 turns the probe off.
-    """
-
-    arch: str = "vit_small_patch16_224"
-    img_size: int = 224
-    local_size: int = 96
-    n_local: int = 8
-    global_scale: tuple[float, float] = (0.4, 1.0)
-    local_scale: tuple[float, float] = (0.05, 0.4)
-    epochs: int = 100
-    batch_size: int = 64
-    lr: float = 5e-4
-    min_lr: float = 1e-6
-    warmup_epochs: int = 10
-    weight_decay: float = 0.04
-    weight_decay_end: float = 0.4
-    momentum_teacher: float = 0.996
-    out_dim: int = 4096
-    head_hidden: int = 2048
-    bottleneck_dim: int = 256
-    warmup_teacher_temp: float = 0.04
-    teacher_temp: float = 0.07
-    warmup_teacher_temp_epochs: int = 30
-    freeze_last_layer: int = 1
-    clip_grad: float = 3.0
-    drop_path: float = 0.1
-    lambda_seg: float = 0.5        # ours
-    lambda_ramp_epochs: int = 10   # ours
-    distill: bool = True
-    band: tuple[float, float] = (0.1, 0.9)  # ours: the walker's uncertain band
-    band_weight: float = 0.0                # ours: weight of the band pixels in L_seg
-    decoder_hidden: int = 128
-    decoder: str = "conv"             # ours: "conv" (SegDecoder) or "ilka" (S^3-Net blocks)
-    affine_weight: float = 0.0        # ours: S^3-Net rotation-equivariance term, relative to L_seg
-    spatial_weight: float = 0.0       # ours: edge-aware spatial-consistency term, relative to L_seg
-    weights: str | None = None
-    fkd_teacher: str | None = None   # DINO-Mix FKD: timm name of the frozen foundation ViT (resolved)
-    fkd_weights: str | None = None   # its local checkpoint; an edgedino export.pt also gives the name
-    fkd_weight: float = 0.0          # weight of L_FKD (0: off)
-    seed: int = 0
-    num_workers: int = 2
-    picture_every: int = 10
-    log_every: int = 10
-    decoder_skip: bool = True        # ours: the decoder's high-resolution edge path (borders from pixels)
-    patch_size: int | None = None    # ours: patch size in place of the arch's own (None: the arch's)
-    student_temp: float = 0.1        # DINO's tau_s
-    center_momentum: float = 0.9     # DINO's m (1: the centre stays 0, no centring)
-    centering: str = "centre"        # "centre" (DINO) or "sinkhorn" (DINOv2's Sinkhorn-Knopp targets)
-    koleo_weight: float = 0.0        # KoLeo spreading term on the student's global head outputs (0: off)
-    masked_patch_weight: float = 0.0  # iBOT-style masked-patch distillation on the global views (0: off)
-    masked_patch_ratio: tuple[float, float] = (0.1, 0.5)  # share of a masked image's patches hidden (iBOT)
-    masked_patch_prob: float = 0.5   # share of the global views masked at all (iBOT)
-    collapse_patience: int = 50      # steps of collapse before the warning
-    probe_samples: int = 64          # held-out images for the end-of-run linear probe (0: off)
-    min_confidence: float = 0.0      # ours: leave out pseudo-masks whose confidence is below this (0: keep all)
-    norm_last_layer: bool = True     # DINO: the head's last layer keeps weight norm 1 (False: it learns)
-    decoder_lr_scale: float = 1.0    # ours: the aux decoder learns at lr * this (its own AdamW groups when != 1)
-
-    def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
-        if self.lambda_seg < 0:
-            raise ValueError(f"lambda_seg must be >= 0, got {self.lambda_seg}")
-        if not self.distill and self.lambda_seg == 0 and self.fkd_weight == 0:
-            raise ValueError("no_distill with lambda_seg 0 leaves nothing to train: give --lambda-seg > 0")
-        self._check_fkd()
-        if self.decoder not in DECODERS:
-            raise ValueError(f"decoder: expected one of {DECODERS}, got {self.decoder!r}")
-        for name in ("affine_weight", "spatial_weight"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name}: expected >= 0, got {getattr(self, name)}")
-        if self.lambda_seg == 0 and (self.affine_weight > 0 or self.spatial_weight > 0):
-            log.warning("affine_weight/spatial_weight act on the decoder, which lambda_seg 0 turns off: ignored")
-        self._check_collapse_fields()
-        if self.img_size % 16 and self.img_size % 14:
-            log.warning("img_size %d is not a multiple of the usual patch sizes (14, 16)", self.img_size)
-
-    def _check_collapse_fields(self) -> None:
-        if not self.student_temp > 0:
-            raise ValueError(f"student_temp: expected > 0, got {self.student_temp}")
-        if not 0.0 <= self.center_momentum <= 1.0:
-            raise ValueError(f"center_momentum: expected in [0, 1], got {self.center_momentum}")
-        if self.centering not in CENTERINGS:
-            raise ValueError(f"centering: expected one of {CENTERINGS}, got {self.centering!r}")
-        if not self.koleo_weight >= 0:
-            raise ValueError(f"koleo_weight: expected >= 0 (0: off), got {self.koleo_weight}")
-        if not self.masked_patch_weight >= 0:
-            raise ValueError(f"masked_patch_weight: expected >= 0 (0: off), got {self.masked_patch_weight}")
-        if self.masked_patch_weight > 0 and not self.distill:
-            raise ValueError("masked_patch_weight > 0 needs the teacher: it cannot be used with no_distill")
-        lo, hi = self.masked_patch_ratio
-        if not (0.0 <= lo <= hi <= 1.0 and 0.0 <= self.masked_patch_prob <= 1.0):
-            raise ValueError(f"masked_patch_ratio must be 0 <= low <= high <= 1 and masked_patch_prob in [0, 1], "
-                             f"got {self.masked_patch_ratio}, {self.masked_patch_prob}")
-        if self.collapse_patience < 1:
-            raise ValueError(f"collapse_patience: expected >= 1 step, got {self.collapse_patience}")
-        if not 0.0 <= self.min_confidence <= 1.0:
-            raise ValueError(f"min_confidence: expected a value in [0, 1] (0 keeps every sample), got "
-                             f"{self.min_confidence}")
-        if not self.decoder_lr_scale > 0:
-            raise ValueError(f"decoder_lr_scale: expected > 0, got {self.decoder_lr_scale}")
-        if self.probe_samples < 0 or self.probe_samples == 1:
-            raise ValueError(f"probe_samples: expected 0 (off) or >= 2, got {self.probe_samples}")
-
-    def _check_fkd(self) -> None:
-        if not self.fkd_weight >= 0:
-            raise ValueError(f"fkd_weight: expected >= 0 (0: FKD off), got {self.fkd_weight}")
-        if self.fkd_weight > 0 and self.fkd_teacher is None and self.fkd_weights is None:
-            raise ValueError("fkd_weight > 0 needs fkd_teacher (a timm ViT name such as "
-                             "'vit_small_patch14_dinov2', with fkd_weights its local checkpoint) or fkd_weights "
-                             "(an edgedino export.pt, whose arch is used)")
-        if self.fkd_weight == 0 and (self.fkd_teacher is not None or self.fkd_weights is not None):
-            raise ValueError(f"fkd_teacher/fkd_weights given ({self.fkd_teacher!r}, {self.fkd_weights!r}) but "
-                             "fkd_weight is 0, which turns FKD off: give fkd_weight > 0 (e.g. 1.0) or drop them")
-
-    def crops(self) -> MultiCropConfig:
-        return MultiCropConfig(global_size=self.img_size, local_size=self.local_size, n_local=self.n_local,
-                               global_scale=self.global_scale, local_scale=self.local_scale)
-
-    def build_model(self, *, fkd_dim: int | None = None) -> DINOModel:
-        """The student network; ``fkd_dim`` (the foundation teacher's width) adds its FKD projector."""
-        return DINOModel(self.arch, img_size=self.img_size, out_dim=self.out_dim, decoder_hidden=self.decoder_hidden,
-                         decoder=self.decoder, weights=self.weights, drop_path_rate=self.drop_path,
-                         head_hidden=self.head_hidden, bottleneck_dim=self.bottleneck_dim, fkd_dim=fkd_dim,
-                         decoder_skip=self.decoder_skip, patch_size=self.patch_size,
-                         norm_last_layer=self.norm_last_layer, mask_token=self.masked_patch_weight > 0)
-
-
-@dataclass
-class Schedules:
-    lr: np.ndarray
-    wd: np.ndarray
-    momentum: np.ndarray
-    lam: np.ndarray
-
-    @classmethod
-    def build(cls, config: PretrainConfig, steps_per_epoch: int, total_batch: int) -> "Schedules":
-        total = config.epochs * steps_per_epoch
-        warmup = min(config.warmup_epochs, max(config.epochs - 1, 0)) * steps_per_epoch
-        ramp = min(config.lambda_ramp_epochs, config.epochs) * steps_per_epoch
-        return cls(lr=cosine_schedule(config.lr * total_batch / 256.0, config.min_lr, total, warmup),
-                   wd=cosine_schedule(config.weight_decay, config.weight_decay_end, total),
-                   momentum=cosine_schedule(config.momentum_teacher, 1.0, total),
-                   lam=lambda_ramp(config.lambda_seg, total, max(ramp, 1)))
 
 
 @dataclass
@@ -318,7 +136,7 @@ def episodes_text(episodes: list) -> str:
 
 
 def _probe(run: "_Run", device: torch.device, *, prefix: str, run_log: RunLog) -> dict:
-    """The linear probe of the teacher's frozen patch tokens (:func:`trainer.probe.patch_probe`), logged."""
+    """The linear probe of the teacher's frozen patch tokens (:func:`trainer.eval.probe.patch_probe`), logged."""
     if not run.probe_indices:
         return {}
     tic = time.perf_counter()
@@ -518,11 +336,12 @@ def _train_epoch(run: _Run, epoch: int, run_log: RunLog, info, *, progress: bool
     bar = tqdm(run.loader, desc=f"pretrain epoch {epoch + 1}/{config.epochs}", unit="batch",
                disable=not (progress and info.is_main), leave=False)
     for batch_data in bar:
-        last = _train_step(batch_data, step=run.step, epoch=epoch, config=config, sched=run.sched,
-                           crops=config.crops(), student=run.student, ddp_student=run.ddp_student,
-                           teacher=run.teacher, optimizer=run.optimizer, dino_loss=run.dino_loss,
-                           generator=run.generator, device=info.device, fkd_teacher=run.fkd_teacher,
-                           patch_loss=run.patch_loss)
+        last = make_views_and_step(batch_data, step=run.step, epoch=epoch, config=config, sched=run.sched,
+                                   crops=config.crops(), student=run.student,
+                                   ddp_student=run.ddp_student, teacher=run.teacher,
+                                   optimizer=run.optimizer, dino_loss=run.dino_loss,
+                                   generator=run.generator, device=info.device,
+                                   fkd_teacher=run.fkd_teacher, patch_loss=run.patch_loss)
         for k, v in last.items():
             sums[k] = sums.get(k, 0.0) + v
         if run.step % config.log_every == 0:
@@ -591,129 +410,6 @@ def _check_resumable(state: dict, config: PretrainConfig, path: Path) -> None:
         raise ValueError(f"{path}: this run was made {'with' if had_token else 'without'} the masked-patch loss "
                          f"(--masked-patch-weight); resume it {'with a weight > 0' if had_token else 'without it'}, "
                          "or use a new --out")
-
-
-def _train_step(batch_data, *, step, epoch, config, sched, crops, student, ddp_student, teacher, optimizer,
-                dino_loss, generator, device, fkd_teacher=None, patch_loss=None) -> dict[str, float]:
-    images = batch_data["image"].to(device, non_blocking=True)
-    maps = batch_data["maps"].to(device, non_blocking=True).float().div_(255.0)
-    valid = batch_data["valid"].to(device, non_blocking=True)
-    views = multi_crop(images, maps, config=crops, generator=generator, binary_channels=(0, 2))
-    masks = None
-    if patch_loss is not None:
-        grid = patch_grid(student.backbone, tuple(views.global_views[0].shape[-2:]))
-        masks = random_patch_masks(len(views.global_views) * images.shape[0], grid[0] * grid[1],
-                                   ratio=config.masked_patch_ratio, prob=config.masked_patch_prob,
-                                   generator=generator, device=device)
-    return train_step(views, valid, step=step, epoch=epoch, config=config, sched=sched, student=student,
-                      ddp_student=ddp_student, teacher=teacher, optimizer=optimizer, dino_loss=dino_loss,
-                      fkd_teacher=fkd_teacher, patch_loss=patch_loss, masks=masks)
-
-
-def train_step(views, valid, *, step, epoch, config, sched, student, ddp_student, teacher, optimizer,
-               dino_loss, fkd_teacher=None, patch_loss=None, masks=None) -> dict[str, float]:
-    """One optimisation step on ready-made views (``MultiCropOutput``); returns the logged numbers.
-
-    ``valid`` (B,) weights each sample's segmentation loss (0 when no lesion was seeded); the label-free
-    ``affine`` and ``spatial`` terms (when their weights are > 0) use every sample. ``fkd_teacher`` (a
-    :class:`~trainer.models.fkd.FoundationTeacher`, needed when ``config.fkd_weight > 0``) adds
-    ``fkd_weight * L_FKD`` on the global views (not ramped; with or without ``distill``). ``patch_loss`` (a
-    :class:`~trainer.losses.masked_patch.MaskedPatchLoss`, needed when ``config.masked_patch_weight > 0``) with
-    ``masks`` ``(G * B, N)`` bool adds ``masked_patch_weight * L_MIM``: the student's global views are masked
-    (for every term), the teacher's are not, and the shared head's outputs are compared at the masked patches.
-    """
-    if (patch_loss is not None) != (config.masked_patch_weight > 0) or (patch_loss is not None) != (masks is not None):
-        raise ValueError(f"patch_loss and masks: needed exactly when config.masked_patch_weight > 0 "
-                         f"(masked_patch_weight {config.masked_patch_weight}, patch_loss "
-                         f"{'given' if patch_loss is not None else 'None'}, masks "
-                         f"{'given' if masks is not None else 'None'})")
-    if (fkd_teacher is not None) != (config.fkd_weight > 0):
-        raise ValueError(f"fkd_teacher: needed exactly when config.fkd_weight > 0 (fkd_weight "
-                         f"{config.fkd_weight}, fkd_teacher {'given' if fkd_teacher is not None else 'None'})")
-    device = valid.device
-    cuda = device.type == "cuda"
-    lam = float(sched.lam[step])
-    segment = config.lambda_seg > 0
-    set_lr_wd(optimizer, float(sched.lr[step]), float(sched.wd[step]))
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-        head_out, seg_logits, *extra = ddp_student(views.global_views,
-                                                   views.local_views if config.distill else [],
-                                                   segment=segment, project=config.distill,
-                                                   fkd=fkd_teacher is not None, masks=masks,
-                                                   return_patches=masks is not None)
-        fkd_feats = extra[:1] if fkd_teacher is not None else []
-        parts = {}
-        loss = torch.zeros((), device=device)
-        if config.distill:
-            with torch.no_grad():
-                teacher_out, _, *teacher_patches = teacher(views.global_views, segment=False,
-                                                           return_patches=masks is not None)
-            parts["dino"] = dino_loss(head_out.float(), teacher_out.float(), step)
-            loss = loss + parts["dino"]
-            if masks is not None:
-                hidden = masks.reshape(-1)
-                student_patches = extra[-1].reshape(-1, extra[-1].shape[-1])[hidden]
-                with torch.no_grad():
-                    target = teacher.head(teacher_patches[0].reshape(-1, extra[-1].shape[-1])[hidden])
-                parts["masked_patch"] = patch_loss(student.head(student_patches).float(), target.float(),
-                                                   dino_loss.teacher_temp_at(step))
-                loss = loss + config.masked_patch_weight * parts["masked_patch"]
-            if config.koleo_weight > 0:
-                per_view = head_out.shape[0] // (len(views.global_views) + len(views.local_views))
-                parts["koleo"] = torch.stack([koleo_loss(head_out[i * per_view:(i + 1) * per_view])
-                                              for i in range(len(views.global_views))]).mean()
-                loss = loss + config.koleo_weight * parts["koleo"]
-        if segment:
-            target = torch.cat([m[:, 0:1] for m in views.global_maps])
-            prob = torch.cat([m[:, 1:2] for m in views.global_maps])
-            weight = valid.repeat(len(views.global_maps))
-            parts["seg"] = seg_loss(seg_logits.float(), target, prob, band=config.band,
-                                    band_weight=config.band_weight, sample_weight=weight)
-            loss = loss + (lam if config.distill else 1.0) * parts["seg"]
-            loss = loss + _s3net_terms(views, seg_logits, parts, step=step, config=config, student=student,
-                                       scale=lam if config.distill else 1.0)
-        if fkd_teacher is not None:
-            grid = patch_grid(student.backbone, tuple(views.global_views[0].shape[-2:]))
-            parts["fkd"] = fkd_loss(fkd_feats[0], fkd_teacher(torch.cat(views.global_views), grid))
-            loss = loss + config.fkd_weight * parts["fkd"]
-    loss_value = float(loss.detach())
-    if not math.isfinite(loss_value):
-        raise NonFiniteLoss(f"the loss became {loss_value} at step {step} (epoch {epoch + 1}): "
-                            f"{ {k: float(v.detach()) for k, v in parts.items()} }; the last good checkpoint is kept. "
-                            "Lower --lr, or the teacher temperature if DINO collapsed.")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    grad_norm = clip_gradients(student, config.clip_grad)
-    cancel_last_layer_grads(student.head, epoch, config.freeze_last_layer)
-    optimizer.step()
-    update_momentum(student, teacher, float(sched.momentum[step]))
-    monitor = dino_loss.last_stats.as_dict() if config.distill and dino_loss.last_stats is not None else {}
-    return {"loss": loss_value, **{k: float(v.detach()) for k, v in parts.items()}, **monitor,
-            "lr": float(sched.lr[step]),
-            "wd": float(sched.wd[step]), "momentum": float(sched.momentum[step]), "lambda": lam,
-            "grad_norm": float(grad_norm)}
-
-
-def _s3net_terms(views, seg_logits, parts, *, step, config, student, scale) -> torch.Tensor:
-    """S^3-Net's label-free terms on the global views' logits, stored in ``parts``; returns their weighted sum.
-
-    ``spatial``: :func:`trainer.losses.spatial.spatial_loss` against the (normalised) global views. ``affine``: the
-    student runs once more, backbone + decoder only, on the global views rotated by ``k = 1 + step % 3`` quarter
-    turns (deterministic, the same on every rank), and :func:`trainer.losses.affine.affine_loss` compares. That
-    forward goes through the unwrapped ``student``: DDP expects one forward per backward through the wrapper,
-    and the gradients of this one still land on the same parameters, which DDP all-reduces in the one backward.
-    Each term is multiplied by ``scale`` (the ``L_seg`` ramp) and its weight.
-    """
-    total = torch.zeros((), device=seg_logits.device)
-    if config.spatial_weight > 0:
-        parts["spatial"] = spatial_loss(seg_logits.float(), torch.cat(views.global_views))
-        total = total + scale * config.spatial_weight * parts["spatial"]
-    if config.affine_weight > 0:
-        k = 1 + step % 3
-        _, rotated = student([rot90(v, k) for v in views.global_views], segment=True, project=False)
-        parts["affine"] = affine_loss(seg_logits.float(), rotated.float(), k)
-        total = total + scale * config.affine_weight * parts["affine"]
-    return total
 
 
 def run_summary(out_dir: str | Path) -> str:

@@ -18,7 +18,9 @@ from trainer.engine.schedules import param_groups
 from trainer.losses.dino import DINOLoss
 from trainer.losses.masked_patch import MaskedPatchLoss, random_patch_masks
 from trainer.models.backbone import forward_tokens, forward_tokens_masked
-from trainer.pretrain import LATEST, PretrainConfig, Schedules, pretrain, train_step
+from trainer.train.config import PretrainConfig, Schedules
+from trainer.train.objective import train_step
+from trainer.train.pretrain import LATEST, pretrain
 
 MASKED = dataclasses.replace(TINY, masked_patch_weight=2.0, masked_patch_prob=1.0, picture_every=0)
 

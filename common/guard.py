@@ -119,7 +119,7 @@ class Ledger:
             shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
             raise GuardError(f"{self.folder}: {option} already holds {len(foreign)} file(s) this command did not "
                              f"write ({shown}); choose an empty folder, or add --overwrite to replace them")
-        from pipeline.atomic import write_text
+        from common.atomic import write_text
 
         self.names |= set(names)
         write_text(self.path, json.dumps({"files": sorted(self.names)}) + "\n")
@@ -182,6 +182,15 @@ class FolderLock:
 
 # --- provenance ---------------------------------------------------------------------------------------------
 
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """The sha256 of a file's bytes as hex, read ``chunk`` bytes at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def inputs_hash(samples: Sequence, parts: Sequence[str] | None = None) -> str:
     """One hash of what a shard is made from: each sample's id, image path and image bytes, and mask bytes.
 
@@ -198,8 +207,6 @@ def inputs_hash(samples: Sequence, parts: Sequence[str] | None = None) -> str:
 
 def input_part(sample) -> str:
     """What :func:`inputs_hash` takes from one sample: its id, image path and the sha256 of its files."""
-    from pipeline.shards import sha256_file  # here: the guards of the other commands need no h5py
-
     parts = [sample.id, str(sample.image)]
     for path in (sample.image, sample.mask):
         if path is None:

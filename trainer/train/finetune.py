@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import json
 import logging
 import time
@@ -22,30 +21,22 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pipeline import datasets
-from pipeline.atomic import save_figure, write_text
-from pipeline.export import write_mask_png
-from pipeline.guard import check_out_dir, make_out_dir
-from pipeline.pseudomask import cleanup, seeds
-from pipeline.pseudomask.per_image import PseudoMaskConfig, resize_long
-from pipeline.report import draw_contour
-from pipeline.run import RunConfig, process_sample
+from common import datasets
+from common.atomic import write_text
+from common.guard import check_out_dir, make_out_dir
 from trainer.data.cutmix import PICConfig, pic_bias, pic_cutmix
 from trainer.data.multicrop import MultiCropConfig, multi_crop
-from trainer.data.normalise import normalise
-from trainer.data.splits import Splits, describe, labelled_subset, near_duplicates, split_dataset
+from trainer.data.splits import describe, labelled_subset, near_duplicates, split_dataset
 from trainer.engine.distributed import resolve_device
 from trainer.engine.schedules import cosine_schedule
+from trainer.eval.scoring import best_worst_sheet, predict_test
+from trainer.inference.fusion import FUSE_WEIGHT
+from trainer.inference.segment import PREDICT_SCALE, predict_probability, predict_size
 from trainer.losses.seg import seg_loss
-from trainer.metrics import binary_scores
 from trainer.models.decoders import DECODERS
-from trainer.models.segmenter import SegModel, build_seg_model, load_seg_model, save_seg_model
+from trainer.models.segmenter import build_seg_model, save_seg_model
 
 MODEL = "model.pt"
-COLOUR_LONG_SIDE = 256  # the grid of implausible_map (the walker's)
-PREDICT_SCALE = 2.0  # test-time input size / training input size (FinetuneConfig.predict_scale)
-FUSE_WEIGHT = 0.15  # the model's share of a fused probability (fuse_probabilities)
-WALKER_CUT = PseudoMaskConfig().threshold  # stage 1's fixed cut (0.3); fusion uses each image's own (walker_cut)
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +58,19 @@ class FinetuneConfig:
     pseudo-masks, cropped the same way, and adds ``pseudo_weight * ramp * L_seg(pseudo)`` to the expert loss,
     with the walker's uncertain band ``pseudo_band`` ignored (:func:`trainer.losses.seg.seg_loss`); ``ramp``
     rises linearly from 0 to 1 over the first ``pseudo_ramp_frac`` of the iterations (:func:`semi_loss`).
-    ``tta`` averages the test-time probabilities over the 8 flips/quarter turns (:func:`predict_probability`).
-    ``one_lesion`` turns each test probability into a mask by :func:`mask_from_probability` with that prior.
+    ``tta`` averages the test-time probabilities over the 8 flips/quarter turns
+    (:func:`~trainer.inference.segment.predict_probability`).
+    ``one_lesion`` turns each test probability into a mask by
+    :func:`~trainer.inference.masks.mask_from_probability` with that prior.
     ``predict_scale``: test images (and ``predict``'s) are segmented at this multiple of the training input size
-    (:func:`predict_size`; validation stays at the training size). 2 (ours): the random-resized crops of
-    training show lesions larger than a whole squashed image does, and a ViT gains tokens to draw the border
-    with. On 150 labelled ``isic2017_256`` images outside ``isic_sample``, 2x raised mean Jaccard by +1.3 to
-    +3.1 points for every model tried (pretrained ViT used as it is, ViT fine-tuned on 16 labels, ViT from
-    scratch, U-Net on pseudo-masks); 1.5x gave most of it, 2.7x (256 px) +0.5 more.
+    (:func:`~trainer.inference.segment.predict_size`; validation stays at the training size). 2 (ours): the
+    random-resized crops of training show lesions larger than a whole squashed image does, and a ViT gains tokens
+    to draw the border with. On 150 labelled ``isic2017_256`` images outside ``isic_sample``, 2x raised mean
+    Jaccard by +1.3 to +3.1 points for every model tried (pretrained ViT used as it is, ViT fine-tuned on 16
+    labels, ViT from scratch, U-Net on pseudo-masks); 1.5x gave most of it, 2.7x (256 px) +0.5 more.
     ``fuse``: each test probability is combined with stage 1's label-free walker probability of the same image
-    (:func:`walker_probability`; ``fuse_weight``: :func:`fuse_probabilities`) before the mask is cut; ``predict``
+    (:func:`~trainer.inference.fusion.walker_probability`; ``fuse_weight``:
+    :func:`~trainer.inference.fusion.fuse_probabilities`) before the mask is cut; ``predict``
     does the same for a model fine-tuned with it. The two make different errors: the README's table has the gain.
     """
 
@@ -147,33 +141,6 @@ def _load(samples: Sequence[datasets.Sample], size: int) -> tuple[torch.Tensor, 
     return x, y
 
 
-@torch.no_grad()
-def predict_probability(model: SegModel, images: torch.Tensor, *, size: int, device: torch.device,
-                        batch: int = 16, tta: bool = False) -> np.ndarray:
-    """``(N, 3, S, S) uint8 -> (N, size, size) float32`` lesion probabilities.
-
-    ``tta``: the mean of the probabilities over the 8 symmetries of the square (4 quarter turns, with and
-    without a horizontal flip), each mapped back before averaging.
-    """
-    model.eval()
-    out = []
-    for i in range(0, len(images), batch):
-        x = normalise(images[i:i + batch].to(device), size)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            if not tta:
-                out.append(torch.sigmoid(model(x).float())[:, 0].cpu().numpy())
-                continue
-            acc = torch.zeros(x.shape[0], 1, size, size, device=device)
-            for flip in (False, True):
-                xf = x.flip(-1) if flip else x
-                for k in range(4):
-                    p = torch.sigmoid(model(torch.rot90(xf, k, (-2, -1))).float())
-                    p = torch.rot90(p, -k, (-2, -1))
-                    acc += p.flip(-1) if flip else p
-            out.append((acc / 8)[:, 0].cpu().numpy())
-    return np.concatenate(out)
-
-
 def _mean_jaccard(prob: np.ndarray, masks: torch.Tensor) -> float:
     pred = prob >= 0.5
     truth = masks[:, 0].numpy() >= 0.5
@@ -235,14 +202,14 @@ def finetune(data: Sequence[str | Path] | str | Path, frac: float, out_dir: str 
         "frac": frac, "n_labelled": len(subset), "labelled_ids": [s.id for s in subset], "best_iter": best_iter,
         "best_val_jaccard": best_val, "init": info, "config": json.loads(json.dumps(dataclasses.asdict(config)))})
     test_size = predict_size(size, config.predict_scale)
-    means, rows = _predict_test(model, splits, out_dir, size=test_size, device=dev, progress=progress,
+    means, rows = predict_test(model, splits, out_dir, size=test_size, device=dev, progress=progress,
                                 tta=config.tta, one_lesion=config.one_lesion, fuse=config.fuse,
                                 fuse_weight=config.fuse_weight)
     write_text(out_dir / "metrics.json", json.dumps({
         "mean": means, "n_test": len(rows), "per_image": rows, "frac": frac, "n_labelled": len(subset),
         "predict_size": test_size, "best_iter": best_iter, "best_val_jaccard": best_val, "model": info,
         "config": dataclasses.asdict(config), "splits": describe(splits, subset)}, indent=1))
-    _best_worst_sheet(rows, splits, out_dir)
+    best_worst_sheet(rows, splits, out_dir)
     return FinetuneResult(out_dir, means, best_iter, best_val, [s.id for s in subset])
 
 
@@ -263,35 +230,6 @@ def check_before_training(samples: Sequence[datasets.Sample], *, progress: bool 
                  for p in datasets.check_dataset(checked, check_mask_values=True, progress=progress)]
     if problems:
         raise datasets.DatasetError(problems)
-
-
-def score_model(model_path: str | Path, splits: Splits, out_dir: str | Path, *, device: str = "auto",
-                progress: bool = True, one_lesion: bool = True, predict_scale: float = PREDICT_SCALE,
-                fuse: bool = False, fuse_weight: float = FUSE_WEIGHT) -> dict[str, float]:
-    """Score a saved segmenter as it is (no training) on ``splits.test``: the 0-labels column of the table.
-
-    ``model_path`` is a ``model.pt`` or a pretraining ``export.pt`` (its auxiliary decoder). Writes
-    ``predictions/``, ``metrics.json`` (``n_labelled`` 0) and ``best_worst.png`` into ``out_dir``; returns the means.
-    ``one_lesion``, ``predict_scale`` and ``fuse``: as in :class:`FinetuneConfig` (the table scores every row the
-    same way; its ``+fuse`` rows rescore a fine-tuned cell's ``model.pt`` with ``fuse``).
-    """
-    out_dir = Path(out_dir)
-    dev = resolve_device(device)
-    model, info = load_seg_model(model_path)
-    model.to(dev)
-    test_size = predict_size(int(info["img_size"]), predict_scale)
-    means, rows = _predict_test(model, splits, out_dir, size=test_size, device=dev, progress=progress,
-                                one_lesion=one_lesion, fuse=fuse, fuse_weight=fuse_weight)
-    extra = info.get("extra", {})
-    write_text(out_dir / "metrics.json", json.dumps({
-        "mean": means, "n_test": len(rows), "per_image": rows, "frac": float(extra.get("frac", 0.0)),
-        "n_labelled": int(extra.get("n_labelled", 0)), "one_lesion": one_lesion, "fuse": fuse,
-        "fuse_weight": fuse_weight,
-        "predict_size": test_size,
-        "model": {k: v for k, v in info.items() if k != "extra"}, "source": str(model_path)}, indent=1,
-        default=str))
-    _best_worst_sheet(rows, splits, out_dir)
-    return means
 
 
 def semi_loss(logits: torch.Tensor, targets: torch.Tensor, n_labelled: int, pseudo_prob: torch.Tensor | None, *,
@@ -389,172 +327,3 @@ def _train(model, train_x, train_y, val_x, val_y, *, config, size, device, progr
     log.info("fine-tuned %d iterations in %.0f s; best validation Jaccard %.4f at iteration %d",
              config.iters, time.perf_counter() - tic, best_val, best_iter)
     return best_state, best_iter, best_val
-
-
-@functools.lru_cache(maxsize=4096)
-def _test_input(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """A test image squashed to ``size`` and its original (H, W); cached across the cells of a table run."""
-    image = cv2.resize(datasets.read_image(path, min_long_side=2 * size), (size, size), interpolation=cv2.INTER_AREA)
-    image.flags.writeable = False
-    return image, datasets.image_size(Path(path))
-
-
-def predict_size(train_size: int, scale: float) -> int:
-    """The test-time input size for a model trained at ``train_size``: ``scale`` times it, rounded to a multiple
-    of 16 (every patch size and the U-Net's four poolings divide it), at least 16."""
-    return max(16, int(round(train_size * scale / 16)) * 16)
-
-
-def predict_image(model: SegModel, path: str | Path, *, size: int, device: torch.device,
-                  tta: bool = False, fuse: bool = False, fuse_weight: float = FUSE_WEIGHT) -> np.ndarray:
-    """The lesion probability of one image file at its original size: ``(H, W) float32`` in [0, 1].
-
-    The image is squashed to ``size`` x ``size`` (area interpolation), segmented, and the probability resized
-    back bilinearly; cut it at 0.5 for the mask. With ``fuse``, combined with stage 1's walker probability of
-    the image (:func:`fuse_probabilities` with ``fuse_weight``, calibrated at stage 1's own cut of that image,
-    :func:`walker_cut`). ``finetune`` (test predictions) and ``predict``
-    share it, so both give the same mask for the same image and model.
-    """
-    image, (height, width) = _test_input(str(path), size)
-    prob = predict_probability(model, torch.from_numpy(image.copy()).permute(2, 0, 1)[None], size=size,
-                               device=device, tta=tta)[0]
-    prob = cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
-    if not fuse:
-        return prob
-    return fuse_probabilities(prob, walker_probability(str(path)), weight=fuse_weight, walker_cut=walker_cut(str(path)))
-
-
-@functools.lru_cache(maxsize=1024)
-def _walker_small(path: str) -> tuple[np.ndarray, float] | None:
-    # the squashed S x S map, not the full-size one, is cached: 256 KB per image instead of up to 50 MB
-    record = process_sample(datasets.Sample(id=Path(path).stem, image=Path(path)), RunConfig())
-    if record.no_lesion:
-        return None
-    prob = record.prob.astype(np.float32)
-    prob.flags.writeable = False
-    return prob, float(record.diagnostics.get("threshold", WALKER_CUT))
-
-
-def walker_probability(path: str | Path) -> np.ndarray | None:
-    """Stage 1's label-free lesion probability of the image at ``path`` (hair removal, seeds, Random Walker with
-    the default :class:`pipeline.run.RunConfig`, as ``pseudomasks`` stores it), resized bilinearly to the image's
-    original (upright) size: ``(H, W) float32`` in [0, 1]; ``None`` when stage 1 finds no lesion in it.
-
-    About 0.1 s per full-size ISIC image on one core; cached by path across the cells of a table run.
-    """
-    found = _walker_small(str(path))
-    if found is None:
-        return None
-    height, width = datasets.image_size(Path(path))
-    return cv2.resize(found[0], (width, height), interpolation=cv2.INTER_LINEAR)
-
-
-def walker_cut(path: str | Path) -> float:
-    """Where stage 1 cut the walker probability of the image at ``path`` (its per-image learned cut,
-    :mod:`pipeline.pseudomask.cut`); ``WALKER_CUT`` when it found no lesion. Shares :func:`walker_probability`'s
-    cache."""
-    found = _walker_small(str(path))
-    return WALKER_CUT if found is None else found[1]
-
-
-def fuse_probabilities(model_prob: np.ndarray, walker_prob: np.ndarray | None, *, weight: float = FUSE_WEIGHT,
-                       walker_cut: float = WALKER_CUT) -> np.ndarray:
-    """The fused lesion probability, ``(H, W) float32``: ``weight * model + (1 - weight) * walker'``, where
-    ``walker'`` maps the walker's probability piecewise linearly so that its own cut (``walker_cut``: stage 1's
-    cut of the same image, :func:`walker_cut`) lands on 0.5, the cut of every probability here; the model's alone when the
-    walker found no lesion (``walker_prob`` None).
-
-    Ours. With the default weight (0.15) the walker's mask is kept where the walker is sure, and the model moves
-    its cut pixel by pixel between a walker probability of 0.25 (the model says lesion) and 0.42 (it says skin).
-    The weight was chosen on 300 labelled ``isic2017_256`` images that neither pretraining nor fine-tuning saw
-    (mean Jaccard of three models fine-tuned on 16 labels: 0.768 at weights 0.1-0.15, 0.767 at 0.2, 0.761 at
-    0.3, 0.738 for the plain mean; the walker alone 0.761, the models alone 0.708), never on ``isic_sample``.
-    Re-checked with stage 1's learned cut (``bench/choose_fuse_weight.py``: six 16-label ours+semi models, each on
-    its own 299 validation ids): walker alone 0.757, weight 0.1: 0.759, 0.15: 0.758, 0.2: 0.756, 0.3: 0.750, the
-    models alone 0.710, so the weight stays.
-    """
-    if not 0.0 <= weight <= 1.0 or not 0.0 < walker_cut < 1.0:
-        raise ValueError(f"weight in [0, 1] and walker_cut in (0, 1) expected, got {weight}, {walker_cut}")
-    if walker_prob is None:
-        return model_prob
-    if walker_prob.shape != model_prob.shape:
-        raise ValueError(f"walker probability {walker_prob.shape} and model probability {model_prob.shape} differ")
-    walker = walker_prob.astype(np.float32)
-    calibrated = np.where(walker < walker_cut, walker * (0.5 / walker_cut),
-                          0.5 + (walker - walker_cut) * (0.5 / (1.0 - walker_cut)))
-    return (weight * model_prob.astype(np.float32) + (1.0 - weight) * calibrated).astype(np.float32)
-
-
-def mask_from_probability(prob: np.ndarray, *, one_lesion: bool = True,
-                          implausible: np.ndarray | None = None) -> np.ndarray:
-    """The predicted mask of a lesion probability map: ``prob >= 0.5``, then, with ``one_lesion``, holes filled
-    and only the component with the most centre-weighted area kept (:func:`pipeline.pseudomask.cleanup.one_lesion`),
-    each component weighed by its share of plausible lesion colour when ``implausible`` (see
-    :func:`implausible_map`) is given.
-
-    ``one_lesion`` is the default of ``finetune`` and ``predict``: on six prediction sets of ``isic_sample``
-    (0 labels and 16 labels, ViT and U-Net models) it raised mean Jaccard by 3.5-8.0 points, every time (the
-    largest component alone: 1.9-3.8). The colour weighting: on 150 labelled ``isic2017_256`` images outside
-    ``isic_sample``, where a model trained on pseudo-masks also marks colour-calibration stickers, +2.1 points
-    for a pretrained model used as it is and +2.1 for it fine-tuned on 16 labels; on ``isic_sample`` (no
-    stickers) +0.0 and +0.6.
-    """
-    mask = prob >= 0.5
-    return cleanup.one_lesion(mask, implausible=implausible) if one_lesion else mask
-
-
-@functools.lru_cache(maxsize=512)
-def implausible_map(path: str) -> np.ndarray:
-    """:func:`pipeline.pseudomask.seeds.implausible_colour` of the image at ``path``, at 256 px on its long side
-    (field of view and the colours no pigmented lesion has); cached across the cells of a table run."""
-    image = resize_long(datasets.read_image(path, min_long_side=COLOUR_LONG_SIDE), COLOUR_LONG_SIDE)
-    found = seeds.implausible_colour(image)
-    found.flags.writeable = False
-    return found
-
-
-def _predict_test(model, splits: Splits, out_dir: Path, *, size, device, progress, tta=False, one_lesion=True,
-                  fuse=False, fuse_weight=FUSE_WEIGHT):
-    pred_dir = out_dir / "predictions"
-    rows = []
-    for s in tqdm(splits.test, desc="predict test", unit="img", disable=not progress, leave=False):
-        full = mask_from_probability(predict_image(model, s.image, size=size, device=device, tta=tta, fuse=fuse,
-                                                   fuse_weight=fuse_weight),
-                                     one_lesion=one_lesion,
-                                     implausible=implausible_map(str(s.image)) if one_lesion else None)
-        write_mask_png(pred_dir / f"{s.id}_segmentation.png", full.astype(np.uint8) * 255)
-        rows.append({"id": s.id, **binary_scores(full, datasets.read_mask(s.mask))})
-    keys = [k for k in rows[0] if k != "id"] if rows else []
-    means = {k: float(np.mean([r[k] for r in rows])) for k in keys}
-    return means, rows
-
-
-def _best_worst_sheet(rows: list[dict], splits: Splits, out_dir: Path, n: int = 4) -> Path | None:
-    """Image with expert (green) and predicted (red) contours for the ``n`` best and ``n`` worst test images."""
-    if not rows:
-        return None
-    import matplotlib  # imported when a picture is drawn, not at start-up (it costs about a second)
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ranked = sorted(rows, key=lambda r: r["jaccard"], reverse=True)
-    picks = ranked[:n] + [r for r in ranked[-n:] if r not in ranked[:n]]
-    by_id = {s.id: s for s in splits.test}
-    fig, axes = plt.subplots(2, max(n, 1), figsize=(3 * n, 6.4), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for k, r in enumerate(picks):
-        s = by_id[r["id"]]
-        image = cv2.resize(datasets.read_image(s.image, min_long_side=512), (384, 288))
-        truth = cv2.resize(datasets.read_mask(s.mask).astype(np.uint8), (384, 288), interpolation=cv2.INTER_NEAREST)
-        pred = cv2.imread(str(out_dir / "predictions" / f"{s.id}_segmentation.png"), cv2.IMREAD_GRAYSCALE)
-        pred = cv2.resize((pred > 127).astype(np.uint8), (384, 288), interpolation=cv2.INTER_NEAREST)
-        for mask, colour in ((truth, (40, 220, 40)), (pred, (255, 40, 40))):
-            draw_contour(image, mask, colour, 2)
-        ax = axes[0 if k < n else 1, k % n]
-        ax.imshow(image)
-        ax.set_title(f"{'best' if k < n else 'worst'}: {r['id']}\nJaccard {r['jaccard']:.3f}", fontsize=8)
-    fig.suptitle("expert (green) vs prediction (red)", fontsize=10)
-    fig.tight_layout()
-    return save_figure(fig, out_dir / "best_worst.png", dpi=72)

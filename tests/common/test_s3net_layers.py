@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.pseudomask.s3net_layers import ILKA, DeformConv2d
+from common.s3net_layers import ILKA, DeformConv2d
 from trainer.models.decoders import DECODERS, ILKADecoder, SegDecoder, build_decoder
 
 

@@ -15,7 +15,6 @@ from click.testing import CliRunner
 from test_pretrain import TINY, _record  # the tiny config and synthetic shard records of the pretraining tests
 
 from pipeline.shards import write_shard
-from trainer import pretrain as pretrain_module
 from trainer.data.multicrop import multi_crop
 from trainer.engine.checkpoint import load_checkpoint
 from trainer.engine.export import export_model, read_export
@@ -26,7 +25,10 @@ from trainer.losses.fkd import fkd_loss
 from trainer.models.backbone import patch_tokens
 from trainer.models.dino_model import DINOModel
 from trainer.models.fkd import FKDProjector, FoundationTeacher
-from trainer.pretrain import LATEST, PretrainConfig, Schedules, pretrain, train_step
+from trainer.train import pretrain as pretrain_module
+from trainer.train.config import PretrainConfig, Schedules
+from trainer.train.objective import train_step
+from trainer.train.pretrain import LATEST, pretrain
 
 TEACHER = "vit_tiny_patch16_224"  # a cheap random "foundation" stand-in (the real one is a file on disk)
 FKD = dataclasses.replace(TINY, fkd_weight=1.0, fkd_teacher=TEACHER, picture_every=0)

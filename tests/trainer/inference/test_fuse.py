@@ -11,23 +11,16 @@ import pytest
 import torch
 from test_predict import TINY_FT, TINY_PRE, synth  # noqa: F401  (24 synthetic 96 x 72 images)
 
-from pipeline import datasets
+from common import datasets
 from pipeline.run import RunConfig, process_sample
 from trainer.engine.export import export_model
-from trainer.finetune import (
-    MODEL,
-    WALKER_CUT,
-    finetune,
-    fuse_probabilities,
-    mask_from_probability,
-    predict_image,
-    predict_size,
-    walker_cut,
-    walker_probability,
-)
+from trainer.inference.fusion import WALKER_CUT, fuse_probabilities, walker_cut, walker_probability
+from trainer.inference.masks import mask_from_probability
+from trainer.inference.predict import predict_folder
+from trainer.inference.segment import predict_image, predict_size
 from trainer.models.segmenter import load_seg_model
-from trainer.predict import predict_folder
 from trainer.table import TableSpec, read_results, run_table
+from trainer.train.finetune import MODEL, finetune
 
 
 @pytest.fixture(scope="module")
@@ -98,13 +91,13 @@ def test_finetune_and_predict_fuse_the_same_way(synth, export, tmp_path):  # noq
     calibrated = np.where(walker < cut, walker * 0.5 / cut, 0.5 + (walker - cut) * 0.5 / (1 - cut))
     expected = 0.15 * alone + 0.85 * calibrated
     got = cv2.imread(str(tmp_path / "fused" / differ[0]), cv2.IMREAD_GRAYSCALE) > 127
-    from trainer.finetune import implausible_map
+    from trainer.inference.masks import implausible_map
 
     assert np.array_equal(got, mask_from_probability(expected, implausible=implausible_map(str(sample.image))))
 
 
 def test_table_fuse_rows_rescore_their_base_cells(synth, export, tmp_path, monkeypatch):  # noqa: F811
-    import trainer.presets as presets
+    import trainer.train.presets as presets
 
     monkeypatch.setattr(presets, "pretrain_preset", lambda name: TINY_PRE)
     monkeypatch.setattr(presets, "finetune_preset", lambda name: TINY_FT)
@@ -122,8 +115,8 @@ def test_table_fuse_rows_rescore_their_base_cells(synth, export, tmp_path, monke
         (Path(cell) / "metrics.json").write_text(json.dumps({"n_labelled": 0, "mean": {
             "jaccard": 0.9 if fuse else 0.4, "thresholded_jaccard": 0.9}}))
 
-    monkeypatch.setattr("trainer.finetune.finetune", fake_finetune)
-    monkeypatch.setattr("trainer.finetune.score_model", fake_score)
+    monkeypatch.setattr("trainer.train.finetune.finetune", fake_finetune)
+    monkeypatch.setattr("trainer.eval.scoring.score_model", fake_score)
     shards = tmp_path / "shards"
     shards.mkdir()
     table = tmp_path / "table"

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from isic_challenge_scoring.segmentation import SegmentationScore
 
 import cli
-from trainer.metrics import (
+from trainer.eval.metrics import (
     METRIC_NAMES,
     OFFICIAL_NAMES,
     binary_scores,

@@ -12,14 +12,17 @@ import torch
 from click.testing import CliRunner
 
 from pipeline.shards import ShardRecord, write_shard
-from trainer import pretrain as pretrain_module
 from trainer.data.shard_dataset import ShardAwareSampler, ShardDataset
 from trainer.engine.export import read_export
 from trainer.engine.run_log import read_log
 from trainer.models.backbone import create_backbone
-from trainer.pretrain import LATEST, NonFiniteLoss, PretrainConfig, pretrain
+from trainer.train import objective as objective_module
+from trainer.train import pretrain as pretrain_module
+from trainer.train.config import PretrainConfig
+from trainer.train.objective import NonFiniteLoss
+from trainer.train.pretrain import LATEST, pretrain
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 S = 64
 TINY = PretrainConfig(arch="vit_tiny_patch16_224", img_size=32, local_size=16, n_local=2, epochs=2, batch_size=4,
                       out_dim=64, head_hidden=64, bottleneck_dim=32, decoder_hidden=16, warmup_epochs=1,
@@ -106,7 +109,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(shards, tmp_path, m
     out = tmp_path / "nan"
     pretrain(shards, out, dataclasses.replace(TINY, epochs=1), device="cpu", progress=False)
     before = (out / LATEST).read_bytes()
-    monkeypatch.setattr(pretrain_module, "seg_loss", lambda *a, **k: torch.tensor(float("nan")))
+    monkeypatch.setattr(objective_module, "seg_loss", lambda *a, **k: torch.tensor(float("nan")))
     with pytest.raises(NonFiniteLoss, match="the loss became nan at step 3"):
         pretrain(shards, out, dataclasses.replace(TINY, epochs=2), device="cpu", progress=False)
     assert (out / LATEST).read_bytes() == before
@@ -159,7 +162,7 @@ HEALTHY = dataclasses.replace(COLLAPSING, warmup_teacher_temp=0.04, teacher_temp
 def test_collapse_monitor_fires_on_a_collapsing_run_and_stays_silent_on_a_healthy_one(shards, tmp_path, caplog):
     import cli
 
-    with caplog.at_level("WARNING", logger="trainer.pretrain"):
+    with caplog.at_level("WARNING", logger="trainer.train.pretrain"):
         bad = pretrain(shards, tmp_path / "bad", COLLAPSING, device="cpu", progress=False)
     steps = [r for r in read_log(tmp_path / "bad" / "log.jsonl") if "teacher_entropy" in r and "event" not in r]
     assert len(steps) == 18 and steps[0]["teacher_entropy_frac"] < 0.95 < steps[-1]["teacher_entropy_frac"]
@@ -175,7 +178,7 @@ def test_collapse_monitor_fires_on_a_collapsing_run_and_stays_silent_on_a_health
     assert shown.exit_code == 0 and "WARNING: DINO uniform collapse for 6 steps" in shown.output
 
     caplog.clear()
-    with caplog.at_level("WARNING", logger="trainer.pretrain"):
+    with caplog.at_level("WARNING", logger="trainer.train.pretrain"):
         good = pretrain(shards, tmp_path / "good", HEALTHY, device="cpu", progress=False)
     steps = [r for r in read_log(tmp_path / "good" / "log.jsonl") if "teacher_entropy" in r and "event" not in r]
     assert max(r["teacher_entropy_frac"] for r in steps) < 0.95

@@ -2,8 +2,9 @@
 
 The model is a ``model.pt`` written by ``finetune`` (:func:`trainer.models.segmenter.save_seg_model`), or a
 pretraining ``export.pt`` (its auxiliary decoder used directly: no label at all). Each image goes through exactly
-what ``finetune`` does to its test images (:func:`trainer.finetune.predict_image`), so a prediction here equals
-the one ``finetune --test-data`` wrote for the same image. A bad image is named and skipped; the rest are written.
+what ``finetune`` does to its test images (:func:`trainer.inference.segment.predict_image`), so a prediction here
+equals the one ``finetune --test-data`` wrote for the same image. A bad image is named and skipped; the rest are
+written.
 """
 from __future__ import annotations
 
@@ -16,20 +17,15 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from pipeline import datasets
-from pipeline.atomic import atomic_batch, save_figure
-from pipeline.export import encode_png
-from pipeline.guard import claim_file
-from pipeline.report import draw_contour
+from common import datasets
+from common.atomic import atomic_batch, save_figure
+from common.drawing import draw_contour
+from common.guard import claim_file
+from common.png import encode_png
 from trainer.engine.distributed import resolve_device
-from trainer.finetune import (
-    FUSE_WEIGHT,
-    PREDICT_SCALE,
-    implausible_map,
-    mask_from_probability,
-    predict_image,
-    predict_size,
-)
+from trainer.inference.fusion import FUSE_WEIGHT
+from trainer.inference.masks import implausible_map, mask_from_probability
+from trainer.inference.segment import PREDICT_SCALE, predict_image, predict_size
 from trainer.models.segmenter import load_seg_model
 
 log = logging.getLogger(__name__)
@@ -64,18 +60,19 @@ def predict_folder(model_path: str | Path, data: Sequence[str | Path] | str | Pa
                    probabilities: bool = False, overlay: str | Path | None = None, device: str = "auto",
                    progress: bool = True, one_lesion: bool | None = None, predict_scale: float | None = None,
                    fuse: bool | None = None) -> PredictResult:
-    """Segment every image of ``data`` (any layout :func:`pipeline.datasets.open_dataset` reads; masks unused).
+    """Segment every image of ``data`` (any layout :func:`common.datasets.open_dataset` reads; masks unused).
 
     Writes ``out_dir/<ID>_segmentation.png`` (0/255, the image's original size) and, with ``probabilities``,
     ``out_dir/<ID>_probability.png`` (the lesion probability x 255, 8 bits); with ``overlay``, a contact sheet
     of the first :data:`OVERLAY_MAX` images with the predicted contour. An image that cannot be read is logged
     with its reason and skipped. ``one_lesion`` (fill holes, keep one component:
-    :func:`trainer.finetune.mask_from_probability`) defaults to what ``finetune`` did for the model's test
+    :func:`trainer.inference.masks.mask_from_probability`) defaults to what ``finetune`` did for the model's test
     predictions: on, except for a ``model.pt`` written before the option existed (off, as it was made).
-    ``predict_scale`` (the test-time input size over the training size: :func:`trainer.finetune.predict_size`)
-    likewise: the model's ``finetune`` setting, 1 for a ``model.pt`` older than it, the default (2) for an
-    ``export.pt``. ``fuse`` (combine with stage 1's walker probability: :func:`trainer.finetune.fuse_probabilities`,
-    with the model's ``fuse_weight``) likewise: the model's ``finetune`` setting, off for an ``export.pt`` and older models.
+    ``predict_scale`` (the test-time input size over the training size:
+    :func:`trainer.inference.segment.predict_size`) likewise: the model's ``finetune`` setting, 1 for a ``model.pt``
+    older than it, the default (2) for an ``export.pt``. ``fuse`` (combine with stage 1's walker probability:
+    :func:`trainer.inference.fusion.fuse_probabilities`, with the model's ``fuse_weight``) likewise: the model's
+    ``finetune`` setting, off for an ``export.pt`` and older models.
     """
     data = [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
     out_dir = Path(out_dir)

@@ -25,8 +25,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.atomic import write_text
-from pipeline.datasets import MASK_SUFFIX
+from common.atomic import write_text
+from common.datasets import MASK_SUFFIX
 
 log = logging.getLogger(__name__)
 

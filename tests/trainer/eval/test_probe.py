@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.probe import patch_probe
+from trainer.eval.probe import patch_probe
 
 S = 64
 

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from pipeline import atomic
-from pipeline.atomic import atomic_batch
+from common import atomic
+from common.atomic import atomic_batch
 
 
 def test_files_appear_only_after_one_sync_and_whole(tmp_path, monkeypatch):
