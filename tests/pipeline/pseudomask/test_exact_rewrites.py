@@ -2,7 +2,9 @@
 
 Each test compares a helper against an independent reference: scikit-image's ``random_walker`` and its linear
 system, ``scipy.ndimage`` (fill holes, sum_labels), ``np.median``, a full-image ``cv2.erode`` and the former
-whole-image skeleton of the hair filter, on seeded synthetic inputs and on real ISIC images.
+whole-image skeleton of the hair filter, on seeded synthetic inputs and on real ISIC images. The last bit is the
+promise here (a rewrite must not move any figure), so these comparisons are exact: both sides are computed on the
+same machine, in the same order of operations.
 """
 from __future__ import annotations
 

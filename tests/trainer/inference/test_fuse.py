@@ -93,7 +93,10 @@ def test_finetune_and_predict_fuse_the_same_way(synth, export, tmp_path):  # noq
     got = cv2.imread(str(tmp_path / "fused" / differ[0]), cv2.IMREAD_GRAYSCALE) > 127
     from trainer.inference.masks import implausible_map
 
-    assert np.array_equal(got, mask_from_probability(expected, implausible=implausible_map(str(sample.image))))
+    want = mask_from_probability(expected, implausible=implausible_map(str(sample.image)))
+    # the test's sum is rounded in another order than the code's: a pixel within rounding of the cut may go either way
+    sure = np.abs(expected - 0.5) > 1e-5
+    assert sure.mean() > 0.99 and np.array_equal(got[sure], want[sure])
 
 
 def test_table_fuse_rows_rescore_their_base_cells(synth, export, tmp_path, monkeypatch):  # noqa: F811
