@@ -1,7 +1,8 @@
 """edgedino: train a skin-lesion segmenter when almost nothing is labelled.
 
 Stage 1 (``pseudomasks``) removes hair and makes edge-aware pseudo-masks with a Random Walker, into HDF5
-shards; stage 2 (``pretrain``, ``finetune``) learns from them. Run ``python cli.py COMMAND --help``.
+shards; stage 2 (``pretrain``, ``finetune``) learns from them. Run ``edgedino COMMAND --help`` (the console command
+the install makes) or, the same, ``python cli.py COMMAND --help``.
 """
 from __future__ import annotations
 

@@ -17,26 +17,18 @@ import argparse
 import copy
 import dataclasses
 import statistics
-import sys
-import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from trainer.data.multicrop import multi_crop  # noqa: E402
-from trainer.engine.distributed import resolve_device  # noqa: E402
-from trainer.engine.schedules import param_groups  # noqa: E402
-from trainer.losses.dino import DINOLoss  # noqa: E402
-from trainer.train.config import Schedules  # noqa: E402
+from trainer.data.multicrop import multi_crop
+from trainer.engine.distributed import resolve_device
+from trainer.engine.schedules import param_groups
+from trainer.losses.dino import DINOLoss
+from trainer.train.config import Schedules
 from trainer.train.objective import train_step
-from trainer.train.presets import pretrain_preset  # noqa: E402
+from trainer.train.presets import pretrain_preset
 
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from timing import timed
 
 
 def make_step(cfg, images, maps, device):
@@ -91,11 +83,7 @@ def main(argv=None) -> None:
     times = {name: [] for name in steps}
     for _ in range(args.steps):
         for name, fn in steps.items():
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(timed(fn, device=device))
     t = {k: statistics.median(v) for k, v in times.items()}
     per_epoch = -(-args.n_images // b)
     print(f"preset {args.preset}, batch {b}, device {device}, threads {torch.get_num_threads()}, "

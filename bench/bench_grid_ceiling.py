@@ -14,17 +14,14 @@ ceiling is that of a (crop / 2) grid.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from common import datasets  # noqa: E402
-from trainer.eval.metrics import binary_scores  # noqa: E402
+from common import datasets
+from trainer.eval.metrics import binary_scores
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "isic_sample"
 GRIDS = (6, 7, 12, 14, 24)

@@ -14,21 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from common import datasets  # noqa: E402
-from trainer.eval.metrics import binary_scores  # noqa: E402
+from common import datasets
+from trainer.eval.metrics import binary_scores
 from trainer.inference.fusion import fuse_probabilities, walker_cut, walker_probability
 from trainer.inference.masks import implausible_map, mask_from_probability
 from trainer.inference.segment import predict_image
-from trainer.models.segmenter import load_seg_model  # noqa: E402
+from trainer.models.segmenter import load_seg_model
 
 WEIGHTS = (0.0, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 1.0)
 
