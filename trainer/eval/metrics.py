@@ -10,7 +10,7 @@ For a prediction P and ground truth G (boolean masks) with pixel counts TP, FP, 
 These are the definitions of the official scorer, PyPI ``isic-challenge-scoring`` 5.x (``metrics.binary_*`` and
 ``segmentation.SegmentationScore``): it reads 8-bit single-channel PNGs, keeps a pixel when its value is
 ``> 128`` (so 128 itself is background), refuses a prediction whose size differs from the truth (no resizing)
-and macro-averages the per-image values. ``tests/test_metrics.py`` checks agreement to 1e-6 on real masks.
+and macro-averages the per-image values. ``tests/trainer/eval/test_metrics.py`` checks agreement to 1e-6 on real masks.
 
 One deliberate difference: a mask whose values are all in {0, 1} is read as 0/1 (1 = lesion); the official
 scorer would cut it at ``> 128`` and score it as empty.
