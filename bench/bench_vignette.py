@@ -14,20 +14,17 @@ vignette taken for lesion, the lesion 4-15 %).
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.atomic import write_bytes  # noqa: E402
-from pipeline.pseudomask.per_image import _squash, make_pseudo_mask  # noqa: E402
-from pipeline.report import draw_contour  # noqa: E402
-from pipeline.synth import JPEG_QUALITY, generate_sample  # noqa: E402
-from trainer.metrics import binary_scores  # noqa: E402
+from common.atomic import write_bytes
+from pipeline.pseudomask.per_image import _squash, make_pseudo_mask
+from common.drawing import draw_contour
+from pipeline.synth import JPEG_QUALITY, generate_sample
+from timing import stopwatch
+from trainer.eval.metrics import binary_scores
 
 FAIL = 0.65
 DISC = (0.45, 0.73)      # the clinic's failed masks: 45-73 % of the image
@@ -71,20 +68,20 @@ def main() -> None:
     n = 12 if args.quick else args.n
 
     jaccard, mask_share, lesion_share, tiles = [], [], [], []
-    t0 = time.perf_counter()
-    for i in range(n):
-        s = generate_sample(args.seed, i, fov="vignette")
-        image = _as_written(s.image)
-        mask = make_pseudo_mask(image).mask
-        truth = _squash(s.lesion, mask.shape[0], binary=True)
-        jaccard.append(binary_scores(mask, truth)["jaccard"])
-        mask_share.append(float(mask.mean()))
-        lesion_share.append(float(truth.mean()))
-        if args.sheet and len(tiles) < 16:
-            label = f"{i}: J {jaccard[-1]:.2f}  mask {mask_share[-1]:.0%}  lesion {lesion_share[-1]:.0%}"
-            tiles.append(_tile(image, s.lesion, cv2.resize(mask.astype(np.uint8), image.shape[1::-1],
-                                                           interpolation=cv2.INTER_NEAREST), label))
-    seconds = time.perf_counter() - t0
+    with stopwatch() as watch:
+        for i in range(n):
+            s = generate_sample(args.seed, i, fov="vignette")
+            image = _as_written(s.image)
+            mask = make_pseudo_mask(image).mask
+            truth = _squash(s.lesion, mask.shape[0], binary=True)
+            jaccard.append(binary_scores(mask, truth)["jaccard"])
+            mask_share.append(float(mask.mean()))
+            lesion_share.append(float(truth.mean()))
+            if args.sheet and len(tiles) < 16:
+                label = f"{i}: J {jaccard[-1]:.2f}  mask {mask_share[-1]:.0%}  lesion {lesion_share[-1]:.0%}"
+                tiles.append(_tile(image, s.lesion, cv2.resize(mask.astype(np.uint8), image.shape[1::-1],
+                                                               interpolation=cv2.INTER_NEAREST), label))
+    seconds = watch.seconds
     j, m, les = np.array(jaccard), np.array(mask_share), np.array(lesion_share)
     fail = j < FAIL
     disc = fail & (m >= DISC[0]) & (m <= DISC[1])

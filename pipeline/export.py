@@ -7,8 +7,9 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from pipeline.atomic import atomic_batch, write_bytes
-from pipeline.guard import GuardError, Ledger, check_out_dir, check_plain_name, make_out_dir
+from common.atomic import atomic_batch
+from common.guard import GuardError, Ledger, check_out_dir, check_plain_name, make_out_dir
+from common.png import encode_png
 from pipeline.shards import ShardReader, find_shards
 
 
@@ -21,19 +22,6 @@ def mask_to_original(mask: np.ndarray, orig_shape: tuple[int, int]) -> np.ndarra
     height, width = int(orig_shape[0]), int(orig_shape[1])
     soft = cv2.resize(mask.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
     return np.where(soft >= 0.5, 255, 0).astype(np.uint8)
-
-
-def encode_png(mask: np.ndarray, name: str = "mask") -> bytes:
-    """An ``(H, W) uint8`` image as single-channel PNG bytes (``name`` for the error message)."""
-    ok, buf = cv2.imencode(".png", mask)
-    if not ok:
-        raise RuntimeError(f"{name}: PNG encoding failed")
-    return buf.tobytes()
-
-
-def write_mask_png(path: Path, mask: np.ndarray) -> None:
-    """Write an ``(H, W) uint8`` 0/255 mask as a single-channel PNG, atomically."""
-    write_bytes(path, encode_png(mask, str(path)))
 
 
 def export_masks(shards: str | Path, out_dir: str | Path, *, progress: bool = True, overwrite: bool = False) -> int:

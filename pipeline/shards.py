@@ -36,7 +36,8 @@ from typing import Iterator, Sequence
 import h5py
 import numpy as np
 
-from pipeline.atomic import atomic_path, write_text
+from common.atomic import atomic_path, write_text
+from common.guard import sha256_file
 
 SCHEMA_VERSION = 1
 SHARD_GLOB = "shard-*.h5"
@@ -55,14 +56,6 @@ def shard_name(index: int) -> str:
 
 def ids_hash(ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -96,7 +89,7 @@ def write_shard(path: Path, records: Sequence[ShardRecord], *, size: int, config
     rejects : sequence of dict
         ``{"id", "path", "reason"}`` per rejected input.
     inputs_hash : str
-        What the shard was made from (``pipeline.guard.inputs_hash``: ids, paths, file bytes); resume checks it.
+        What the shard was made from (``common.guard.inputs_hash``: ids, paths, file bytes); resume checks it.
     """
     n, s = len(records), size
     diag_keys = sorted({k for r in records for k in r.diagnostics})

@@ -43,8 +43,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.atomic import write_bytes
-from pipeline.report import draw_contour
+from common.atomic import write_bytes
+from common.drawing import draw_contour
 
 JPEG_QUALITY = 95
 PNG_COMPRESSION = 3
@@ -568,7 +568,7 @@ def contact_sheet(samples: list[SynthSample], path: str | Path, *, titles: list[
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipeline.atomic import save_figure
+    from common.atomic import save_figure
 
     if not samples:
         raise ValueError("contact_sheet: samples is empty")

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.pseudomask.per_image import _squash, make_pseudo_mask
 from pipeline.synth import vignette_case
-from trainer.metrics import binary_scores
+from trainer.eval.metrics import binary_scores
 
 # Measured on vignette_case(8) (256 x 192, seed 0) with the default PseudoMaskConfig, before any fix.
 TODAY_MEAN_MASK_SHARE = 0.258      # where the lesions cover 0.090 of the image on average
