@@ -422,28 +422,98 @@ def pretrain(shards, out, preset, exclude_from, no_progress, device, no_distill,
 
 
 def _pretrain_health(result) -> str:
-    """The final line of 'pretrain': probe score (start -> end) and collapse status."""
-    probe = result.probe
-    if "probe_jaccard" in probe:
-        start = (f"{probe['probe_init_jaccard']:.3f} at the start -> " if "probe_init_jaccard" in probe else "")
-        where = "held-out" if probe.get("probe_heldout") else "training"
-        text = (f"linear probe (patch Jaccard vs pseudo-masks, {probe['probe_n_images']} {where} images): "
-                f"{start}{probe['probe_jaccard']:.3f}")
-    else:
-        text = "linear probe: off"
-    collapse = result.collapse
-    if not collapse:
-        return f"{text}; collapse: not monitored"
-    if collapse.get("episodes"):
-        from trainer.train.pretrain import episodes_text
+    """The final line of 'pretrain': the linear probe (start -> end, and whether the features improved) and the
+    collapse status (trainer.train.pretrain.health_line)."""
+    from trainer.train.pretrain import health_line
 
-        return f"{text}; WARNING: DINO collapse ({episodes_text(collapse['episodes'])}; now: {collapse['status']})"
-    ongoing = {k: n for k, n in collapse.get("runs", {}).items() if n >= min(collapse.get("patience", 50), 10)}
-    if ongoing:  # a run shorter than the patience can end inside a collapse the detector has not flagged yet
-        what = ", ".join(f"{k} for the last {n} steps" for k, n in ongoing.items())
-        return (f"{text}; collapse: none flagged, but the teacher sits at {what} (under --collapse-patience "
-                f"{collapse.get('patience')}): check pictures/collapse.png")
-    return f"{text}; collapse: none (healthy)"
+    return health_line(result)
+
+
+_CHOICE_OPTIONS = [
+    click.option("--agree-at", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+                 help="Where the student's and the walker's masks agree at least this much (Jaccard), their "
+                      "probabilities are combined; below it the more lesion-like mask is kept. Raise it to let the "
+                      "choice decide more images."),
+    click.option("--leave-out", type=click.FloatRange(0, 1, max_open=True), default=0.15, show_default=True,
+                 help="Share of the pool, least confident first, that the next student does not train on "
+                      "(training weight 0)."),
+]
+
+
+def _choice_options(command):
+    for option in reversed(_CHOICE_OPTIONS):
+        command = option(command)
+    return command
+
+
+def _relabel_config(agree_at: float, leave_out: float):
+    from trainer.inference.choice import ChoiceConfig
+    from trainer.inference.relabel import RelabelConfig
+
+    return RelabelConfig(choice=ChoiceConfig(agree_at=agree_at), leave_out=leave_out)
+
+
+@main.command()
+@click.option("--shards", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Stage 1's shards (a pseudomasks output folder).")
+@click.option("--model", "model_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The student: a pretraining export.pt (or a refine round's) or a finetune model.pt.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the relabelled shards (not the source folder); rerunning resumes, and a folder made "
+                   "by another model is redone, never mixed.")
+@_choice_options
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
+def relabel(shards, model_path, out, agree_at, leave_out, device, no_progress):
+    """Relabel a pool with a student: per image the student's mask, the walker's, or their combination, with the
+    student-walker agreement as the confidence (one self-training round's first step)."""
+    from trainer.inference.relabel import relabel as run_relabel
+
+    try:
+        summary = run_relabel(shards, model_path, out, config=_relabel_config(agree_at, leave_out), device=device,
+                              progress=not no_progress)
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(summary.line())
+
+
+@main.command()
+@click.option("--shards", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Stage 1's shards: what the first pretraining was trained on.")
+@click.option("--pretrain", "first_run", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The finished pretraining run folder (round 1): its export.pt relabels round 2, its checkpoint "
+                   "starts round 2's training, its config is every round's.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for round-2/, round-3/, ... (each: shards/ and pretrain/). Rerunning resumes.")
+@click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Rounds after the first pretraining.")
+@click.option("--epochs", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Epochs of each round's training (it starts from the previous round's weights).")
+@_choice_options
+@click.option("--exclude-from", "exclude_from", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Leave out samples whose ids are in this data folder (your test set), as in pretrain. Repeatable.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
+def refine(shards, first_run, out, rounds, epochs, agree_at, leave_out, exclude_from, device, no_progress):
+    """Self-training rounds: each round relabels the pool with the last student (the per-image choice between
+    it and the walker) and trains the next student on the new labels, low-confidence images left out."""
+    from common import datasets
+    from trainer.train.objective import NonFiniteLoss
+    from trainer.train.refine import RefineConfig
+    from trainer.train.refine import refine as run_refine
+
+    try:
+        exclude = {i for folder in exclude_from for i in datasets.open_dataset(folder).ids}
+        config = RefineConfig(rounds=rounds, epochs=epochs, relabel=_relabel_config(agree_at, leave_out))
+        results = run_refine(shards, first_run, out, config=config, device=device, exclude_ids=exclude,
+                             progress=not no_progress)
+    except (ValueError, FileNotFoundError, NonFiniteLoss) as exc:
+        raise click.ClickException(str(exc)) from None
+    for r in results:
+        click.echo(f"round {r.round}: {r.relabel_line}")
+        click.echo(r.summary)
+    last = results[-1]
+    click.echo(f"done: {len(results)} round(s); the last student is {last.run / 'export.pt'} (its pool: {last.shards})")
 
 
 @main.command()

@@ -19,6 +19,11 @@ no_lesion      (N,)           uint8   1 when no lesion could be seeded (empty ma
 diag/<name>    (N,)           float32 per-sample diagnostics (``diag/confidence``: pseudo-mask confidence)
 ============== ============== ======= ==============================================
 
+Optional maps (:data:`OPTIONAL_MAPS`), written by ``relabel`` into a self-training round's shards: ``model_prob``
+(N, S, S) uint8, the student's lesion probability x 255, and ``walker_mask`` (N, S, S) uint8, stage 1's own
+pseudo-mask (``pseudo_mask`` there is the per-image choice); their ``diag/`` adds ``agreement``,
+``walker_confidence``, ``model_weight``, ``source`` and ``train_weight`` (trainer/inference/relabel.py).
+
 File attributes: ``schema_version``, ``config`` (JSON), ``config_hash``, ``ids_hash`` (the planned ids),
 ``inputs_hash`` (ids, paths and bytes of the input files: a resume redoes a shard whose inputs changed),
 ``rejects`` (JSON list of the inputs this shard skipped), ``versions`` (JSON). Nothing time-dependent is
@@ -29,9 +34,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -44,6 +49,7 @@ SHARD_GLOB = "shard-*.h5"
 MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"
 MASK_KEYS = ("hair_mask", "prob", "pseudo_mask")
+OPTIONAL_MAPS = ("model_prob", "walker_mask")
 
 
 class ShardError(ValueError):
@@ -71,6 +77,7 @@ class ShardRecord:
     pseudo_mask: np.ndarray  # (S, S) bool
     no_lesion: bool
     diagnostics: dict[str, float]
+    maps: Mapping[str, np.ndarray] = field(default_factory=dict)  # optional (S, S) maps of OPTIONAL_MAPS
 
 
 def write_shard(path: Path, records: Sequence[ShardRecord], *, size: int, config_json: str, config_hash: str,
@@ -122,6 +129,9 @@ def write_shard(path: Path, records: Sequence[ShardRecord], *, size: int, config
                     np.stack([quantise_prob(r.prob) for r in records]) if n else None, (1, s, s), True)
             dataset("pseudo_mask", (n, s, s), np.uint8,
                     np.stack([r.pseudo_mask for r in records]).astype(np.uint8) if n else None, (1, s, s), True)
+            for name in _optional_maps(records):
+                dataset(name, (n, s, s), np.uint8, np.stack([_as_uint8(name, r.maps[name]) for r in records]),
+                        (1, s, s), True)
             _fixed_text(f, "id", [r.id for r in records])
             _fixed_text(f, "path", [r.path for r in records])
             _checked(f, "orig_shape", np.array([r.orig_shape for r in records], np.int32).reshape(n, 2))
@@ -140,6 +150,23 @@ def write_shard(path: Path, records: Sequence[ShardRecord], *, size: int, config
         data = image.getvalue()
         tmp.write_bytes(data)
     return hashlib.sha256(data).hexdigest()  # as sha256_file(path), without reading the file back
+
+
+def _optional_maps(records: Sequence[ShardRecord]) -> list[str]:
+    """The optional maps the records carry: every record the same ones, all of :data:`OPTIONAL_MAPS`."""
+    names = [n for n in OPTIONAL_MAPS if records and n in records[0].maps]
+    unknown = {k for r in records for k in r.maps} - set(OPTIONAL_MAPS)
+    if unknown or any(sorted(r.maps) != sorted(names) for r in records):
+        raise ValueError(f"shard records: optional maps must be the same for every record and among "
+                         f"{OPTIONAL_MAPS}; got {sorted({k for r in records for k in r.maps})}")
+    return names
+
+
+def _as_uint8(name: str, data: np.ndarray) -> np.ndarray:
+    """An optional map as stored: a probability (float in [0, 1]) quantised, a mask 0/1."""
+    if name.endswith("_prob"):
+        return quantise_prob(data)
+    return np.asarray(data, bool).astype(np.uint8)
 
 
 def _checked(group: h5py.Group, name: str, data: np.ndarray) -> None:
@@ -255,6 +282,7 @@ class ShardReader:
             "prob": f["prob"][i],
             "pseudo_mask": f["pseudo_mask"][i],
             "no_lesion": bool(f["no_lesion"][i]),
+            **{name: f[name][i] for name in OPTIONAL_MAPS if name in f},
         }
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:

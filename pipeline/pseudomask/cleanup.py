@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["fill_holes", "main_component"]
+__all__ = ["fill_holes", "main_component", "one_lesion", "without_frame"]
 
 
 @lru_cache(maxsize=8)
@@ -48,8 +48,38 @@ def main_component(mask: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     return labels == best
 
 
+def without_frame(mask: np.ndarray, *, band: float = 1 / 32, max_contact: float = 0.25,
+                  max_enclosure: float = 1.5) -> np.ndarray:
+    """``mask`` without its frame-like components: ``(H, W) bool -> (H, W) bool``.
+
+    A component is frame-like when it lies along the image border (it covers more than ``max_contact`` of the
+    border band, ``band`` of the image side wide), or when it reaches that band and encloses more than
+    ``max_enclosure`` times its own area (a ring: the dark rim of a lens vignette, around the bright disc).
+    Filling the holes of such a ring would make the whole disc the lesion. When every component is frame-like,
+    the mask is returned as it is (a lesion that fills the frame). Ours; the case is ``synth --fov vignette``.
+    """
+    labels, n = ndi.label(mask, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return mask
+    h, w = mask.shape
+    b = max(1, round(band * min(h, w)))
+    border = np.zeros((h, w), bool)
+    border[:b] = border[-b:] = True
+    border[:, :b] = border[:, -b:] = True
+    contact = np.bincount(labels[border], minlength=n + 1)[1:] / border.sum()
+    frame = contact > max_contact
+    boxes = ndi.find_objects(labels)
+    for k in np.flatnonzero((contact > 0) & ~frame):
+        component = labels[boxes[k]] == k + 1
+        frame[k] = fill_holes(component).sum() > max_enclosure * component.sum()
+    if frame.all() or not frame.any():
+        return mask
+    return mask & ~np.isin(labels, np.flatnonzero(frame) + 1)
+
+
 def one_lesion(mask: np.ndarray, centre_sigma: float = 0.25, implausible: np.ndarray | None = None) -> np.ndarray:
-    """Fill holes and keep one 8-connected component: the one with the most centre-weighted area.
+    """Leave out frame-like components (:func:`without_frame`), fill holes and keep one 8-connected component:
+    the one with the most centre-weighted area.
 
     ``(H, W) bool -> (H, W) bool``. The prior of ISIC-style masks (one lesion per image, no holes, the lesion
     framed near the centre) applied to a predicted mask: each component scores the sum of the Gaussian centre
@@ -64,7 +94,7 @@ def one_lesion(mask: np.ndarray, centre_sigma: float = 0.25, implausible: np.nda
         sampled on that grid, that are not implausible: a segmenter that also marks a bright orange sticker keeps
         the lesion, not the sticker. A component too small to be sampled keeps its score.
     """
-    filled = fill_holes(mask)
+    filled = fill_holes(without_frame(mask))
     labels, n = ndi.label(filled, structure=np.ones((3, 3), bool))
     if n <= 1:
         return filled

@@ -36,7 +36,8 @@ class ShardDataset(Dataset):
 
     Items are dicts of
     ``image`` (3, S, S) uint8, ``maps`` (3, S, S) uint8 — pseudo-mask (0/255), walker probability (0-255) and
-    hair mask (0/255) —, ``valid`` () float32 (0 when no lesion could be seeded) and ``index`` () int64.
+    hair mask (0/255) —, ``valid`` () float32 (0 when no lesion could be seeded; in a self-training round's shards
+    the sample's ``diag/train_weight``, its confidence-based weight) and ``index`` () int64.
     """
 
     def __init__(self, shards: str | Path | Sequence[str | Path], *, exclude_ids: Iterable[str] = (),
@@ -116,11 +117,12 @@ class ShardDataset(Dataset):
             image = torch.from_numpy(f["image"][r]).permute(2, 0, 1).contiguous()
             maps = np.stack([f["pseudo_mask"][r] * np.uint8(255), f["prob"][r], f["hair_mask"][r] * np.uint8(255)])
             no_lesion = f["no_lesion"][r]
+            weight = float(f["diag/train_weight"][r]) if "diag/train_weight" in f else 1.0
         except OSError as exc:  # a chunk failing its fletcher32 checksum, a truncated file
             raise ShardError(f"{self.paths[int(k)]}: sample {int(r)} cannot be read ({exc}); check the folder with "
                              "'verify' and rerun 'pseudomasks' to redo the shard") from None
         return {"image": image, "maps": torch.from_numpy(maps),
-                "valid": torch.tensor(0.0 if no_lesion else 1.0), "index": torch.tensor(index)}
+                "valid": torch.tensor(0.0 if no_lesion else weight), "index": torch.tensor(index)}
 
     def __getstate__(self):
         state = self.__dict__.copy()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -16,15 +17,37 @@ FUSE_WEIGHT = 0.15  # the model's share of a fused probability (fuse_probabiliti
 WALKER_CUT = PseudoMaskConfig().threshold  # stage 1's fixed cut (0.3); fusion uses each image's own (walker_cut)
 
 
+@dataclass(frozen=True)
+class WalkerView:
+    """Stage 1's result for one image at the shard size S (the image squashed to S x S, as ``pseudomasks``
+    stores it): ``prob`` (S, S) float32, ``cut`` (its per-image cut), ``mask`` (S, S) bool (its pseudo-mask),
+    ``image`` (S, S, 3) uint8 (hair removed) and ``confidence`` (stage 1's own)."""
+
+    prob: np.ndarray
+    cut: float
+    mask: np.ndarray
+    image: np.ndarray
+    confidence: float
+
+
+def walker_view(path: str | Path) -> WalkerView | None:
+    """Stage 1 run on the image at ``path`` (default :class:`pipeline.run.RunConfig`); None when it finds no
+    lesion. Cached by path: a table run scores the same test images many times. About 0.1 s per full-size
+    ISIC image on one core; 0.5 MB a cached image."""
+    return _walker_view(str(path))
+
+
 @functools.lru_cache(maxsize=1024)
-def _walker_small(path: str) -> tuple[np.ndarray, float] | None:
-    # the squashed S x S map, not the full-size one, is cached: 256 KB per image instead of up to 50 MB
+def _walker_view(path: str) -> WalkerView | None:
+    # the squashed S x S maps, not full-size ones, are cached: up to 50 MB an image otherwise
     record = process_sample(datasets.Sample(id=Path(path).stem, image=Path(path)), RunConfig())
     if record.no_lesion:
         return None
-    prob = record.prob.astype(np.float32)
-    prob.flags.writeable = False
-    return prob, float(record.diagnostics.get("threshold", WALKER_CUT))
+    arrays = (record.prob.astype(np.float32), record.pseudo_mask.astype(bool), record.image)
+    for a in arrays:
+        a.flags.writeable = False
+    return WalkerView(prob=arrays[0], cut=float(record.diagnostics.get("threshold", WALKER_CUT)), mask=arrays[1],
+                      image=arrays[2], confidence=float(record.diagnostics.get("confidence", float("nan"))))
 
 
 def walker_probability(path: str | Path) -> np.ndarray | None:
@@ -34,19 +57,19 @@ def walker_probability(path: str | Path) -> np.ndarray | None:
 
     About 0.1 s per full-size ISIC image on one core; cached by path across the cells of a table run.
     """
-    found = _walker_small(str(path))
-    if found is None:
+    view = walker_view(path)
+    if view is None:
         return None
     height, width = datasets.image_size(Path(path))
-    return cv2.resize(found[0], (width, height), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(view.prob, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def walker_cut(path: str | Path) -> float:
     """Where stage 1 cut the walker probability of the image at ``path`` (its per-image learned cut,
     :mod:`pipeline.pseudomask.cut`); ``WALKER_CUT`` when it found no lesion. Shares :func:`walker_probability`'s
     cache."""
-    found = _walker_small(str(path))
-    return WALKER_CUT if found is None else found[1]
+    view = walker_view(path)
+    return WALKER_CUT if view is None else view.cut
 
 
 def fuse_probabilities(model_prob: np.ndarray, walker_prob: np.ndarray | None, *, weight: float = FUSE_WEIGHT,

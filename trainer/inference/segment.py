@@ -7,7 +7,10 @@ turns), of one image file at its original size (optionally fused with stage 1's)
 from __future__ import annotations
 
 import functools
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -15,8 +18,24 @@ import torch
 
 from common import datasets
 from trainer.data.normalise import normalise
-from trainer.inference.fusion import FUSE_WEIGHT, fuse_probabilities, walker_cut, walker_probability
+from pipeline.pseudomask import seeds
+from trainer.inference.agreement import mask_agreement
+from trainer.inference.choice import (
+    DEFAULT_REFERENCE,
+    Choice,
+    ChoiceConfig,
+    PoolReference,
+    choose,
+    fit_reference,
+    image_lab,
+    mask_features,
+)
+from trainer.inference.fusion import FUSE_WEIGHT, fuse_probabilities, walker_cut, walker_probability, walker_view
+from trainer.inference.masks import mask_from_probability
 from trainer.models.segmenter import SegModel
+
+log = logging.getLogger(__name__)
+FUSIONS = ("none", "fixed", "choice")
 
 PREDICT_SCALE = 2.0  # test-time input size / training input size (FinetuneConfig.predict_scale)
 
@@ -79,3 +98,110 @@ def predict_image(model: SegModel, path: str | Path, *, size: int, device: torch
     if not fuse:
         return prob
     return fuse_probabilities(prob, walker_probability(str(path)), weight=fuse_weight, walker_cut=walker_cut(str(path)))
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """How a model's probability meets stage 1's walker: ``mode`` ``"none"`` (the model alone), ``"fixed"`` (every
+    image fused with the model's share ``weight``) or ``"choice"`` (per image, :mod:`trainer.inference.choice`,
+    against the images' own pool reference when at least ``choice.min_reference`` of them agree, else
+    ``reference``, else :data:`~trainer.inference.choice.DEFAULT_REFERENCE`)."""
+
+    mode: str = "none"
+    weight: float = FUSE_WEIGHT
+    choice: ChoiceConfig = field(default_factory=ChoiceConfig)
+    reference: PoolReference | None = None
+
+    def __post_init__(self):
+        if self.mode not in FUSIONS:
+            raise ValueError(f"fusion: expected one of {FUSIONS}, got {self.mode!r}")
+
+
+@dataclass(frozen=True)
+class Segmented:
+    """One image's result of :func:`segment_images`: its ``prob`` at the original size and the ``choice`` (with
+    ``fusion.mode == "choice"``), or the ``error`` that made it unreadable (both others None)."""
+
+    path: Path
+    prob: np.ndarray | None
+    choice: Choice | None = None
+    error: BaseException | None = None
+
+
+READ_ERRORS = (datasets.ImageReadError, OSError, cv2.error)
+
+
+def segment_images(model: SegModel, paths: Sequence[str | Path], *, size: int, device: torch.device,
+                   tta: bool = False, fusion: Fusion = Fusion(), on_image=None) -> Iterator[Segmented]:
+    """A :class:`Segmented` for every image of ``paths``, in order.
+
+    With ``fusion.mode`` ``"choice"`` the images are a pool: a first pass segments all of them and runs stage 1
+    on each, the pool reference is fitted on those whose two masks agree, then each image is decided
+    (:func:`~trainer.inference.choice.choose`) and its probabilities fused with the chosen model share. The
+    other modes are :func:`predict_image` per image. ``on_image()`` is called once per image and pass (a
+    progress bar). An unreadable image (:data:`READ_ERRORS`) comes back with its ``error``; the others go on.
+    """
+    if fusion.mode != "choice":
+        for path in paths:
+            try:
+                yield Segmented(Path(path), predict_image(model, path, size=size, device=device, tta=tta,
+                                                          fuse=fusion.mode == "fixed", fuse_weight=fusion.weight))
+            except READ_ERRORS as exc:
+                yield Segmented(Path(path), None, error=exc)
+            if on_image:
+                on_image()
+        return
+    views: dict[str, _ChoiceView | BaseException] = {}
+    for path in paths:
+        try:
+            views[str(path)] = _choice_view(model, path, size=size, device=device, tta=tta)
+        except READ_ERRORS as exc:
+            views[str(path)] = exc
+        if on_image:
+            on_image()
+    reference = _images_reference([v for v in views.values() if isinstance(v, _ChoiceView)], fusion)
+    for path in paths:
+        view = views[str(path)]
+        if isinstance(view, BaseException):
+            yield Segmented(Path(path), None, error=view)
+            continue
+        decision = choose(view.agreement, view.features[0], view.features[1], reference, fusion.choice)
+        height, width = datasets.image_size(Path(path))
+        prob = cv2.resize(view.small_prob, (width, height), interpolation=cv2.INTER_LINEAR)
+        prob = fuse_probabilities(prob, walker_probability(str(path)), weight=decision.weight,
+                                  walker_cut=walker_cut(str(path)))
+        yield Segmented(Path(path), prob, decision)
+
+
+@dataclass(frozen=True)
+class _ChoiceView:
+    small_prob: np.ndarray                           # (size, size) float32: the model's probability
+    agreement: float
+    features: tuple[np.ndarray | None, np.ndarray]   # mask_features of the walker's mask (None: none), the student's
+
+
+def _choice_view(model: SegModel, path: str | Path, *, size: int, device: torch.device, tta: bool) -> _ChoiceView:
+    """The model's probability of one image and what the choice needs, on stage 1's S x S grid."""
+    image, _ = _test_input(str(path), size)
+    small = predict_probability(model, torch.from_numpy(image.copy()).permute(2, 0, 1)[None], size=size,
+                                device=device, tta=tta)[0]
+    view = walker_view(path)
+    if view is None:  # stage 1 found no lesion: the student decides alone
+        return _ChoiceView(small, 0.0, (None, np.zeros(4)))
+    grid = view.image.shape[0]
+    on_grid = cv2.resize(small, (grid, grid), interpolation=cv2.INTER_LINEAR)
+    student = mask_from_probability(on_grid, implausible=seeds.implausible_colour(view.image))
+    lab = image_lab(view.image)
+    return _ChoiceView(small, mask_agreement(student, view.mask),
+                       (mask_features(view.mask, lab), mask_features(student, lab)))
+
+
+def _images_reference(views: list[_ChoiceView], fusion: Fusion) -> PoolReference:
+    """The reference the choice measures against: the images' own agreed masks when there are enough."""
+    agreed = [v for v in views if v.agreement >= fusion.choice.confident_at and v.features[0] is not None]
+    if len(agreed) >= fusion.choice.min_reference:
+        return fit_reference(np.stack([f for v in agreed for f in v.features]))
+    fallback = fusion.reference or DEFAULT_REFERENCE
+    log.info("choice: %d of %d image(s) agree, fewer than %d: measuring against %s", len(agreed), len(views),
+             fusion.choice.min_reference, "the model's pool" if fusion.reference else "the default reference")
+    return fallback

@@ -6,6 +6,7 @@ Schedules are precomputed per global step (as in facebookresearch/dino), so resu
 from __future__ import annotations
 
 import logging
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,6 +94,7 @@ class PretrainConfig:
     min_confidence: float = 0.0      # ours: leave out pseudo-masks whose confidence is below this (0: keep all)
     norm_last_layer: bool = True     # DINO: the head's last layer keeps weight norm 1 (False: it learns)
     decoder_lr_scale: float = 1.0    # ours: the aux decoder learns at lr * this (its own AdamW groups when != 1)
+    init_from: str | None = None     # ours: start from another run's checkpoint (weights only; a refine round)
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:
@@ -150,6 +152,16 @@ class PretrainConfig:
         if self.fkd_weight == 0 and (self.fkd_teacher is not None or self.fkd_weights is not None):
             raise ValueError(f"fkd_teacher/fkd_weights given ({self.fkd_teacher!r}, {self.fkd_weights!r}) but "
                              "fkd_weight is 0, which turns FKD off: give fkd_weight > 0 (e.g. 1.0) or drop them")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PretrainConfig":
+        """The config a checkpoint recorded (``dataclasses.asdict`` through JSON: tuples came back as lists);
+        fields it does not know keep their defaults, unknown keys are an error."""
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(d) - set(names)
+        if unknown:
+            raise ValueError(f"pretraining config: unknown field(s) {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
     def crops(self) -> MultiCropConfig:
         return MultiCropConfig(global_size=self.img_size, local_size=self.local_size, n_local=self.n_local,

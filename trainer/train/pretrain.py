@@ -102,6 +102,8 @@ def pretrain(shards: str | Path | Iterable[str | Path], out_dir: str | Path, con
 def _train(run: "_Run", out_dir: Path, info, *, new_data: bool, progress: bool) -> PretrainResult:
     """Resume (when a checkpoint is there), train the remaining epochs, save every epoch, export at the end."""
     resumed_from = _resume(run, out_dir, info.device, new_data=new_data)
+    if resumed_from is None and run.config.init_from:
+        _initialise(run, Path(run.config.init_from), info.device)
     run_log = RunLog(out_dir, enabled=info.is_main)
     run_log.write({"event": "start", "config": dataclasses.asdict(run.config), "data": run.data,
                    "samples": len(run.dataset),
@@ -309,6 +311,20 @@ def _resume(run: _Run, out_dir: Path, device: torch.device, *, new_data: bool = 
     return run.step
 
 
+def _initialise(run: _Run, path: Path, device: torch.device) -> None:
+    """Start a fresh run from the weights of another run's checkpoint (``config.init_from``): student, teacher,
+    DINO centre (and the masked-patch centre); the optimiser, the schedules and the step start afresh. A
+    self-training round (``refine``) continues the previous round's student this way on its relabelled data."""
+    state = load_checkpoint(path, map_location=device)
+    _check_resumable(state, run.config, path)
+    run.student.load_state_dict(state["student"])
+    run.teacher.load_state_dict(state["teacher"])
+    run.dino_loss.center.copy_(state["center"])
+    if run.patch_loss is not None and "patch_center" in state:
+        run.patch_loss.center.copy_(state["patch_center"])
+    log.info("initialised from %s (step %d of that run)", path, int(state.get("step", 0)))
+
+
 def _check_same_data(state: dict, run: _Run, path: Path, *, new_data: bool) -> None:
     old = state.get("data")
     if old is None:
@@ -412,6 +428,58 @@ def _check_resumable(state: dict, config: PretrainConfig, path: Path) -> None:
                          "or use a new --out")
 
 
+#: The linear probe must rise at least this much (patch Jaccard) for a run to count as having learned features.
+PROBE_RISE = 0.01
+
+
+def probe_verdict(start: float | None, end: float) -> str:
+    """What the linear probe says about a run's features: ``start`` and ``end`` patch Jaccard (``start`` None
+    when unknown). A probe that does not rise by :data:`PROBE_RISE` means the features are no better than at
+    the start, whatever the collapse monitor says (a run can be free of collapse and still learn nothing)."""
+    if start is None:
+        return f"{end:.3f} at the end (no start value to compare)"
+    change = end - start
+    if change >= PROBE_RISE:
+        return f"{start:.3f} at the start -> {end:.3f} ({change:+.3f}): the features improved"
+    return (f"{start:.3f} at the start -> {end:.3f} ({change:+.3f}): NOT LEARNING: the features did not improve "
+            f"(a rise of at least {PROBE_RISE} is expected); the segmentation decoder may still have learned")
+
+
+def _probe_start(result: PretrainResult) -> float | None:
+    """The probe's start value of a run: from the result, else (a resumed run) from its log."""
+    if "probe_init_jaccard" in result.probe:
+        return float(result.probe["probe_init_jaccard"])
+    path = Path(result.out_dir) / "log.jsonl"
+    if path.exists():
+        for r in read_log(path):
+            if r.get("event") == "probe" and "probe_init_jaccard" in r:
+                return float(r["probe_init_jaccard"])
+    return None
+
+
+def health_line(result: PretrainResult) -> str:
+    """The final line of ``pretrain``: the linear probe (start -> end, with :func:`probe_verdict`) and the
+    collapse monitor's status."""
+    probe = result.probe
+    if "probe_jaccard" in probe:
+        where = "held-out" if probe.get("probe_heldout") else "training"
+        text = (f"linear probe (patch Jaccard vs pseudo-masks, {probe['probe_n_images']} {where} images): "
+                f"{probe_verdict(_probe_start(result), float(probe['probe_jaccard']))}")
+    else:
+        text = "linear probe: off"
+    collapse = result.collapse
+    if not collapse:
+        return f"{text}; collapse: not monitored"
+    if collapse.get("episodes"):
+        return f"{text}; WARNING: DINO collapse ({episodes_text(collapse['episodes'])}; now: {collapse['status']})"
+    ongoing = {k: n for k, n in collapse.get("runs", {}).items() if n >= min(collapse.get("patience", 50), 10)}
+    if ongoing:  # a run shorter than the patience can end inside a collapse the detector has not flagged yet
+        what = ", ".join(f"{k} for the last {n} steps" for k, n in ongoing.items())
+        return (f"{text}; collapse: none flagged, but the teacher sits at {what} (under --collapse-patience "
+                f"{collapse.get('patience')}): check pictures/collapse.png")
+    return f"{text}; collapse: none" + ("" if "NOT LEARNING" in text else " (healthy)")
+
+
 def run_summary(out_dir: str | Path) -> str:
     """A pretraining run folder in a few lines, from its ``log.jsonl``: steps, the collapse monitor, the probe.
 
@@ -436,11 +504,15 @@ def run_summary(out_dir: str | Path) -> str:
     if not monitored:
         lines.append("  collapse: not monitored (no distillation)")
     else:
-        lines += [f"  WARNING: {w}" for w in warnings] or ["  collapse: none (healthy)"]
+        lines += [f"  WARNING: {w}" for w in warnings] or ["  collapse: none"]
     probes = [r for r in records if r.get("event") == "probe"]
     for r in probes:
         prefix = "probe_init_" if "probe_init_jaccard" in r else "probe_"
         lines.append(f"  linear probe ({'start' if 'init' in prefix else 'end'}, step {r['step']}): patch Jaccard "
                      f"{r[prefix + 'jaccard']:.3f}, balanced accuracy {r[prefix + 'balanced_accuracy']:.3f} on "
                      f"{r[prefix + 'n_images']} {'held-out' if r[prefix + 'heldout'] else 'training'} images")
+    starts = [r["probe_init_jaccard"] for r in probes if "probe_init_jaccard" in r]
+    ends = [r["probe_jaccard"] for r in probes if "probe_jaccard" in r]
+    if ends:
+        lines.append(f"  features: {probe_verdict(starts[0] if starts else None, ends[-1])}")
     return "\n".join(lines)

@@ -188,8 +188,8 @@ def test_collapse_monitor_fires_on_a_collapsing_run_and_stays_silent_on_a_health
         assert e["entropy_of_mean_frac"] - 1e-6 <= e["epoch_entropy_of_mean_frac"] <= 1.0
     assert good.collapse == {"status": "healthy", "episodes": [], "runs": {"uniform": 0, "one-hot": 0}, "patience": 5}
     assert not any("collapse" in m for m in caplog.messages)
-    assert "collapse: none (healthy)" in pretrain_module.run_summary(tmp_path / "good")
-    assert "collapse: none (healthy)" in cli._pretrain_health(good)
+    assert "collapse: none" in pretrain_module.run_summary(tmp_path / "good")
+    assert "collapse: none" in cli._pretrain_health(good) and "WARNING" not in cli._pretrain_health(good)
 
 
 def test_health_line_names_a_collapse_still_under_the_patience():
@@ -257,3 +257,24 @@ def test_decoder_lr_scale_and_free_last_layer(shards, tmp_path):
 def test_collapse_fields_are_validated(field, value):
     with pytest.raises(ValueError, match=field):
         dataclasses.replace(TINY, **{field: value})
+
+
+def test_the_last_line_says_when_the_probe_did_not_rise_whatever_the_collapse_monitor_says(tmp_path):
+    import cli
+
+    healthy = {"status": "healthy", "episodes": [], "runs": {"uniform": 0, "one-hot": 0}, "patience": 50}
+    flat = pretrain_module.PretrainResult(out_dir=tmp_path, step=790, epochs=5, resumed_from=None, last={},
+                                          probe={"probe_init_jaccard": 0.256, "probe_jaccard": 0.252,
+                                                 "probe_n_images": 64, "probe_heldout": True}, collapse=healthy)
+    line = cli._pretrain_health(flat)
+    assert "NOT LEARNING" in line and "0.256 at the start -> 0.252" in line and "(healthy)" not in line
+    rising = dataclasses.replace(flat, probe={**flat.probe, "probe_jaccard": 0.301})
+    line = cli._pretrain_health(rising)
+    assert "NOT LEARNING" not in line and "the features improved" in line and "collapse: none (healthy)" in line
+    # a resumed run's result has no start value: it is read from the run's log
+    (tmp_path / "log.jsonl").write_text('{"event": "probe", "step": 0, "probe_init_jaccard": 0.3}\n')
+    resumed = dataclasses.replace(flat, probe={k: v for k, v in flat.probe.items() if k != "probe_init_jaccard"},
+                                  resumed_from=316)
+    assert "0.300 at the start -> 0.252" in cli._pretrain_health(resumed)
+    assert pretrain_module.probe_verdict(0.25, 0.259).endswith("the segmentation decoder may still have learned")
+    assert "improved" in pretrain_module.probe_verdict(0.25, 0.26)
