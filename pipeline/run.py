@@ -399,7 +399,7 @@ def _run_locked(dataset: datasets.Dataset, data, out_dir: Path, *, config: RunCo
     plans = plan_shards(dataset, config.shard_size)
     planned = {p.name for p in plans}
     old = {e["file"]: e for e in read_manifest(out_dir).get("shards", [])}
-    for path in find_shards(out_dir):
+    for path in find_shards(out_dir, writing=True):  # this run holds the folder's lock
         if path.name not in planned:
             log.warning("%s is not part of this run's plan (data or shard size changed); removing it", path)
             path.unlink()
