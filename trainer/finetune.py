@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from pipeline import datasets
 from pipeline.atomic import save_figure, write_text
 from pipeline.export import write_mask_png
-from pipeline.guard import check_out_dir, make_out_dir
+from pipeline.guard import check_out_dir, output_folder
 from pipeline.pseudomask import cleanup, seeds
 from pipeline.pseudomask.per_image import PseudoMaskConfig, resize_long
 from pipeline.report import draw_contour
@@ -34,6 +34,7 @@ from trainer.data.cutmix import PICConfig, pic_bias, pic_cutmix
 from trainer.data.multicrop import MultiCropConfig, multi_crop
 from trainer.data.normalise import normalise
 from trainer.data.splits import Splits, describe, labelled_subset, near_duplicates, split_dataset
+from trainer.engine.checkpoint import MAX_INPUT_SIZE
 from trainer.engine.distributed import resolve_device
 from trainer.engine.schedules import cosine_schedule
 from trainer.losses.seg import seg_loss
@@ -42,6 +43,7 @@ from trainer.models.decoders import DECODERS
 from trainer.models.segmenter import SegModel, build_seg_model, load_seg_model, save_seg_model
 
 MODEL = "model.pt"
+SUBSET, METRICS, SHEET, PREDICTIONS = "subset.json", "metrics.json", "best_worst.png", "predictions"
 COLOUR_LONG_SIDE = 256  # the grid of implausible_map (the walker's)
 PREDICT_SCALE = 2.0  # test-time input size / training input size (FinetuneConfig.predict_scale)
 FUSE_WEIGHT = 0.15  # the model's share of a fused probability (fuse_probabilities)
@@ -194,7 +196,8 @@ def finetune(data: Sequence[str | Path] | str | Path, frac: float, out_dir: str 
     image and mean) and ``best_worst.png``.
     """
     roots = [data] if isinstance(data, (str, Path)) else list(data)
-    out_dir = check_out_dir(out_dir, roots + list(test_data or []) + ([checkpoint] if checkpoint else []))
+    inputs = roots + list(test_data or []) + ([checkpoint] if checkpoint else [])
+    out_dir = check_out_dir(out_dir, inputs)
     dev = resolve_device(device)
     torch.manual_seed(config.seed)
     dataset = datasets.open_dataset(data)
@@ -209,25 +212,42 @@ def finetune(data: Sequence[str | Path] | str | Path, frac: float, out_dir: str 
         dupes = near_duplicates(subset + splits.validation, splits.test)
         for a, b, d in dupes:
             log.warning("near-duplicate images across ids: %s (training) and %s (test), dHash distance %d", a, b, d)
-    check_before_training(subset + splits.validation + splits.test, progress=progress)
+    check_before_training(subset + splits.validation + splits.test, progress=progress, lesions=False)
     model, info = build_seg_model(config.init, checkpoint=checkpoint, arch=config.arch, img_size=config.img_size,
                                   decoder=config.decoder, decoder_hidden=config.decoder_hidden,
                                   decoder_arch=config.decoder_arch, decoder_skip=config.decoder_skip,
                                   patch=config.patch_size)
-    size = int(info["img_size"])
-    model.to(dev)
-    make_out_dir(out_dir)
-    write_text(out_dir / "subset.json", json.dumps({"frac": frac, "seed": config.seed,
-                                                    "ids": [s.id for s in subset],
-                                                    "validation": [s.id for s in splits.validation],
-                                                    "test": [s.id for s in splits.test],
-                                                    "excluded_for_leakage": splits.n_excluded}, indent=1))
-    train_x, train_y = _load(subset, size)
-    val_x, val_y = _load(splits.validation, size)
+    check_lesions(subset + splits.validation + splits.test, what="every expert mask")
+    check_lesions(subset, what=f"the {len(subset)} labelled training image(s) chosen (--frac {frac:g}, --seed "
+                               f"{config.seed})")
     pool = None
-    if config.pseudo_shards:
+    if config.pseudo_shards:  # refused here, before any writing, when its pseudomasks run is still going
         held_out = {s.id for s in splits.validation} | {s.id for s in splits.test}
         pool = _PseudoPool(config.pseudo_shards, held_out, config.seed, min_confidence=config.pseudo_min_confidence)
+    # one run per folder, and no file replaced that no run wrote: a second finetune into this --out is refused
+    with output_folder(out_dir, command="finetune", names=run_outputs(splits, with_model=True), inputs=inputs):
+        return _finetune_locked(model, info, splits, subset, frac, out_dir, config=config, device=dev,
+                                progress=progress, pool=pool)
+
+
+def run_outputs(splits: Splits, *, with_model: bool) -> list[str]:
+    """The files a fine-tuning run (``with_model``) or :func:`score_model` writes into its folder."""
+    return ([SUBSET, MODEL] if with_model else []) + [METRICS, SHEET] + [
+        f"{PREDICTIONS}/{s.id}_segmentation.png" for s in splits.test]
+
+
+def _finetune_locked(model, info: dict, splits: Splits, subset, frac: float, out_dir: Path, *,
+                     config: FinetuneConfig, device: torch.device, progress: bool, pool) -> FinetuneResult:
+    """:func:`finetune` once the data is checked, the model built and ``out_dir`` locked and claimed."""
+    dev = device
+    size = int(info["img_size"])
+    model.to(dev)
+    write_text(out_dir / SUBSET, json.dumps({"frac": frac, "seed": config.seed, "ids": [s.id for s in subset],
+                                             "validation": [s.id for s in splits.validation],
+                                             "test": [s.id for s in splits.test],
+                                             "excluded_for_leakage": splits.n_excluded}, indent=1))
+    train_x, train_y = _load(subset, size)
+    val_x, val_y = _load(splits.validation, size)
     best_state, best_iter, best_val = _train(model, train_x, train_y, val_x, val_y, config=config, size=size,
                                              device=dev, progress=progress, pool=pool)
     model.load_state_dict(best_state)
@@ -238,7 +258,7 @@ def finetune(data: Sequence[str | Path] | str | Path, frac: float, out_dir: str 
     means, rows = _predict_test(model, splits, out_dir, size=test_size, device=dev, progress=progress,
                                 tta=config.tta, one_lesion=config.one_lesion, fuse=config.fuse,
                                 fuse_weight=config.fuse_weight)
-    write_text(out_dir / "metrics.json", json.dumps({
+    write_text(out_dir / METRICS, json.dumps({
         "mean": means, "n_test": len(rows), "per_image": rows, "frac": frac, "n_labelled": len(subset),
         "predict_size": test_size, "best_iter": best_iter, "best_val_jaccard": best_val, "model": info,
         "config": dataclasses.asdict(config), "splits": describe(splits, subset)}, indent=1))
@@ -246,13 +266,16 @@ def finetune(data: Sequence[str | Path] | str | Path, frac: float, out_dir: str 
     return FinetuneResult(out_dir, means, best_iter, best_val, [s.id for s in subset])
 
 
-def check_before_training(samples: Sequence[datasets.Sample], *, progress: bool = False) -> None:
+def check_before_training(samples: Sequence[datasets.Sample], *, progress: bool = False,
+                          lesions: bool = True) -> None:
     """Check every image and mask that fine-tuning will read, before any training: all problems in one error.
 
     Raises
     ------
     DatasetError
-        A missing mask, an unreadable image or mask, a mask of another size than its image, a non-binary mask.
+        A missing mask, an unreadable image or mask, a mask of another size than its image, a mask that is not
+        binary or whose lesion colour is ambiguous (:func:`pipeline.datasets.read_mask`), or (``lesions``) masks
+        that are all empty (:func:`check_lesions`).
     """
     problems = []
     for s in samples:
@@ -263,6 +286,26 @@ def check_before_training(samples: Sequence[datasets.Sample], *, progress: bool 
                  for p in datasets.check_dataset(checked, check_mask_values=True, progress=progress)]
     if problems:
         raise datasets.DatasetError(problems)
+    if lesions:
+        check_lesions(samples, what="every expert mask")
+
+
+def check_lesions(samples: Sequence[datasets.Sample], *, what: str) -> None:
+    """Refuse labels that are all empty: a model trained on them learns that there is never a lesion (and scores
+    a perfect Jaccard on empty validation masks). Reads the masks until one marks a lesion (usually the first).
+
+    Raises
+    ------
+    DatasetError
+        Every mask of ``samples`` (``what`` says which) is empty; names their folder.
+    """
+    labelled = [s for s in samples if s.mask is not None]
+    if not labelled or any(datasets.read_mask(s.mask).any() for s in labelled):
+        return
+    folder = labelled[0].mask.parent
+    raise datasets.DatasetError([datasets.Problem(
+        folder, f"{what} ({len(labelled)} mask(s)) have no lesion pixel: nothing to learn a lesion from; check that "
+                "the masks mark the lesion (0 background, 255 lesion), or choose other labelled images", fatal=True)])
 
 
 def score_model(model_path: str | Path, splits: Splits, out_dir: str | Path, *, device: str = "auto",
@@ -280,10 +323,19 @@ def score_model(model_path: str | Path, splits: Splits, out_dir: str | Path, *, 
     model, info = load_seg_model(model_path)
     model.to(dev)
     test_size = predict_size(int(info["img_size"]), predict_scale)
-    means, rows = _predict_test(model, splits, out_dir, size=test_size, device=dev, progress=progress,
-                                one_lesion=one_lesion, fuse=fuse, fuse_weight=fuse_weight)
+    with output_folder(out_dir, command="score", names=run_outputs(splits, with_model=False), inputs=[model_path]):
+        means, rows = _predict_test(model, splits, out_dir, size=test_size, device=dev, progress=progress,
+                                    one_lesion=one_lesion, fuse=fuse, fuse_weight=fuse_weight)
+        _write_scores(means, rows, info, model_path, out_dir, splits, one_lesion=one_lesion, fuse=fuse,
+                      fuse_weight=fuse_weight, test_size=test_size)
+    return means
+
+
+def _write_scores(means, rows, info, model_path, out_dir: Path, splits: Splits, *, one_lesion, fuse, fuse_weight,
+                  test_size) -> None:
+    """:func:`score_model`'s ``metrics.json`` and ``best_worst.png``."""
     extra = info.get("extra", {})
-    write_text(out_dir / "metrics.json", json.dumps({
+    write_text(out_dir / METRICS, json.dumps({
         "mean": means, "n_test": len(rows), "per_image": rows, "frac": float(extra.get("frac", 0.0)),
         "n_labelled": int(extra.get("n_labelled", 0)), "one_lesion": one_lesion, "fuse": fuse,
         "fuse_weight": fuse_weight,
@@ -291,7 +343,6 @@ def score_model(model_path: str | Path, splits: Splits, out_dir: str | Path, *, 
         "model": {k: v for k, v in info.items() if k != "extra"}, "source": str(model_path)}, indent=1,
         default=str))
     _best_worst_sheet(rows, splits, out_dir)
-    return means
 
 
 def semi_loss(logits: torch.Tensor, targets: torch.Tensor, n_labelled: int, pseudo_prob: torch.Tensor | None, *,
@@ -401,8 +452,13 @@ def _test_input(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
 
 def predict_size(train_size: int, scale: float) -> int:
     """The test-time input size for a model trained at ``train_size``: ``scale`` times it, rounded to a multiple
-    of 16 (every patch size and the U-Net's four poolings divide it), at least 16."""
-    return max(16, int(round(train_size * scale / 16)) * 16)
+    of 16 (every patch size and the U-Net's four poolings divide it), at least 16, at most
+    :data:`~trainer.engine.checkpoint.MAX_INPUT_SIZE` (``ValueError`` above it: no model here needs more)."""
+    size = max(16, int(round(train_size * scale / 16)) * 16)
+    if size > MAX_INPUT_SIZE:
+        raise ValueError(f"predict scale {scale:g} x training size {train_size} px = {size} px test-time input; at "
+                         f"most {MAX_INPUT_SIZE} px: lower --predict-scale")
+    return size
 
 
 def predict_image(model: SegModel, path: str | Path, *, size: int, device: torch.device,
@@ -515,7 +571,7 @@ def implausible_map(path: str) -> np.ndarray:
 
 def _predict_test(model, splits: Splits, out_dir: Path, *, size, device, progress, tta=False, one_lesion=True,
                   fuse=False, fuse_weight=FUSE_WEIGHT):
-    pred_dir = out_dir / "predictions"
+    pred_dir = out_dir / PREDICTIONS
     rows = []
     for s in tqdm(splits.test, desc="predict test", unit="img", disable=not progress, leave=False):
         full = mask_from_probability(predict_image(model, s.image, size=size, device=device, tta=tta, fuse=fuse,
@@ -548,7 +604,7 @@ def _best_worst_sheet(rows: list[dict], splits: Splits, out_dir: Path, n: int = 
         s = by_id[r["id"]]
         image = cv2.resize(datasets.read_image(s.image, min_long_side=512), (384, 288))
         truth = cv2.resize(datasets.read_mask(s.mask).astype(np.uint8), (384, 288), interpolation=cv2.INTER_NEAREST)
-        pred = cv2.imread(str(out_dir / "predictions" / f"{s.id}_segmentation.png"), cv2.IMREAD_GRAYSCALE)
+        pred = cv2.imread(str(out_dir / PREDICTIONS / f"{s.id}_segmentation.png"), cv2.IMREAD_GRAYSCALE)
         pred = cv2.resize((pred > 127).astype(np.uint8), (384, 288), interpolation=cv2.INTER_NEAREST)
         for mask, colour in ((truth, (40, 220, 40)), (pred, (255, 40, 40))):
             draw_contour(image, mask, colour, 2)
@@ -557,4 +613,4 @@ def _best_worst_sheet(rows: list[dict], splits: Splits, out_dir: Path, n: int = 
         ax.set_title(f"{'best' if k < n else 'worst'}: {r['id']}\nJaccard {r['jaccard']:.3f}", fontsize=8)
     fig.suptitle("expert (green) vs prediction (red)", fontsize=10)
     fig.tight_layout()
-    return save_figure(fig, out_dir / "best_worst.png", dpi=72)
+    return save_figure(fig, out_dir / SHEET, dpi=72)
