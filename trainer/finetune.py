@@ -217,7 +217,7 @@ def finetune(data: Sequence[str | Path] | str | Path, frac: float, out_dir: str 
                                   decoder=config.decoder, decoder_hidden=config.decoder_hidden,
                                   decoder_arch=config.decoder_arch, decoder_skip=config.decoder_skip,
                                   patch=config.patch_size)
-    check_lesions(subset + splits.validation + splits.test, what="every expert mask")
+    check_lesions(subset + splits.validation + splits.test, what="the expert masks")
     check_lesions(subset, what=f"the {len(subset)} labelled training image(s) chosen (--frac {frac:g}, --seed "
                                f"{config.seed})")
     pool = None
@@ -287,7 +287,7 @@ def check_before_training(samples: Sequence[datasets.Sample], *, progress: bool 
     if problems:
         raise datasets.DatasetError(problems)
     if lesions:
-        check_lesions(samples, what="every expert mask")
+        check_lesions(samples, what="the expert masks")
 
 
 def check_lesions(samples: Sequence[datasets.Sample], *, what: str) -> None:
@@ -304,8 +304,9 @@ def check_lesions(samples: Sequence[datasets.Sample], *, what: str) -> None:
         return
     folder = labelled[0].mask.parent
     raise datasets.DatasetError([datasets.Problem(
-        folder, f"{what} ({len(labelled)} mask(s)) have no lesion pixel: nothing to learn a lesion from; check that "
-                "the masks mark the lesion (0 background, 255 lesion), or choose other labelled images", fatal=True)])
+        folder, f"none of {what} marks a lesion (all {len(labelled)} mask(s) are empty): nothing to learn a lesion "
+                "from; check that the masks mark the lesion (0 background, 255 lesion), or choose other labelled "
+                "images", fatal=True)])
 
 
 def score_model(model_path: str | Path, splits: Splits, out_dir: str | Path, *, device: str = "auto",
