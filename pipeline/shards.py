@@ -391,8 +391,14 @@ def verify(out_dir: str | Path) -> list[str]:
     -------
     list of str
         One line per problem; empty when all is well.
+
+    Raises
+    ------
+    GuardError
+        The folder's ``pseudomasks`` run is still going.
     """
     out_dir = Path(out_dir)
+    check_not_being_written(out_dir)  # a run still writing it would show as mismatches
     if not (out_dir / MANIFEST).exists():
         return [f"{out_dir / MANIFEST}: missing (is {out_dir} a pseudomasks output folder?)"]
     problems = []
