@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from pipeline.atomic import atomic_batch, write_bytes
 from pipeline.guard import GuardError, check_out_dir, check_plain_name, output_folder
-from pipeline.shards import ShardReader, check_orig_shape, find_shards
+from pipeline.shards import ShardReader, check_orig_shape, shards_to_read
 
 
 def mask_to_original(mask: np.ndarray, orig_shape: tuple[int, int]) -> np.ndarray:
@@ -47,7 +47,7 @@ def export_masks(shards: str | Path, out_dir: str | Path, *, progress: bool = Tr
     masks), unless ``overwrite`` (:func:`pipeline.guard.output_folder`).
     """
     out_dir = check_out_dir(out_dir, [shards], flat_inputs=True)
-    paths = find_shards(shards)
+    paths = shards_to_read(shards)
     if not paths:
         raise FileNotFoundError(f"{shards}: no shard files (shard-*.h5) found")
     names: dict[str, Path] = {}

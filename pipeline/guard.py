@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -50,7 +51,8 @@ def check_plain_name(name: str, *, what: str = "id", source: str | os.PathLike =
         raise GuardError(f"{where}{what} {name!r} is not text; refusing to use it as a file name")
     bad = (not name or name in (".", "..") or "/" in name or "\\" in name or not name.isprintable())
     if bad:
-        raise GuardError(f"{where}{what} {name!r} is not a plain file name (a folder part or an unprintable character); refusing to use it as a path")
+        raise GuardError(f"{where}{what} {name!r} is not a plain file name (a folder part or an unprintable "
+                         "character); refusing to use it as a path")
     if len(name.encode("utf-8", "surrogateescape")) > MAX_ID_BYTES:
         raise GuardError(f"{where}{what} {name[:40]!r}... is {len(name.encode('utf-8', 'surrogateescape'))} bytes "
                          f"long; at most {MAX_ID_BYTES} fit in a file name")
@@ -141,7 +143,10 @@ class Ledger:
         self.folder = Path(folder)
         self.path = self.folder / LEDGER_NAME
         try:
-            self.names: set[str] = set(json.loads(self.path.read_text())["files"]) if self.path.exists() else set()
+            files = json.loads(self.path.read_text())["files"] if self.path.exists() else []
+            if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+                raise TypeError(files)
+            self.names: set[str] = set(files)
         except (ValueError, KeyError, TypeError):
             raise GuardError(f"{self.path}: unreadable record of earlier output; delete it or use a new folder") \
                 from None
@@ -208,8 +213,7 @@ class FolderLock:
             if exc.errno not in (errno.EAGAIN, errno.EACCES):
                 fh.close()
                 raise
-            fh.seek(0)
-            owner = fh.read().strip() or "unknown"
+            owner = _owner(fh)
             fh.close()
             raise GuardError(f"{self.folder}: another run is writing into this folder ({owner}); wait for it "
                              "to finish or choose another --out") from None
@@ -233,19 +237,26 @@ class FolderLock:
         Probes with a shared, non-blocking ``flock`` released at once: a lock left by a dead run is free.
         """
         path = Path(folder) / LOCK_NAME
-        try:
-            fh = open(path)
+        try:  # non-blocking: a FIFO planted under the lock's name must not hang the reader
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except OSError:  # no lock file (never written by a run), or unreadable: nobody we can see
             return None
-        with fh:
+        with os.fdopen(fd) as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
             try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    return None
-                return fh.read().strip() or "unknown"
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+                return _owner(fh) if exc.errno in (errno.EAGAIN, errno.EACCES) else None
+            fcntl.flock(fd, fcntl.LOCK_UN)
             return None
+
+
+def _owner(fh: IO) -> str:
+    """Who a lock file says holds it (``'pseudomasks pid 123'``), as one short printable line."""
+    fh.seek(0)
+    text = fh.read(200).strip()
+    return (text if text.isprintable() else repr(text)) or "unknown"
 
 
 def check_not_being_written(path: str | os.PathLike, *, what: str = "shards") -> None:

@@ -351,15 +351,18 @@ def check_orig_shape(shape, *, where: str | Path, image: str | Path | None = Non
     return height, width
 
 
-def find_shards(path: str | Path, *, writing: bool = False) -> list[Path]:
-    """Shard files at ``path`` (a shard file or a folder of shards), sorted; ``*.partial`` never included.
-
-    Refuses (:class:`~pipeline.guard.GuardError`) a folder whose ``pseudomasks`` run is still alive: its manifest
-    lists the shards as they finish, so a reader would see part of the data. ``writing``: the caller is that run.
-    """
-    path = Path(path)
-    if path.exists() and not writing:
+def shards_to_read(path: str | Path) -> list[Path]:
+    """:func:`find_shards` for a command that reads the shards' data (pretrain, finetune's pool, export, inspect,
+    the table): refuses (:class:`~pipeline.guard.GuardError`) a folder whose ``pseudomasks`` run is still alive,
+    since its manifest lists the shards as they finish and a reader would see part of the data."""
+    if Path(path).exists():
         check_not_being_written(path)
+    return find_shards(path)
+
+
+def find_shards(path: str | Path) -> list[Path]:
+    """Shard files at ``path`` (a shard file or a folder of shards), sorted; ``*.partial`` never included."""
+    path = Path(path)
     if path.is_file():
         return [path]
     if not path.is_dir():

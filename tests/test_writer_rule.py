@@ -286,3 +286,53 @@ def test_a_dead_runs_lock_is_no_obstacle(tmp_path, live_run):
     assert FolderLock.holder(folder) is None
     result = invoke("export", "--shards", folder, "--out", tmp_path / "png")
     assert result.exit_code == 0 and len(list((tmp_path / "png").glob("*_segmentation.png"))) == 8, result.output
+
+
+# --- every writer: a busy folder, a file it did not write -----------------------------------------------------
+
+def writer_args(command: str, tmp_path: Path, out: Path, model: Path) -> list:
+    """The arguments of a small run of ``command`` into ``out`` (inputs made under ``tmp_path``)."""
+    data = tmp_path / "data"
+    if not data.exists():
+        labelled(data, 12)
+    if command in ("export", "pretrain") and not (tmp_path / "shards").exists():
+        shards(tmp_path / "shards")
+    tiny = ["--preset", "cpu", "--device", "cpu", "--no-progress"]
+    return {
+        "pseudomasks": ["pseudomasks", "--data", data, "--size", "32", "--no-progress"],
+        "export": ["export", "--shards", tmp_path / "shards"],
+        "predict": ["predict", "--model", model, "--data", data, "--device", "cpu", "--no-progress"],
+        "finetune": ["finetune", "--data", data, "--frac", "1", "--init", "scratch", "--arch", "vit_tiny_patch16_224",
+                     "--img-size", "32", "--iters", "1", *tiny],
+        "pretrain": ["pretrain", "--shards", tmp_path / "shards", "--img-size", "32", "--local-size", "16",
+                     "--batch-size", "2", "--out-dim", "16", "--num-workers", "0", "--epochs", "1", *tiny],
+        "table": ["table", "--data", data, "--methods", "scratch", "--fracs", "0.5", "--seeds", "1", *tiny],
+        "synth": ["synth", "--n", "2", "--size", "64x48"],
+    }[command] + ["--out", out]
+
+
+@pytest.mark.parametrize("command", ["pseudomasks", "export", "predict", "finetune", "pretrain", "table", "synth"])
+def test_every_writer_refuses_a_folder_another_run_is_writing(tmp_path, model_pt, command):
+    out = tmp_path / "out"
+    out.mkdir()
+    with FolderLock(out, command="someone"):
+        line = one_line(invoke(*writer_args(command, tmp_path, out, model_pt)),
+                        f"{out}: another run is writing into this folder (someone pid {os.getpid()})")
+    assert line.endswith("wait for it to finish or choose another --out")
+    assert sorted(p.name for p in out.iterdir()) == [guard.LOCK_NAME]  # nothing written meanwhile
+
+
+@pytest.mark.parametrize("command, theirs", [("pseudomasks", "manifest.json"), ("pseudomasks", "shard-00000.h5"),
+                                             ("pretrain", "export.pt"), ("table", "results.md"),
+                                             ("finetune", "predictions/L00_segmentation.png")])
+def test_every_writer_leaves_a_file_it_did_not_write_alone(tmp_path, model_pt, command, theirs):
+    out = tmp_path / "out"
+    (out / theirs).parent.mkdir(parents=True)
+    (out / theirs).write_bytes(b"someone else's file")
+    args = writer_args(command, tmp_path, out, model_pt)
+    if command == "finetune":  # with L00 a test image, finetune would write its prediction
+        args[args.index("--data") + 1] = labelled(tmp_path / "train", 12, first=20)
+        args += ["--test-data", labelled(tmp_path / "test", 2, first=0)]
+    before = snapshot(out)
+    one_line(invoke(*args), f"{out}: --out already holds 1 file(s) this command did not write ({theirs})")
+    assert snapshot(out) == before

@@ -99,7 +99,8 @@ def check_model_fields(state: Mapping[str, Any], path: str | Path) -> dict[str, 
     """Bounds-check the fields of a model file (``model.pt``, ``export.pt``) that decide what is built, before
     anything is: ``arch`` and ``decoder_arch`` plain names, ``img_size`` in [16, :data:`MAX_INPUT_SIZE`],
     ``patch_size`` None or in [1, img_size], ``decoder_hidden`` in [0, :data:`MAX_WIDTH`], ``step`` in [0, 10^12],
-    ``decoder_skip`` a bool (or 0/1), each when present. Returns the checked values; raises :class:`CheckpointError` naming the file."""
+    ``decoder_skip`` a bool (or 0/1), each when present. Returns the checked values; raises
+    :class:`CheckpointError` naming the file and the field."""
     out: dict[str, Any] = {}
     try:
         for key in ("arch", "decoder_arch"):
