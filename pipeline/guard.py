@@ -17,6 +17,8 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
+import numbers
 import os
 import stat
 import threading
@@ -68,9 +70,6 @@ def bounded_number(value, *, lo: float, hi: float, what: str, source: str | os.P
     The one check of every size, count and setting read from a file another program may have written (a
     shard's ``orig_shape``, a checkpoint's ``img_size``) before it sizes an allocation or a model.
     """
-    import math
-    import numbers
-
     kind = numbers.Integral if integer else numbers.Real
     expected = f"a {'whole ' if integer else ''}number in [{lo}, {hi}]"
     if isinstance(value, bool) or not isinstance(value, kind):
@@ -236,20 +235,29 @@ class FolderLock:
 
         Probes with a shared, non-blocking ``flock`` released at once: a lock left by a dead run is free.
         """
-        path = Path(folder) / LOCK_NAME
-        try:  # non-blocking: a FIFO planted under the lock's name must not hang the reader
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        except OSError:  # no lock file (never written by a run), or unreadable: nobody we can see
+        fh = _open_lock_file(folder)
+        if fh is None:  # no lock file (never written by a run), or not one: nobody we can see
             return None
-        with os.fdopen(fd) as fh:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return None
+        with fh:
             try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
             except OSError as exc:
                 return _owner(fh) if exc.errno in (errno.EAGAIN, errno.EACCES) else None
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
             return None
+
+
+def _open_lock_file(folder: str | os.PathLike) -> IO | None:
+    """The lock file of ``folder`` opened for reading, or None when there is none, it cannot be read, or it is not
+    a regular file (opened without blocking: a FIFO planted under its name must not hang a reader)."""
+    try:
+        fd = os.open(Path(folder) / LOCK_NAME, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return os.fdopen(fd)
 
 
 def _owner(fh: IO) -> str:
@@ -328,30 +336,27 @@ def output_folder(out: str | os.PathLike, *, command: str, names: Sequence[str] 
     """
     out = check_out_dir(out, inputs, option=option, flat_inputs=flat_inputs)
     names = list(names)
-
-    def claim(ledger: Ledger) -> None:
-        if not ledger.path.exists() and _locked_before_by(out, command):
-            ledger.names |= {n for n in names if os.path.lexists(out / n)}
-        ledger.claim(names, overwrite=overwrite, option=option, overwrite_flag=overwrite_flag)
-
-    if out.is_dir() and not overwrite:  # read-only: nothing is created in a folder that is refused
-        ledger = Ledger(out)
-        if ledger.path.exists() or not _locked_before_by(out, command):
-            ledger.refuse_foreign(names, option=option, overwrite_flag=overwrite_flag)
+    # read before the lock, which rewrites the lock file: a folder of this command from before ledgers existed
+    legacy = out.is_dir() and not (out / LEDGER_NAME).exists() and _locked_before_by(out, command)
+    if out.is_dir() and not overwrite and not legacy:  # read-only: a refused folder is left exactly as it was
+        Ledger(out).refuse_foreign(names, option=option, overwrite_flag=overwrite_flag)
     make_out_dir(out, option=option)
     with FolderLock(out, command=command):
         ledger = Ledger(out)  # read again under the lock
-        claim(ledger)
+        if legacy and not ledger.path.exists():
+            ledger.names |= {n for n in names if os.path.lexists(out / n)}
+        ledger.claim(names, overwrite=overwrite, option=option, overwrite_flag=overwrite_flag)
         remove_partials(out, ledger.names)
         yield ledger
 
 
 def _locked_before_by(folder: Path, command: str) -> bool:
     """True when ``folder`` holds a lock file written by ``command`` (a run of it wrote here)."""
-    try:
-        return (folder / LOCK_NAME).read_text().startswith(f"{command} pid ")
-    except OSError:
+    fh = _open_lock_file(folder)
+    if fh is None:
         return False
+    with fh:
+        return _owner(fh).startswith(f"{command} pid ")
 
 
 # --- provenance ---------------------------------------------------------------------------------------------

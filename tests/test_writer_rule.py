@@ -13,7 +13,6 @@ import sys
 import threading
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -24,7 +23,6 @@ from pipeline import guard
 from pipeline.guard import FolderLock, GuardError, output_folder
 from pipeline.shards import ShardRecord, write_shard
 from trainer import finetune as finetune_module
-from trainer.models.segmenter import build_seg_model, save_seg_model
 
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = "edgedino: error: "
@@ -45,31 +43,6 @@ def invoke(*args: str):
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` (hidden ones too) and its bytes."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def labelled(root: Path, n: int, *, first: int = 0) -> Path:
-    """``images/`` + ``masks/``: ``n`` 64 x 48 images with a dark lesion and its 0/255 mask."""
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    for i in range(first, first + n):
-        rng = np.random.default_rng(i)
-        image = np.clip(rng.normal(170, 20, (48, 64, 3)), 0, 255).astype(np.uint8)
-        lesion = np.zeros((48, 64), bool)
-        lesion[8 + i % 5:30, 12:40 + i % 7] = True
-        image[lesion] = (90, 60, 40)
-        cv2.imwrite(str(root / "images" / f"L{i:02d}.png"), image)
-        cv2.imwrite(str(root / "masks" / f"L{i:02d}_segmentation.png"), lesion.astype(np.uint8) * 255)
-    return root
-
-
-@pytest.fixture(scope="module")
-def model_pt(tmp_path_factory) -> Path:
-    """A tiny untrained segmenter saved as finetune saves one (no training: what it predicts does not matter)."""
-    torch.manual_seed(0)
-    model, info = build_seg_model("scratch", arch="vit_tiny_patch16_224", img_size=32, decoder_hidden=16, patch=8)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    save_seg_model(model, info, path, extra={"config": {"predict_scale": 1.0, "one_lesion": False}})
-    return path
 
 
 # --- the rule itself ----------------------------------------------------------------------------------------
@@ -128,20 +101,21 @@ def test_a_run_folder_of_an_older_edgedino_is_adopted_by_the_same_command_only(t
 
 # --- item 1: predict over another data set's expert masks ---------------------------------------------------
 
-def test_predict_into_a_foreign_masks_folder_keeps_every_file_byte_identical(tmp_path, model_pt):
-    ours, other = labelled(tmp_path / "ours", 4), labelled(tmp_path / "other", 4)  # same ids
+def test_predict_into_a_foreign_masks_folder_keeps_every_file_byte_identical(tmp_path, tiny_model_pt, make_labelled):
+    ours, other = make_labelled(tmp_path / "ours", 4), make_labelled(tmp_path / "other", 4)  # same ids
     before = snapshot(other)
-    result = invoke("predict", "--model", model_pt, "--data", ours, "--out", other / "masks", "--device", "cpu",
+    result = invoke("predict", "--model", tiny_model_pt, "--data", ours, "--out", other / "masks", "--device", "cpu",
                     "--no-progress")
     one_line(result, f"{other / 'masks'}: --out already holds 4 file(s) this command did not write",
              "L00_segmentation.png")
     assert snapshot(other) == before
 
 
-def test_predict_reruns_into_its_own_folder_and_cleans_a_killed_runs_partials(tmp_path, model_pt):
-    data = labelled(tmp_path / "data", 3)
+def test_predict_reruns_into_its_own_folder_and_cleans_a_killed_runs_partials(tmp_path, tiny_model_pt,
+                                                                         make_labelled):
+    data = make_labelled(tmp_path / "data", 3)
     out = tmp_path / "pred"
-    args = ["predict", "--model", model_pt, "--data", data, "--out", out, "--device", "cpu", "--no-progress"]
+    args = ["predict", "--model", tiny_model_pt, "--data", data, "--out", out, "--device", "cpu", "--no-progress"]
     assert invoke(*args).exit_code == 0
     first = (out / "L00_segmentation.png").read_bytes()
     (out / ".L01_segmentation.png.ab12cd34.partial").write_bytes(b"killed mid-write")
@@ -152,10 +126,10 @@ def test_predict_reruns_into_its_own_folder_and_cleans_a_killed_runs_partials(tm
                                                                               ".edgedino.lock"]
 
 
-def test_predict_names_each_skipped_image_once(tmp_path, model_pt):
-    data = labelled(tmp_path / "data", 2)
+def test_predict_names_each_skipped_image_once(tmp_path, tiny_model_pt, make_labelled):
+    data = make_labelled(tmp_path / "data", 2)
     (data / "images" / "L99.png").write_bytes(b"not a png")
-    result = invoke("predict", "--model", model_pt, "--data", data, "--out", tmp_path / "pred", "--device", "cpu",
+    result = invoke("predict", "--model", tiny_model_pt, "--data", data, "--out", tmp_path / "pred", "--device", "cpu",
                     "--no-progress")
     lines = [ln for ln in result.output.splitlines() if "L99.png" in ln]
     assert result.exit_code == cli.EXIT_REJECTS and len(lines) == 1, result.output
@@ -164,8 +138,8 @@ def test_predict_names_each_skipped_image_once(tmp_path, model_pt):
 
 # --- item 3: two fine-tunes into one folder -----------------------------------------------------------------
 
-def test_two_concurrent_finetunes_into_one_folder_exactly_one_refuses(tmp_path, monkeypatch):
-    data = labelled(tmp_path / "data", 12)
+def test_two_concurrent_finetunes_into_one_folder_exactly_one_refuses(tmp_path, monkeypatch, make_labelled):
+    data = make_labelled(tmp_path / "data", 12)
     out = tmp_path / "ft"
     config = finetune_module.FinetuneConfig(init="scratch", arch="vit_tiny_patch16_224", img_size=32, patch_size=8,
                                             iters=2, batch_size=2, eval_every=1, decoder_hidden=16)
@@ -203,8 +177,8 @@ def test_two_concurrent_finetunes_into_one_folder_exactly_one_refuses(tmp_path, 
     assert torch.load(out / "model.pt", weights_only=True)["extra"]["config"]["seed"] == 1
 
 
-def test_finetune_never_replaces_a_file_no_run_wrote(tmp_path, monkeypatch):
-    data = labelled(tmp_path / "data", 12)
+def test_finetune_never_replaces_a_file_no_run_wrote(tmp_path, monkeypatch, make_labelled):
+    data = make_labelled(tmp_path / "data", 12)
     out = tmp_path / "ft"
     out.mkdir()
     (out / "metrics.json").write_text("someone's results")
@@ -250,10 +224,10 @@ def live_run(tmp_path):
         child.wait()
 
 
-def test_every_reader_refuses_a_shards_folder_while_its_run_is_alive(tmp_path, live_run):
+def test_every_reader_refuses_a_shards_folder_while_its_run_is_alive(tmp_path, live_run, make_labelled):
     folder, child = live_run
     pid = child.pid
-    data = labelled(tmp_path / "data", 12)
+    data = make_labelled(tmp_path / "data", 12)
     tiny = ["--img-size", "32", "--local-size", "16", "--batch-size", "2", "--out-dim", "16", "--num-workers", "0",
             "--epochs", "1", "--preset", "cpu", "--device", "cpu", "--no-progress"]
     expected = f"{folder}: a pseudomasks run (pid {pid}) is still writing these shards"
@@ -290,11 +264,11 @@ def test_a_dead_runs_lock_is_no_obstacle(tmp_path, live_run):
 
 # --- every writer: a busy folder, a file it did not write -----------------------------------------------------
 
-def writer_args(command: str, tmp_path: Path, out: Path, model: Path) -> list:
+def writer_args(command: str, tmp_path: Path, out: Path, model: Path, make_labelled) -> list:
     """The arguments of a small run of ``command`` into ``out`` (inputs made under ``tmp_path``)."""
     data = tmp_path / "data"
     if not data.exists():
-        labelled(data, 12)
+        make_labelled(data, 12)
     if command in ("export", "pretrain") and not (tmp_path / "shards").exists():
         shards(tmp_path / "shards")
     tiny = ["--preset", "cpu", "--device", "cpu", "--no-progress"]
@@ -312,11 +286,11 @@ def writer_args(command: str, tmp_path: Path, out: Path, model: Path) -> list:
 
 
 @pytest.mark.parametrize("command", ["pseudomasks", "export", "predict", "finetune", "pretrain", "table", "synth"])
-def test_every_writer_refuses_a_folder_another_run_is_writing(tmp_path, model_pt, command):
+def test_every_writer_refuses_a_folder_another_run_is_writing(tmp_path, tiny_model_pt, command, make_labelled):
     out = tmp_path / "out"
     out.mkdir()
     with FolderLock(out, command="someone"):
-        line = one_line(invoke(*writer_args(command, tmp_path, out, model_pt)),
+        line = one_line(invoke(*writer_args(command, tmp_path, out, tiny_model_pt, make_labelled)),
                         f"{out}: another run is writing into this folder (someone pid {os.getpid()})")
     assert line.endswith("wait for it to finish or choose another --out")
     assert sorted(p.name for p in out.iterdir()) == [guard.LOCK_NAME]  # nothing written meanwhile
@@ -325,14 +299,14 @@ def test_every_writer_refuses_a_folder_another_run_is_writing(tmp_path, model_pt
 @pytest.mark.parametrize("command, theirs", [("pseudomasks", "manifest.json"), ("pseudomasks", "shard-00000.h5"),
                                              ("pretrain", "export.pt"), ("table", "results.md"),
                                              ("finetune", "predictions/L00_segmentation.png")])
-def test_every_writer_leaves_a_file_it_did_not_write_alone(tmp_path, model_pt, command, theirs):
+def test_every_writer_leaves_a_file_it_did_not_write_alone(tmp_path, tiny_model_pt, command, theirs, make_labelled):
     out = tmp_path / "out"
     (out / theirs).parent.mkdir(parents=True)
     (out / theirs).write_bytes(b"someone else's file")
-    args = writer_args(command, tmp_path, out, model_pt)
+    args = writer_args(command, tmp_path, out, tiny_model_pt, make_labelled)
     if command == "finetune":  # with L00 a test image, finetune would write its prediction
-        args[args.index("--data") + 1] = labelled(tmp_path / "train", 12, first=20)
-        args += ["--test-data", labelled(tmp_path / "test", 2, first=0)]
+        args[args.index("--data") + 1] = make_labelled(tmp_path / "train", 12, first=20)
+        args += ["--test-data", make_labelled(tmp_path / "test", 2, first=0)]
     before = snapshot(out)
     one_line(invoke(*args), f"{out}: --out already holds 1 file(s) this command did not write ({theirs})")
     assert snapshot(out) == before

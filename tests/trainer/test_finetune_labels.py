@@ -2,9 +2,7 @@
 training (round 3, item 2: red-on-black masks were read as empty, trained on, and scored a Jaccard of 1.000)."""
 from __future__ import annotations
 
-from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -18,34 +16,11 @@ TINY = finetune_module.FinetuneConfig(init="scratch", arch="vit_tiny_patch16_224
                                       iters=2, batch_size=2, eval_every=1, decoder_hidden=16)
 
 
-def labelled(root: Path, n: int, *, mask_kind: str) -> Path:
-    """``images/`` + ``masks/`` of ``n`` 64 x 48 images, each mask a lesion saved as ``mask_kind``:
-    'grey' (0/255), 'red' (red on black RGB), 'empty' (all 0)."""
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    for i in range(n):
-        rng = np.random.default_rng(i)
-        image = np.clip(rng.normal(170, 20, (48, 64, 3)), 0, 255).astype(np.uint8)
-        lesion = np.zeros((48, 64), bool)
-        lesion[8 + i % 5:30, 12:40 + i % 7] = True
-        image[lesion] = (90, 60, 40)
-        cv2.imwrite(str(root / "images" / f"L{i:02d}.png"), image)
-        if mask_kind == "grey":
-            mask = lesion.astype(np.uint8) * 255
-        elif mask_kind == "red":
-            mask = np.zeros((48, 64, 3), np.uint8)
-            mask[lesion] = (255, 0, 0)
-        else:
-            mask = np.zeros((48, 64), np.uint8)
-        Image.fromarray(mask).save(root / "masks" / f"L{i:02d}_segmentation.png")
-    return root
-
-
 class Stop(Exception):
     pass
 
 
-def test_red_on_black_masks_train_on_the_same_labels_as_grey_ones(tmp_path, monkeypatch):
+def test_red_on_black_masks_train_on_the_same_labels_as_grey_ones(tmp_path, monkeypatch, make_labelled):
     seen = {}
 
     def capture(model, train_x, train_y, val_x, val_y, **kwargs):
@@ -54,7 +29,7 @@ def test_red_on_black_masks_train_on_the_same_labels_as_grey_ones(tmp_path, monk
 
     monkeypatch.setattr(finetune_module, "_train", capture)
     for kind in ("grey", "red"):
-        data = labelled(tmp_path / kind, 12, mask_kind=kind)
+        data = make_labelled(tmp_path / kind, 12, mask_kind=kind)
         with pytest.raises(Stop):
             finetune_module.finetune(data, 1.0, tmp_path / f"ft-{kind}", config=TINY, device="cpu", progress=False)
     (grey_train, grey_val), (red_train, red_val) = seen["grey"], seen["red"]
@@ -63,8 +38,8 @@ def test_red_on_black_masks_train_on_the_same_labels_as_grey_ones(tmp_path, monk
                                                                                     grey_val.numpy())
 
 
-def test_all_empty_labels_are_refused_before_training(tmp_path, monkeypatch):
-    data = labelled(tmp_path / "data", 12, mask_kind="empty")
+def test_all_empty_labels_are_refused_before_training(tmp_path, monkeypatch, make_labelled):
+    data = make_labelled(tmp_path / "data", 12, mask_kind="empty")
 
     def no_training(*args, **kwargs):
         raise AssertionError("training started on labels that are all empty")
@@ -78,9 +53,9 @@ def test_all_empty_labels_are_refused_before_training(tmp_path, monkeypatch):
         finetune_module.check_before_training(datasets.open_dataset(data).labelled)
 
 
-def test_a_training_subset_of_empty_masks_is_refused(tmp_path, monkeypatch):
+def test_a_training_subset_of_empty_masks_is_refused(tmp_path, monkeypatch, make_labelled):
     """Some masks mark a lesion, but the one image --frac picks has none: nothing to learn a lesion from."""
-    data = labelled(tmp_path / "data", 12, mask_kind="grey")
+    data = make_labelled(tmp_path / "data", 12, mask_kind="grey")
     splits = finetune_module.split_dataset(datasets.open_dataset(data))
     picked = finetune_module.labelled_subset(splits.train, 0.01, seed=0)
     assert len(picked) == 1
@@ -91,8 +66,8 @@ def test_a_training_subset_of_empty_masks_is_refused(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("kind", ["two colours", "empty"])
-def test_refused_labels_are_one_line_in_the_cli(tmp_path, kind):
-    data = labelled(tmp_path / "data", 12, mask_kind="empty" if kind == "empty" else "grey")
+def test_refused_labels_are_one_line_in_the_cli(tmp_path, kind, make_labelled):
+    data = make_labelled(tmp_path / "data", 12, mask_kind="empty" if kind == "empty" else "grey")
     if kind == "two colours":
         victim = sorted((data / "masks").iterdir())[3]
         two = np.zeros((48, 64, 3), np.uint8)

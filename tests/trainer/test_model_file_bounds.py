@@ -19,20 +19,16 @@ import pipeline.atomic as atomic_module
 from pipeline.atomic import atomic_batch
 from trainer.engine.checkpoint import save_checkpoint
 from trainer.engine.export import export_model
-from trainer.models.segmenter import build_seg_model, load_seg_model, save_seg_model
+from trainer.models.segmenter import load_seg_model
 from trainer.pretrain import PretrainConfig
 
 PREFIX = "edgedino: error: "
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory) -> dict:
+def saved(tiny_model_pt) -> dict:
     """The contents of a tiny model.pt, as finetune saves one."""
-    torch.manual_seed(0)
-    model, info = build_seg_model("scratch", arch="vit_tiny_patch16_224", img_size=32, decoder_hidden=16, patch=8)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    save_seg_model(model, info, path, extra={"config": {"predict_scale": 1.0, "one_lesion": False}})
-    return torch.load(path, weights_only=True)
+    return torch.load(tiny_model_pt, weights_only=True)
 
 
 @pytest.fixture(scope="module")
