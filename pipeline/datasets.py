@@ -12,8 +12,9 @@ Three layouts are recognised (image ids are file stems):
 (c) a flat folder of images with no masks.
 
 Several folders can be combined (a labelled folder plus unlabelled ones); an id seen twice is reported and
-only its first occurrence kept. Images are read from the layout's image folder itself: images in its sub-folders
-are named in one warning per sub-folder and left out (pass a sub-folder as another data folder to use it). An
+only its first occurrence kept. Images are read from the layout's image folder itself: images in its sub-folders,
+or in folders beside the layout's own (an ``unlabeled/`` beside ``images/``), are named in one warning per
+sub-folder and left out (pass a sub-folder as another data folder to use it). An
 image whose name is not a plain printable file name (a control character, a line break) is named and left out:
 its id would become a file name. ``check_dataset`` reads headers (and masks when asked) and returns every
 problem at once, in the spirit of nnU-Net's ``verify_dataset_integrity``.
@@ -139,23 +140,33 @@ def _list_images(folder: Path, problems: list[Problem] | None = None) -> list[Pa
     return found
 
 
-def _nested_images(folder: Path) -> list[Problem]:
-    """One non-fatal problem per sub-folder of ``folder`` (hidden ones skipped) that holds image files, which
-    the layouts do not read; expert masks (``*_segmentation.png``) do not count."""
+def _nested_images(folder: Path, *, skip: Iterable[Path] = (), known: frozenset[str] = frozenset()) -> list[Problem]:
+    """One non-fatal problem per sub-folder of ``folder`` (hidden ones and ``skip`` aside) holding image files the
+    layouts do not read. Expert masks (``*_segmentation.png``) do not count, nor companions of the ``known`` ids
+    (``<ID>.png`` or ``<ID>_<anything>.png``: a synthetic set's hair/ and clean/, ISIC's attribute masks)."""
+    skipped = {Path(p) for p in skip}
     problems = []
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
-                      and not _is_image_name(p)):
+                      and not _is_image_name(p) and p not in skipped):
         count, first = 0, None
         for where, dirs, files in os.walk(sub):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for name in sorted(files):
-                if _is_image_name(Path(name)) and not name.endswith(MASK_SUFFIX):
+                if (_is_image_name(Path(name)) and not name.endswith(MASK_SUFFIX)
+                        and not _companion(Path(name).stem, known)):
                     count, first = count + 1, first or Path(where) / name
         if count:
+            read = f"only {', '.join(p.name + '/' for p in sorted(skipped))} of {folder}" if skipped else \
+                f"only the images directly in {folder}"
             problems.append(Problem(sub, f"{count} image(s) in this sub-folder are not read (e.g. {first.name}): "
-                                         f"only the images directly in {folder} are; pass the sub-folder as "
-                                         "another data folder to use them"))
+                                         f"{read} are; pass the sub-folder as another data folder to use them"))
     return problems
+
+
+def _companion(stem: str, known: frozenset[str]) -> bool:
+    """True when ``stem`` is one of the ``known`` ids or one followed by ``_<suffix>``."""
+    parts = stem.split("_")
+    return any("_".join(parts[:k]) in known for k in range(1, len(parts) + 1))
 
 
 def _masks_by_id(folder: Path | None) -> dict[str, Path]:
@@ -201,12 +212,17 @@ def _read_folder(root: Path, problems: list[Problem]) -> list[Sample]:
             gt = root / f"ISIC2018_Task1_{split_word}_GroundTruth"
             images = _list_images(inp, problems)
             samples += _pair(images, _masks_by_id(gt), split, root, problems, gt if gt.is_dir() else None)
-        return samples
-    if (root / "images").is_dir():  # (b) images/ + optional masks/
+        read = [*isic_inputs, *root.glob("ISIC2018_Task1_*_GroundTruth")]
+    elif (root / "images").is_dir():  # (b) images/ + optional masks/
         mask_dir = root / "masks" if (root / "masks").is_dir() else None
-        return _pair(_list_images(root / "images", problems), _masks_by_id(mask_dir), None, root, problems,
-                     mask_dir)
-    return _pair(_list_images(root, problems), {}, None, root, problems, None)  # (c) flat folder
+        samples = _pair(_list_images(root / "images", problems), _masks_by_id(mask_dir), None, root, problems,
+                        mask_dir)
+        read = [p for p in (root / "images", root / "masks") if p.is_dir()]
+    else:
+        return _pair(_list_images(root, problems), {}, None, root, problems, None)  # (c) flat folder
+    # other folders beside the layout's own: images there are not read either (e.g. an unlabeled/ folder)
+    problems += _nested_images(root, skip=read, known=frozenset(s.id for s in samples))
+    return samples
 
 
 def open_dataset(paths: str | Path | Iterable[str | Path], *, require_masks: bool = False) -> Dataset:

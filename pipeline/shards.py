@@ -198,7 +198,7 @@ class ShardReader:
             self._file.close()
             raise ShardError(f"{self.path}: schema version {version!r}, this edgedino reads version "
                              f"{SCHEMA_VERSION}; rerun 'pseudomasks' to rebuild the shards")
-        missing = [k for k in ("image", *MASK_KEYS, "id", "orig_shape") if k not in self._file]
+        missing = [k for k in ("image", *MASK_KEYS, "id", "path", "orig_shape", "no_lesion") if k not in self._file]
         if missing:
             self._file.close()
             raise ShardError(f"{self.path}: missing datasets {missing}")
@@ -221,7 +221,7 @@ class ShardReader:
         if "size" in f.attrs and _number(f.attrs["size"]) != size:
             raise ShardError(f"{where}: the size attribute {f.attrs['size']!r} differs from the images' {size} px")
         expected = {"image": (n, size, size, 3), **{k: (n, size, size) for k in MASK_KEYS}, "orig_shape": (n, 2)}
-        expected.update({k: (n,) for k in ("path", "no_lesion") if k in f})
+        expected.update({"path": (n,), "no_lesion": (n,)})
         if "diag" in f:
             expected.update({f"diag/{k}": (n,) for k in f["diag"]})
         for name, shape in expected.items():
@@ -273,8 +273,8 @@ class ShardReader:
 
     @property
     def sources(self) -> list[str]:
-        """Each sample's source image file (``path``; empty text where a shard does not record it)."""
-        return [_text(x) for x in self.column("path")] if "path" in self._file else [""] * len(self)
+        """Each sample's source image file (``path``)."""
+        return [_text(x) for x in self.column("path")]
 
     def column(self, name: str) -> np.ndarray:
         """A whole per-sample column (``orig_shape``, ``no_lesion``, ``diag/<name>``)."""

@@ -15,10 +15,10 @@ and macro-averages the per-image values. ``tests/test_metrics.py`` checks agreem
 One deliberate difference: a mask whose values are all in {0, 1} is read as 0/1 (1 = lesion); the official
 scorer would cut it at ``> 128`` and score it as empty.
 
-Expert masks are read by :func:`pipeline.datasets.read_mask`, the reader of the data check and ``finetune``
-(so a red-on-black colour mask is the same lesion everywhere, and a mask ``finetune`` refuses is refused here
-too), with the scorer's ``> 128`` cut for grey values (``soft='cut'``). Predictions must be in the scorer's own
-format: 8-bit, single channel (:func:`read_binary_mask`).
+Expert masks are read by :func:`pipeline.datasets.read_mask` exactly as the data check and ``finetune`` read them
+(so a red-on-black colour mask is the same lesion everywhere, and a mask ``finetune`` refuses, such as a grey
+0/128 one the scorer's cut would read as empty, is refused here too). Predictions must be in the scorer's own
+format, 8-bit single channel, and are cut at ``> 128`` (:func:`read_binary_mask`).
 """
 from __future__ import annotations
 
@@ -136,8 +136,8 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, allow_extra
     Parameters
     ----------
     pred_dir, truth_dir : path-like
-        Folders of masks; other files are ignored. Expert masks are read by :func:`pipeline.datasets.read_mask`
-        (``soft='cut'``), predictions by :func:`read_binary_mask`.
+        Folders of masks; other files are ignored. Expert masks are read by :func:`pipeline.datasets.read_mask`,
+        predictions by :func:`read_binary_mask`.
     allow_extra : bool
         Accept predictions without ground truth (ignored, with a warning). Off by default: an extra id
         usually means the wrong folder.
@@ -148,7 +148,8 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, allow_extra
     ------
     ValueError
         No ground truth, predictions missing for some ids, extra predictions, or prediction sizes that differ
-        from the ground truth's (the official scorer does not resize either) -- all named in one message.
+        from the ground truth's (the official scorer does not resize either) -- all named in one line; an expert
+        mask :func:`pipeline.datasets.read_mask` refuses.
     """
     pred_dir, truth_dir = Path(pred_dir), Path(truth_dir)
     for name, folder in (("pred_dir", pred_dir), ("truth_dir", truth_dir)):
@@ -169,14 +170,14 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, allow_extra
                         f"{_listing(extra)} (pass allow_extra=True to ignore them)")
     rows = []
     for sample_id in sorted(set(truth) & set(pred)):
-        t, p = read_mask(truth[sample_id], soft="cut"), read_binary_mask(pred[sample_id])
+        t, p = read_mask(truth[sample_id]), read_binary_mask(pred[sample_id])
         if t.shape != p.shape:
             problems.append(f"{pred[sample_id]}: size {p.shape[1]}x{p.shape[0]} differs from the ground truth's "
                             f"{t.shape[1]}x{t.shape[0]}")
             continue
         rows.append({"id": sample_id, **binary_scores(p, t, threshold=threshold)})
     if problems:
-        raise ValueError("\n".join(problems))
+        raise ValueError("; ".join(problems))  # one line, every problem named
     means = {k: float(np.mean([r[k] for r in rows])) for k in METRIC_NAMES}
     return EvaluationResult(rows, means)
 

@@ -88,9 +88,9 @@ def predict_folder(model_path: str | Path, data: Sequence[str | Path] | str | Pa
         one_lesion = True if made_by is None else made_by["one_lesion"]
     suffixes = ("_segmentation.png", "_probability.png") if probabilities else ("_segmentation.png",)
     names = [f"{s.id}{suffix}" for s in dataset.samples for suffix in suffixes]
+    if overlay is not None:  # refused (someone's picture) before --out is touched
+        claim_file(overlay, option="--overlay")
     with output_folder(out_dir, command="predict", names=names, inputs=data):
-        if overlay is not None:
-            claim_file(overlay, option="--overlay")
         dev = resolve_device(device)
         model.to(dev)
         return _predict_all(model, dataset, out_dir, size=size, device=dev, tta=tta, fuse=fuse,

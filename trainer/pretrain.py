@@ -36,7 +36,7 @@ from pipeline.shards import read_manifest, sha256_file
 from trainer.data.multicrop import MultiCropConfig, multi_crop
 from trainer.data.shard_dataset import ShardAwareSampler, ShardDataset
 from trainer.engine import distributed as dist_utils
-from trainer.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from trainer.engine.checkpoint import load_checkpoint, require_keys, rng_state, save_checkpoint, set_rng_state
 from trainer.engine.export import EXPORT, export_model
 from trainer.engine.run_log import RunLog, read_log
 from trainer.engine.schedules import (
@@ -68,6 +68,8 @@ log = logging.getLogger(__name__)
 LATEST = "checkpoint-latest.pt"
 PREVIOUS = "checkpoint-previous.pt"  # the checkpoint before LATEST: the fallback when LATEST is damaged
 LOG, PICTURES = "log.jsonl", "pictures"
+#: What a resume reads from a checkpoint (``epoch``, ``config``, ``data``, ``collapse``: absent in older ones).
+CHECKPOINT_KEYS = ("student", "teacher", "optimizer", "center", "step", "rng", "generator")
 # Fields that must match to resume a run (the rest, e.g. epochs, may change between runs).
 # A field missing from an older checkpoint's config counts as its default here (e.g. decoder: "conv").
 ARCHITECTURE_FIELDS = ("arch", "img_size", "out_dim", "decoder_hidden", "head_hidden", "bottleneck_dim", "decoder",
@@ -474,6 +476,9 @@ def _resume(run: _Run, out_dir: Path, device: torch.device, *, new_data: bool = 
                          "use a new --out or delete them to start over")
     if path.name != LATEST:
         log.warning("resuming from %s: %s could not be loaded", path, LATEST)
+    require_keys(state, CHECKPOINT_KEYS, path, what="pretraining checkpoint")
+    if not isinstance(state.get("config", {}), dict):
+        raise ValueError(f"{path}: config is a {type(state['config']).__name__}, not a dict (pretraining checkpoint)")
     _check_resumable(state, run.config, path)
     _check_same_data(state, run, path, new_data=new_data)
     run.student.load_state_dict(state["student"])

@@ -39,6 +39,21 @@ def test_images_in_sub_folders_are_named_as_not_read(tmp_path, layout, caplog):
     assert f"{top / 'more'}: 2 image(s) in this sub-folder are not read" in caplog.text
 
 
+def test_a_folder_beside_the_layouts_own_is_named_unless_it_holds_companions(tmp_path):
+    """isic2017_256 keeps unlabeled/ beside images/ and masks/: its images are not read, and that is said; a
+    synthetic set's hair/ and clean/ hold companions of the images read (same ids), which is not news."""
+    root = tmp_path / "data"
+    for i in range(3):
+        image(root / "images" / f"ISIC_{i:07d}.jpg")
+        image(root / "hair" / f"ISIC_{i:07d}_hair.png")
+        image(root / "clean" / f"ISIC_{i:07d}.png")
+    image(root / "unlabeled" / "ISIC_0009999.jpg")
+    image(root / "unlabeled" / "ISIC_0000001.jpg")  # a companion of an image read: not counted
+    problems = [str(p) for p in open_dataset(root).problems]
+    assert problems == [f"{root / 'unlabeled'}: 1 image(s) in this sub-folder are not read (e.g. ISIC_0009999.jpg): "
+                        f"only images/ of {root} are; pass the sub-folder as another data folder to use them"]
+
+
 @pytest.mark.parametrize("name", ["evil\x1b[31mx", "two\nlines", "tab\tbed", "bell\x07"])
 def test_an_image_whose_name_is_not_printable_is_left_out_by_name(tmp_path, name, caplog):
     root = tmp_path / "data"

@@ -150,3 +150,24 @@ def test_evaluate_and_training_read_expert_masks_alike(tmp_path, kind):
             read_mask(path)
         with pytest.raises(ValueError, match=str(path)):
             evaluate_folders(pred, truth)
+
+
+def test_evaluate_refuses_an_expert_mask_training_refuses_and_names_every_problem_on_one_line(tmp_path):
+    """A grey 0/128 expert mask would be all background under the scorer's > 128 cut (a perfect prediction scored
+    0): evaluate refuses it as training does, on one line with the other problems."""
+    truth, pred = tmp_path / "truth", tmp_path / "pred"
+    truth.mkdir(), pred.mkdir()
+    cv2.imwrite(str(truth / "A_segmentation.png"), lesion().astype(np.uint8) * 128)
+    cv2.imwrite(str(truth / "B_segmentation.png"), lesion().astype(np.uint8) * 255)
+    for name in ("A", "B"):
+        cv2.imwrite(str(pred / f"{name}_segmentation.png"), lesion().astype(np.uint8) * 255)
+    with pytest.raises(ImageReadError, match=r"A_segmentation.png: mask is not binary \(values 0, 128\)"):
+        evaluate_folders(pred, truth)
+    (pred / "A_segmentation.png").unlink()
+    cv2.imwrite(str(truth / "A_segmentation.png"), lesion().astype(np.uint8) * 255)
+    cv2.imwrite(str(truth / "C_segmentation.png"), lesion().astype(np.uint8) * 255)
+    cv2.imwrite(str(pred / "D_segmentation.png"), lesion().astype(np.uint8) * 255)
+    with pytest.raises(ValueError) as err:
+        evaluate_folders(pred, truth)
+    assert "\n" not in str(err.value) and "no prediction for 2 id(s): A, C" in str(err.value)
+    assert "1 prediction(s) without ground truth" in str(err.value)

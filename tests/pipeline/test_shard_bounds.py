@@ -136,7 +136,8 @@ def raw_shard(path: Path, *, n: int, size: int = S, n_masks: int | None = None) 
         rows = n if n_masks is None else n_masks
         f.create_dataset("pseudo_mask", shape=(rows, size, size), dtype=np.uint8,
                          chunks=(1, min(size, 64), min(size, 64)))
-        f.create_dataset("id", shape=(n,), dtype="S8", chunks=(min(n, 1024),))
+        for key, dtype in (("id", "S8"), ("path", "S8"), ("no_lesion", np.uint8)):
+            f.create_dataset(key, shape=(n,), dtype=dtype, chunks=(min(n, 1024),))
         f.create_dataset("orig_shape", shape=(n, 2), dtype=np.int32, chunks=(min(n, 1024), 2))
     return path
 
@@ -145,6 +146,7 @@ def raw_shard(path: Path, *, n: int, size: int = S, n_masks: int | None = None) 
     ("a million rows", f"the row count is 1000000; expected a whole number in [0, {MAX_ROWS}]"),
     ("storage size 8192", f"the storage size S is 8192; expected a whole number in [1, {MAX_STORAGE_SIZE}]"),
     ("masks one row short", "dataset 'pseudo_mask' has shape (3, 32, 32), expected (4, 32, 32)"),
+    ("no path column", "missing datasets ['path']"),
 ])
 def test_a_crafted_count_or_size_is_refused_on_open(tmp_path, case, words):
     path = tmp_path / "shard-00000.h5"
@@ -152,8 +154,12 @@ def test_a_crafted_count_or_size_is_refused_on_open(tmp_path, case, words):
         raw_shard(path, n=1_000_000)
     elif case == "storage size 8192":
         raw_shard(path, n=1, size=8192)
-    else:
+    elif case == "masks one row short":
         raw_shard(path, n=4, n_masks=3)
+    else:
+        raw_shard(path, n=2)
+        with h5py.File(path, "r+") as f:
+            del f["path"]
     with pytest.raises(ShardError) as err:
         ShardReader(path)
     assert str(err.value).startswith(f"{path}: ") and words in str(err.value)

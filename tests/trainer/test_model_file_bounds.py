@@ -147,3 +147,37 @@ def test_a_full_disk_in_a_batch_of_masks_names_the_mask(tmp_path, monkeypatch):
             batch.write_bytes("X_segmentation.png", b"png bytes")
     assert err.value.errno == errno.ENOSPC and err.value.filename == str(tmp_path / "X_segmentation.png")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_while_logging_names_the_log(tmp_path):
+    from trainer.engine.run_log import RunLog
+
+    run_log = RunLog(tmp_path, enabled=True)
+    run_log._fh.close()
+    run_log._fh = io.TextIOWrapper(io.BufferedWriter(FullDisk(os.open(tmp_path / "other", os.O_CREAT | os.O_WRONLY))))
+    with pytest.raises(OSError) as err:
+        run_log.write({"event": "start", "step": 0})
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(tmp_path / "log.jsonl")
+
+
+def test_a_pretraining_checkpoint_without_its_keys_is_named(tmp_path):
+    from pipeline.shards import ShardRecord, write_shard
+    from trainer.engine.checkpoint import CheckpointError
+    from trainer.pretrain import LATEST, pretrain
+
+    s = 32
+    records = [ShardRecord(id=f"S{i}", path="/gone.jpg", orig_shape=(s, s), image=np.full((s, s, 3), 90 + i, np.uint8),
+                           hair_mask=np.zeros((s, s), bool), prob=np.full((s, s), 0.5, np.float32),
+                           pseudo_mask=np.eye(s, dtype=bool), no_lesion=False, diagnostics={}) for i in range(4)]
+    write_shard(tmp_path / "shards" / "shard-00000.h5", records, size=s, config_json="{}", config_hash="h",
+                planned_ids=[r.id for r in records], rejects=[], versions={})
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".edgedino.lock").write_text("pretrain pid 1")  # a run folder of an older edgedino: its own
+    torch.save({"step": 4, "epoch": 1}, out / LATEST)
+    config = PretrainConfig(arch="vit_tiny_patch16_224", patch_size=8, img_size=32, local_size=16, n_local=2,
+                            epochs=2, batch_size=2, out_dim=16, head_hidden=16, bottleneck_dim=8, decoder_hidden=8,
+                            num_workers=0, picture_every=0, drop_path=0.0)
+    with pytest.raises(CheckpointError, match=rf"{out / LATEST}: not a complete pretraining checkpoint: 'student', "
+                                              "'teacher', 'optimizer'"):
+        pretrain(tmp_path / "shards", out, config, device="cpu", progress=False)
