@@ -1,7 +1,8 @@
 """edgedino: train a skin-lesion segmenter when almost nothing is labelled.
 
 Stage 1 (``pseudomasks``) removes hair and makes edge-aware pseudo-masks with a Random Walker, into HDF5
-shards; stage 2 (``pretrain``, ``finetune``) learns from them. Run ``python cli.py COMMAND --help``.
+shards; stage 2 (``pretrain``, ``finetune``) learns from them. Run ``edgedino COMMAND --help`` (the console command
+the install makes) or, the same, ``python cli.py COMMAND --help``.
 """
 from __future__ import annotations
 
@@ -123,16 +124,18 @@ def main(verbose: bool) -> None:
 @click.option("--overwrite", is_flag=True,
               help="Replace files in --out that synth did not write (e.g. a synthetic set made by an older version). "
                    "Never point it at real data.")
-@click.option("--fov", type=click.Choice(["auto", "circle"]), default="auto", show_default=True,
+@click.option("--fov", type=click.Choice(["auto", "circle", "vignette"]), default="auto", show_default=True,
               help="'circle': every image gets a circular field of view (random radius and offset, black or "
-                   "dark-grey corners, darker towards the rim), as on some clinics' dermoscopes. 'auto' keeps "
-                   "the usual mix (and byte-identical images).")
+                   "dark-grey corners, darker towards the rim), as on some clinics' dermoscopes. 'vignette': a wide, "
+                   "soft, brown-tinted lens vignette around light skin with a small (4-15 %) brown lesion, the case "
+                   "where stage 1 takes the whole bright disc for lesion. 'auto' keeps the usual mix (and "
+                   "byte-identical images).")
 @click.option("--lesion", type=click.Choice(["auto", "large"]), default="auto", show_default=True,
               help="'large': lesions that fill 60-100 % of the frame or cross its edge, with a broad pale "
                    "periphery. 'auto' keeps the usual 3-60 % lesions.")
 def synth(out: Path, n: int, seed: int, size: str, jobs: int, overwrite: bool, fov: str, lesion: str) -> None:
     """Generate synthetic dermoscopy images with known lesion and hair masks."""
-    from pipeline.guard import Ledger, cap_jobs, check_out_dir, output_folder
+    from common.guard import Ledger, cap_jobs, check_out_dir, output_folder
     from pipeline.synth import write_synthetic_dataset
 
     names = [name for i in range(n) for name in (f"images/SYN_{i:07d}.jpg", f"masks/SYN_{i:07d}_segmentation.png",
@@ -185,13 +188,13 @@ def synth(out: Path, n: int, seed: int, size: str, jobs: int, overwrite: bool, f
 def pseudomasks(data, out, jobs, size, shard_size, backend, scheduler, exclude_from, overwrite, method, cut_rule,
                 seed, no_progress):
     """Remove hair and make edge-aware pseudo-masks into HDF5 shards (stage 1)."""
-    from pipeline import datasets
+    from common import datasets
     from pipeline.pseudomask.per_image import PseudoMaskConfig
     from pipeline.run import RunConfig, run_pseudomasks
 
     if scheduler and backend != "dask":
         raise click.BadParameter("--scheduler needs --backend dask", param_hint="--scheduler")
-    from pipeline.guard import check_out_dir
+    from common.guard import check_out_dir
 
     check_out_dir(out, exclude_from)  # the test set is read too: never written into
     exclude = set()
@@ -243,12 +246,12 @@ def export(shards: Path, out: Path, overwrite: bool) -> None:
 def inspect(path: Path, png: Path | None, rows: int, min_confidence: float) -> None:
     """Summarise a shard or a folder of shards (counts, config, distributions, rejects, low-confidence
     pseudo-masks), or a pretraining run folder (its collapse monitor and linear probe)."""
-    from pipeline.guard import check_out_dir, claim_file
+    from common.guard import check_out_dir, claim_file
     from pipeline.report import contact_sheet, summarise
     from pipeline.shards import ShardError
 
     if path.is_dir() and (path / "log.jsonl").exists():
-        from trainer.pretrain import run_summary  # a pretraining run folder: the trainer's stage
+        from trainer.train.pretrain import run_summary  # a pretraining run folder: the trainer's stage
 
         click.echo(run_summary(path))
         return
@@ -398,10 +401,10 @@ def pretrain(shards, out, preset, exclude_from, no_progress, device, no_distill,
     """DINO self-distillation + auxiliary pseudo-mask segmentation (stage 2)."""
     import dataclasses
 
-    from pipeline import datasets
-    from trainer.presets import pretrain_preset
-    from trainer.pretrain import NonFiniteLoss
-    from trainer.pretrain import pretrain as run_pretrain
+    from common import datasets
+    from trainer.train.objective import NonFiniteLoss
+    from trainer.train.presets import pretrain_preset
+    from trainer.train.pretrain import pretrain as run_pretrain
 
     overrides = {k: v for k, v in options.items() if v is not None}
     if no_distill:
@@ -433,7 +436,7 @@ def _pretrain_health(result) -> str:
     if not collapse:
         return f"{text}; collapse: not monitored"
     if collapse.get("episodes"):
-        from trainer.pretrain import episodes_text
+        from trainer.train.pretrain import episodes_text
 
         return f"{text}; WARNING: DINO collapse ({episodes_text(collapse['episodes'])}; now: {collapse['status']})"
     ongoing = {k: n for k, n in collapse.get("runs", {}).items() if n >= min(collapse.get("patience", 50), 10)}
@@ -522,9 +525,9 @@ def finetune(data, frac, checkpoint, out, test_data, seed, init, decoder, decode
     """Fine-tune with a fraction of the expert labels and report ISIC metrics."""
     import dataclasses
 
-    from pipeline import datasets
-    from trainer.finetune import finetune as run_finetune
-    from trainer.presets import finetune_preset
+    from common import datasets
+    from trainer.train.finetune import finetune as run_finetune
+    from trainer.train.presets import finetune_preset
 
     if init == "pretrain" and checkpoint is None:
         raise click.BadParameter("--init pretrain needs --checkpoint PATH (the export.pt of 'pretrain')",
@@ -583,8 +586,8 @@ def finetune(data, frac, checkpoint, out, test_data, seed, init, decoder, decode
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
 def predict(model_path, data, out, probabilities, overlay, device, one_lesion, predict_scale, fuse, no_progress):
     """Segment a folder of new images with a saved model (exit 3 when some images were skipped)."""
-    from pipeline import datasets
-    from trainer.predict import predict_folder
+    from common import datasets
+    from trainer.inference.predict import predict_folder
 
     try:
         result = predict_folder(model_path, list(data), out, probabilities=probabilities, overlay=overlay,
@@ -610,8 +613,8 @@ def predict(model_path, data, out, probabilities, overlay, device, one_lesion, p
               help="Also write per-image and mean metrics to this JSON file.")
 def evaluate(pred: Path, truth: Path, json_out: Path | None) -> None:
     """Score predicted masks against expert masks like ISIC (Jaccard, Dice, thresholded Jaccard...)."""
-    from pipeline.guard import check_out_dir, claim_file
-    from trainer.metrics import evaluate_folders, write_metrics_json
+    from common.guard import check_out_dir, claim_file
+    from trainer.eval.metrics import evaluate_folders, write_metrics_json
 
     if json_out:
         check_out_dir(json_out.parent, [pred, truth], option="--json folder", flat_inputs=True)

@@ -12,7 +12,7 @@ means over the last epoch:
 - ``H(ep.mean)/lnK``: the entropy of the mean target over the whole last epoch (the issue's target: >= 0.9);
 - ``KL``: student-teacher KL (nats); ``protos``: distinct teacher argmax per batch (at most 2B);
 - ``probe``: the linear probe's patch Jaccard against held-out pseudo-masks, before -> after training
-  (:mod:`trainer.probe`); ``collapse``: the detector's verdict (patience: 20 steps).
+  (:mod:`trainer.eval.probe`); ``collapse``: the detector's verdict (patience: 20 steps).
 
     python bench/bench_collapse.py --shards /tmp/shards --epochs 3                   # every candidate
     python bench/bench_collapse.py --shards /tmp/shards --only baseline,sinkhorn     # some of them
@@ -24,19 +24,17 @@ import argparse
 import dataclasses
 import logging
 import shutil
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from trainer.engine.run_log import read_log
+from trainer.train.presets import pretrain_preset
+from trainer.train.pretrain import pretrain
 
-from trainer.engine.run_log import read_log  # noqa: E402
-from trainer.presets import pretrain_preset  # noqa: E402
-from trainer.pretrain import pretrain  # noqa: E402
+from timing import stopwatch
 
 CANDIDATES = {
     "baseline": {},
@@ -96,9 +94,9 @@ def run_candidate(name: str, overrides: dict, shards: Path, out: Path, *, epochs
                                                             "collapse_patience": 20, "picture_every": epochs,
                                                             "log_every": 1, **base, **overrides})
     shutil.rmtree(out, ignore_errors=True)
-    tic = time.perf_counter()
-    result = pretrain(shards, out, config, device="cpu", progress=False)
-    seconds = time.perf_counter() - tic
+    with stopwatch() as watch:
+        result = pretrain(shards, out, config, device="cpu", progress=False)
+    seconds = watch.seconds
     steps = [r for r in read_log(out / "log.jsonl") if "teacher_entropy" in r and "event" not in r]
     last = [r for r in steps if r["epoch"] == epochs - 1]
     mean = {k: float(np.mean([r[k] for r in last])) for k in ("dino", "teacher_entropy_frac", "entropy_of_mean_frac",

@@ -22,35 +22,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from trainer.engine.distributed import resolve_device
+from trainer.losses.affine import affine_loss, rot90
+from trainer.losses.seg import seg_loss
+from trainer.losses.spatial import spatial_loss
+from trainer.models.backbone import create_backbone, forward_tokens, patch_size
+from trainer.models.decoders import DECODERS, build_decoder
 
-from trainer.engine.distributed import resolve_device  # noqa: E402
-from trainer.losses.affine import affine_loss, rot90  # noqa: E402
-from trainer.losses.seg import seg_loss  # noqa: E402
-from trainer.losses.spatial import spatial_loss  # noqa: E402
-from trainer.models.backbone import create_backbone, forward_tokens, patch_size  # noqa: E402
-from trainer.models.decoders import DECODERS, build_decoder  # noqa: E402
+from timing import timed
 
 CASES = {"vit-ti": ("vit_tiny_patch16_224", 96, 32), "vit-s": ("vit_small_patch16_224", 224, 16)}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time(fn, device: torch.device) -> float:
-    _sync(device)
-    t0 = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - t0
 
 
 def _variants(arch: str, img: int, batch: int, hidden: int, device: torch.device) -> dict:
@@ -100,7 +84,7 @@ def run_case(name: str, arch: str, img: int, batch: int, *, hidden: int, repeats
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):  # interleaved, so load from other processes hits every variant alike
         for k, fn in fns.items():
-            times[k].append(_time(fn, device))
+            times[k].append(timed(fn, device=device))
     t = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     g = img // 16
     print(f"\n{name}: {arch} at {img} px, {batch} maps ({g}x{g} tokens), decoder hidden {hidden}, device {device}, "

@@ -1,6 +1,6 @@
 """Step-time overhead of the decoder's high-resolution edge path, side by side with the token-only decoder.
 
-The real pretraining step (``trainer.pretrain.train_step``: multi-crop, student on every crop, teacher on the
+The real pretraining step (``trainer.train.objective.train_step``: multi-crop, student on every crop, teacher on the
 globals, DINO head and loss, decoder and pseudo-mask loss, AdamW, EMA) of a preset, built twice from the same
 seed: ``decoder_skip=False`` (tokens only) and ``decoder_skip=True`` (the edge path), timed interleaved so
 load from other processes hits both alike. Also the old cpu preset (ViT-Ti/16, 6x6 tokens, 4 local crops) for
@@ -17,25 +17,18 @@ import argparse
 import copy
 import dataclasses
 import statistics
-import sys
-import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from trainer.data.multicrop import multi_crop
+from trainer.engine.distributed import resolve_device
+from trainer.engine.schedules import param_groups
+from trainer.losses.dino import DINOLoss
+from trainer.train.config import Schedules
+from trainer.train.objective import train_step
+from trainer.train.presets import pretrain_preset
 
-from trainer.data.multicrop import multi_crop  # noqa: E402
-from trainer.engine.distributed import resolve_device  # noqa: E402
-from trainer.engine.schedules import param_groups  # noqa: E402
-from trainer.losses.dino import DINOLoss  # noqa: E402
-from trainer.presets import pretrain_preset  # noqa: E402
-from trainer.pretrain import Schedules, train_step  # noqa: E402
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from timing import timed
 
 
 def make_step(cfg, images, maps, device):
@@ -90,11 +83,7 @@ def main(argv=None) -> None:
     times = {name: [] for name in steps}
     for _ in range(args.steps):
         for name, fn in steps.items():
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(timed(fn, device=device))
     t = {k: statistics.median(v) for k, v in times.items()}
     per_epoch = -(-args.n_images // b)
     print(f"preset {args.preset}, batch {b}, device {device}, threads {torch.get_num_threads()}, "

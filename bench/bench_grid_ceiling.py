@@ -14,17 +14,14 @@ ceiling is that of a (crop / 2) grid.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline import datasets  # noqa: E402
-from trainer.metrics import binary_scores  # noqa: E402
+from common import datasets
+from trainer.eval.metrics import binary_scores
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "isic_sample"
 GRIDS = (6, 7, 12, 14, 24)
@@ -39,7 +36,7 @@ def grid_mask(truth: np.ndarray, g: int) -> np.ndarray:
 
 def preset_grids() -> dict[str, int]:
     """Token grid and edge-path grid of each preset (and of the old 6x6 cpu preset)."""
-    from trainer.presets import pretrain_preset
+    from trainer.train.presets import pretrain_preset
 
     out = {"cpu before issue 13 (ViT-Ti/16, 96 px): tokens": 96 // 16}
     for name in ("cpu", "paper"):

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +32,9 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms as T
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from trainer.data.multicrop import MultiCropConfig, multi_crop  # noqa: E402
+from trainer.data.multicrop import MultiCropConfig, multi_crop
+
+from timing import best_of
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -99,25 +98,18 @@ def time_reference(images: torch.Tensor, repeats: int) -> float:
     transform = reference_dino_transform()
     arrays = [img.permute(1, 2, 0).contiguous().numpy() for img in images]
     transform(Image.fromarray(arrays[0]))  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
+
+    def run():
         for arr in arrays:
             transform(Image.fromarray(arr))
-        best = min(best, (time.perf_counter() - start) / len(arrays))
-    return best
+
+    return best_of(run, repeats, warmup=False) / len(arrays)
 
 
 def time_ours(images: torch.Tensor, repeats: int, config: MultiCropConfig) -> float:
     """Seconds per sample of ``multi_crop`` on the whole batch at once."""
     gen = torch.Generator().manual_seed(0)
-    multi_crop(images, config=config, generator=gen)  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        multi_crop(images, config=config, generator=gen)
-        best = min(best, (time.perf_counter() - start) / images.shape[0])
-    return best
+    return best_of(lambda: multi_crop(images, config=config, generator=gen), repeats) / images.shape[0]
 
 
 def profile_ours(images: torch.Tensor, config: MultiCropConfig) -> None:
@@ -133,21 +125,20 @@ def profile_ours(images: torch.Tensor, config: MultiCropConfig) -> None:
 def time_reference_files(paths: list[Path], repeats: int) -> float:
     """Seconds per sample of DINO's data path: PIL decode of the JPEG + RGB + the recipe."""
     transform = reference_dino_transform()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
+
+    def run():
         for p in paths:
             with Image.open(p) as im:
                 transform(im.convert("RGB"))
-        best = min(best, (time.perf_counter() - start) / len(paths))
-    return best
+
+    return best_of(run, repeats, warmup=False) / len(paths)
 
 
 def _shard_from(paths: list[Path], out: Path, size: int = 256) -> Path:
     """A shard of the real images squashed to size x size (masks empty: only the I/O cost matters here)."""
     import cv2
 
-    from pipeline.datasets import read_image
+    from common.datasets import read_image
     from pipeline.shards import ShardRecord, write_shard
 
     empty = np.zeros((size, size), bool)
@@ -170,15 +161,14 @@ def time_ours_from_shard(shard_dir: Path, batch: int, repeats: int, config: Mult
     ds = ShardDataset(shard_dir)
     gen = torch.Generator().manual_seed(0)
     n = min(batch, len(ds))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
+
+    def run():
         items = [ds[i] for i in range(n)]
         images = torch.stack([it["image"] for it in items])
         maps = torch.stack([it["maps"] for it in items]).float().div_(255.0)
         multi_crop(images, maps, config=config, generator=gen, binary_channels=(0, 2))
-        best = min(best, (time.perf_counter() - start) / n)
-    return best
+
+    return best_of(run, repeats, warmup=False) / n
 
 
 def time_shard_reads(shard_dir: Path, repeats: int) -> float:
@@ -186,13 +176,12 @@ def time_shard_reads(shard_dir: Path, repeats: int) -> float:
     from trainer.data.shard_dataset import ShardDataset
 
     ds = ShardDataset(shard_dir)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
+
+    def run():
         items = [ds[i] for i in range(len(ds))]
         torch.stack([it["image"] for it in items]), torch.stack([it["maps"] for it in items])
-        best = min(best, (time.perf_counter() - start) / len(ds))
-    return best
+
+    return best_of(run, repeats, warmup=False) / len(ds)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""What resume's input check costs: sha256 of every input file (pipeline.guard.inputs_hash), per image.
+"""What resume's input check costs: sha256 of every input file (common.guard.inputs_hash), per image.
 
     python bench/bench_provenance.py [DATA ...]     (default: ../shared/data/isic_sample)
     python bench/bench_provenance.py --quick        (what ``make bench`` runs: the same, it takes about a second)
@@ -9,11 +9,12 @@ the page cache) and a second pass (cached), beside the pseudo-mask cost per imag
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
-from pipeline import datasets
-from pipeline.guard import inputs_hash
+from common import datasets
+from common.guard import inputs_hash
+
+from timing import timed
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,11 +23,7 @@ def main(paths: list[str]) -> None:
     for path in paths or [str(REPO.parent / "shared" / "data" / "isic_sample")]:
         samples = datasets.open_dataset(path).samples
         size = sum(s.image.stat().st_size + (s.mask.stat().st_size if s.mask else 0) for s in samples)
-        times = []
-        for _ in range(2):
-            tic = time.perf_counter()
-            inputs_hash(samples)
-            times.append(time.perf_counter() - tic)
+        times = [timed(lambda: inputs_hash(samples)) for _ in range(2)]
         print(f"{path}: {len(samples)} images, {size / 1e6:.1f} MB (images + masks); sha256 of all: first pass "
               f"{times[0]:.2f} s ({1e3 * times[0] / len(samples):.2f} ms/image), cached "
               f"{times[1]:.2f} s ({1e3 * times[1] / len(samples):.2f} ms/image)")

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -39,14 +38,14 @@ import numpy as np
 from joblib import Parallel, delayed
 from skimage.segmentation import random_walker
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common.datasets import read_image
+from pipeline.pseudomask.hair import remove_hair
+from pipeline.pseudomask.per_image import PseudoMaskConfig, make_pseudo_mask
+from pipeline.run import sample_seed
+from pipeline.synth import generate_sample
+from trainer.eval.metrics import binary_scores
 
-from pipeline.datasets import read_image  # noqa: E402
-from pipeline.pseudomask.hair import remove_hair  # noqa: E402
-from pipeline.pseudomask.per_image import PseudoMaskConfig, make_pseudo_mask  # noqa: E402
-from pipeline.run import sample_seed  # noqa: E402
-from pipeline.synth import generate_sample  # noqa: E402
-from trainer.metrics import binary_scores  # noqa: E402
+from timing import stopwatch
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SIZE = 256
@@ -109,11 +108,10 @@ def _score_one(image_path: Path, mask_path: Path, min_long_side: int | None,
     truth = _truth(mask_path)
     out = {}
     for method in methods:
-        t0 = time.perf_counter()
-        pred = segment(method, image, seed=sample_seed(0, image_path.stem))
-        dt = time.perf_counter() - t0
+        with stopwatch() as watch:
+            pred = segment(method, image, seed=sample_seed(0, image_path.stem))
         s = binary_scores(pred, truth)
-        out[method] = (s["jaccard"], s["dice"], s["thresholded_jaccard"], dt)
+        out[method] = (s["jaccard"], s["dice"], s["thresholded_jaccard"], watch.seconds)
     return out
 
 
@@ -144,12 +142,12 @@ def _hair_scores(pred: np.ndarray, truth: np.ndarray, cleaned: np.ndarray, clean
 def _hair_one(index: int) -> dict[str, tuple]:
     s = generate_sample(0, index, size=(768, 576))
     out = {}
-    t0 = time.perf_counter()
-    ours = remove_hair(s.image)
-    out["ours"] = _hair_scores(ours.mask, s.hair, ours.cleaned, s.clean) + (time.perf_counter() - t0,)
-    t0 = time.perf_counter()
-    cleaned, mask = dullrazor(s.image)
-    out["dullrazor"] = _hair_scores(mask, s.hair, cleaned, s.clean) + (time.perf_counter() - t0,)
+    with stopwatch() as ours_watch:
+        ours = remove_hair(s.image)
+    out["ours"] = _hair_scores(ours.mask, s.hair, ours.cleaned, s.clean) + (ours_watch.seconds,)
+    with stopwatch() as dullrazor_watch:
+        cleaned, mask = dullrazor(s.image)
+    out["dullrazor"] = _hair_scores(mask, s.hair, cleaned, s.clean) + (dullrazor_watch.seconds,)
     return out
 
 

@@ -8,9 +8,12 @@ one shard, so the speed-up comes from per-image tasks) on a copy of the folder a
 the folder has them, their masks (``pseudomasks --data isic_sample`` pairs them and checks each mask's size). Then the ratios the issue asks for: every row is
 measured once per round (``--rounds``, default 3) and each ratio is taken within a round; medians are shown.
 
-``--against DIR`` measures another checkout of edgedino (e.g. the main branch) the same way, in a subprocess
-run right after this one's, and prints both side by side (the machine's load average is printed too: other
-work on the machine slows both, and ``--jobs 2`` most).
+"this" is the installed edgedino (``make install``: this checkout). ``--against DIR`` measures another checkout
+of edgedino (e.g. the main branch) the same way, in a subprocess run right after this one's, and prints both side
+by side (the machine's load average is printed too: other work on the machine slows both, and ``--jobs 2`` most).
+How the other checkout is imported: a fresh process started with ``PYTHONPATH=DIR``, whose entries come before the
+installed package on the module path, so that process imports DIR's ``pipeline`` (it checks that it did); this
+process's own module path is never edited.
 
     python bench/bench_stage1.py            # all 99 images
     python bench/bench_stage1.py --limit 30
@@ -27,19 +30,16 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parents[1]
-DATA = HERE.parent / "shared" / "data" / "isic_sample"
+from timing import timed
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "isic_sample"
 ROWS = ("imdecode", "full_decode", "reduced_decode", "jobs1", "jobs2")
 
 
 def _decode(read_image, paths: list[Path], min_long_side: int | None) -> float:
-    start = time.perf_counter()
-    for p in paths:
-        read_image(p, min_long_side=min_long_side)
-    return (time.perf_counter() - start) / len(paths)
+    return timed(lambda: [read_image(p, min_long_side=min_long_side) for p in paths]) / len(paths)
 
 
 def _imdecode(paths: list[Path]) -> float:
@@ -47,21 +47,21 @@ def _imdecode(paths: list[Path]) -> float:
     import cv2
     import numpy as np
 
-    start = time.perf_counter()
-    for p in paths:
-        cv2.imdecode(np.fromfile(p, dtype=np.uint8), cv2.IMREAD_COLOR)
-    return (time.perf_counter() - start) / len(paths)
+    def decode_all():
+        for p in paths:
+            cv2.imdecode(np.fromfile(p, dtype=np.uint8), cv2.IMREAD_COLOR)
+
+    return timed(decode_all) / len(paths)
 
 
 _RUN = """
-import sys, time
+import sys
 from pathlib import Path
 import pipeline.run
 from pipeline.run import run_pseudomasks
+from timing import timed
 print(pipeline.run.__file__)
-start = time.perf_counter()
-run_pseudomasks(Path(sys.argv[1]), Path(sys.argv[2]), jobs=int(sys.argv[3]), progress=False)
-print(time.perf_counter() - start)
+print(timed(lambda: run_pseudomasks(Path(sys.argv[1]), Path(sys.argv[2]), jobs=int(sys.argv[3]), progress=False)))
 """
 
 
@@ -70,7 +70,8 @@ def _fresh_run(code: Path, data: Path, out: Path, jobs: int) -> float:
     counted): worker pools are started by the run, never left warm by an earlier one."""
     # Run from ``code``: ``python -c`` puts the working folder first on sys.path, before PYTHONPATH, so a run
     # started elsewhere imported the caller's checkout (until 2026-12-01 ``--against`` timed this checkout twice).
-    env = {**os.environ, "PYTHONPATH": str(code)}
+    # This folder comes after ``code`` on PYTHONPATH: the run imports ``code``'s edgedino and our timing helper.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), str(Path(__file__).resolve().parent)])}
     done = subprocess.run([sys.executable, "-c", _RUN, str(data.resolve()), str(out.resolve()), str(jobs)], env=env,
                           cwd=code, check=True, capture_output=True, text=True)
     imported, seconds = done.stdout.strip().splitlines()[-2:]
@@ -79,16 +80,30 @@ def _fresh_run(code: Path, data: Path, out: Path, jobs: int) -> float:
     return float(seconds)
 
 
+def _checkout(code: Path | None) -> Path:
+    """The folder of the edgedino this process imports: the installed one, or ``code`` (``--code``, where the
+    process was started with ``PYTHONPATH=code``: refused when another one was imported)."""
+    import pipeline
+
+    imported = Path(pipeline.__file__).resolve().parents[1]
+    if code is not None and imported != code.resolve():
+        raise RuntimeError(f"meant to measure {code} but imported {imported}: start with PYTHONPATH={code}")
+    return imported
+
+
 def measure(code: Path, data: Path, limit: int | None, rounds: int) -> dict:
-    """Seconds per image of each row of ``ROWS`` for the edgedino checkout at ``code``, per round.
+    """Seconds per image of each row of ``ROWS`` for the edgedino checkout at ``code`` (the one this process
+    imports, :func:`_checkout`), per round.
 
     Every round measures all rows one after the other, so each round's ratios come from figures taken
     seconds apart (the machine is noisy); the table shows the median round.
     """
-    sys.path.insert(0, str(code))
     import cv2
 
-    from pipeline.datasets import open_dataset, read_image
+    try:
+        from common.datasets import open_dataset, read_image
+    except ImportError:  # a checkout from before common/ (--against an older branch): the same two functions
+        from pipeline.datasets import open_dataset, read_image
     from pipeline.run import RunConfig
 
     cv2.setNumThreads(1)
@@ -152,14 +167,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="Rounds of every row (default 3); medians shown.")
     parser.add_argument("--against", type=Path, default=None,
                         help="Another edgedino checkout (e.g. the main branch) to measure the same way, after this one.")
-    parser.add_argument("--code", type=Path, default=HERE, help=argparse.SUPPRESS)  # the checkout to import
+    parser.add_argument("--code", type=Path, default=None, help=argparse.SUPPRESS)  # the checkout to import
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # one JSON line (for --against)
     parser.add_argument("--quick", action="store_true", help="20 images, 1 round (what make bench runs)")
     args = parser.parse_args()
     if args.quick:
         args.limit, args.rounds = args.limit or 20, 1
     load = os.getloadavg()[0]
-    results = {"this": measure(args.code, args.data, args.limit, args.rounds)}
+    results = {"this": measure(_checkout(args.code), args.data, args.limit, args.rounds)}
     if args.json:
         print(json.dumps(results["this"]))
         return

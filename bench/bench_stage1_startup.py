@@ -19,17 +19,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from joblib.externals.loky import ProcessPoolExecutor
 
-from joblib.externals.loky import ProcessPoolExecutor  # noqa: E402
+from common.datasets import open_dataset
+from pipeline.run import RunConfig, hashed_sample, sample_seed
 
-from pipeline.datasets import open_dataset  # noqa: E402
-from pipeline.run import RunConfig, hashed_sample, sample_seed  # noqa: E402
+from timing import stopwatch, timed
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "isic_sample"
 
@@ -37,30 +35,25 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "isic_sample"
 def worker_start(first_sample, config: RunConfig) -> dict[str, float]:
     """Seconds from a fresh one-worker pool to: a bare call, a ``pipeline.run`` call, the first image done.
     Two pools: the first measures the bare call alone (a later call would find the worker's imports done)."""
-    start = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=1) as pool:
+    with stopwatch() as watch, ProcessPoolExecutor(max_workers=1) as pool:
         pool.submit(os.getpid).result()
-        bare = time.perf_counter() - start
-    start = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=1) as pool:
+        bare = watch.lap()
+    with stopwatch() as watch, ProcessPoolExecutor(max_workers=1) as pool:
         pool.submit(sample_seed, 0, "x").result()
-        ready = time.perf_counter() - start
+        ready = watch.lap()
         pool.submit(hashed_sample, first_sample, config).result()
-        first = time.perf_counter() - start
+        first = watch.lap()
     return {"bare": bare, "pipeline": ready, "first_image": first}
 
 
 def threads_vs_serial(samples: list, config: RunConfig) -> tuple[float, float]:
     """(serial seconds, two-thread seconds) for the same images, after one warm-up image."""
     hashed_sample(samples[0], config)
-    start = time.perf_counter()
-    for sample in samples:
-        hashed_sample(sample, config)
-    serial = time.perf_counter() - start
-    start = time.perf_counter()
-    with ThreadPoolExecutor(2) as pool:
-        list(pool.map(lambda s: hashed_sample(s, config), samples))
-    return serial, time.perf_counter() - start
+    serial = timed(lambda: [hashed_sample(sample, config) for sample in samples])
+    with stopwatch() as watch:
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda s: hashed_sample(s, config), samples))
+    return serial, watch.seconds
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Step overhead: the real pretraining step (``trainer.pretrain.train_step``) vs a plain backbone step.
+"""Step overhead: the real pretraining step (``trainer.train.objective.train_step``) vs a plain backbone step.
 
 On the same ready-made crops (2 global + N local, made once with ``multi_crop``), side by side in one run:
 
@@ -31,38 +31,21 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from trainer.data.multicrop import multi_crop
+from trainer.engine.distributed import resolve_device
+from trainer.engine.schedules import param_groups
+from trainer.losses.dino import DINOLoss
+from trainer.models.backbone import forward_tokens
+from trainer.models.fkd import FoundationTeacher
+from trainer.train.config import PretrainConfig, Schedules
+from trainer.train.objective import train_step
+from trainer.train.presets import pretrain_preset
 
-from trainer.data.multicrop import multi_crop  # noqa: E402
-from trainer.engine.distributed import resolve_device  # noqa: E402
-from trainer.engine.schedules import param_groups  # noqa: E402
-from trainer.losses.dino import DINOLoss  # noqa: E402
-from trainer.models.backbone import forward_tokens  # noqa: E402
-from trainer.models.fkd import FoundationTeacher  # noqa: E402
-from trainer.presets import pretrain_preset  # noqa: E402
-from trainer.pretrain import PretrainConfig, Schedules, train_step  # noqa: E402
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _median_time(fn, device, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from timing import median_of
 
 
 def main(argv=None) -> None:
@@ -155,13 +138,13 @@ def main(argv=None) -> None:
     compiled_step = make(config, compiled=True)[0] if args.compile else None
     times = {"plain": [], "dino": [], "full": [], "fkd": [], "teacher": [], "compiled": []}
     for _ in range(args.steps):  # interleaved, so load from other processes hits all three alike
-        times["plain"].append(_median_time(plain_step, device, 1))
-        times["dino"].append(_median_time(dino_step, device, 1))
-        times["full"].append(_median_time(full_step, device, 1))
-        times["fkd"].append(_median_time(fkd_step, device, 1))
-        times["teacher"].append(_median_time(lambda: fkd_teacher(globals_cat, grid), device, 1))
-        if compiled_step:  # its first call (the warm-up inside _median_time) compiles
-            times["compiled"].append(_median_time(compiled_step, device, 1))
+        times["plain"].append(median_of(plain_step, 1, device=device))
+        times["dino"].append(median_of(dino_step, 1, device=device))
+        times["full"].append(median_of(full_step, 1, device=device))
+        times["fkd"].append(median_of(fkd_step, 1, device=device))
+        times["teacher"].append(median_of(lambda: fkd_teacher(globals_cat, grid), 1, device=device))
+        if compiled_step:  # its first call (the warm-up inside median_of) compiles
+            times["compiled"].append(median_of(compiled_step, 1, device=device))
     t = {k: statistics.median(v) for k, v in times.items() if v}
     p = student.backbone.patch_embed.patch_size[0]
     g_tokens = 2 * (args.img_size // p) ** 2

@@ -3,7 +3,7 @@
 For each fine-tuned cell given (a folder with ``model.pt`` and ``subset.json``, as ``finetune`` and ``table``
 write them), the cell's own validation images (labelled, never trained on; ``subset.json``'s ``validation``)
 are segmented once by the model; the probability is then fused with stage 1's walker probability at every weight
-of ``--weights`` (:func:`trainer.finetune.fuse_probabilities`, calibrated at each image's own cut), cut into a
+of ``--weights`` (:func:`trainer.inference.fusion.fuse_probabilities`, calibrated at each image's own cut), cut into a
 mask as ``finetune`` does (one lesion, the colour check) and scored against the expert mask. Weight 0 is the walker
 alone (calibrated), 1 the model alone. Prints the mean Jaccard per weight and cell, and the mean over cells.
 
@@ -14,26 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline import datasets  # noqa: E402
-from trainer.finetune import (  # noqa: E402
-    fuse_probabilities,
-    implausible_map,
-    mask_from_probability,
-    predict_image,
-    walker_cut,
-    walker_probability,
-)
-from trainer.metrics import binary_scores  # noqa: E402
-from trainer.models.segmenter import load_seg_model  # noqa: E402
+from common import datasets
+from trainer.eval.metrics import binary_scores
+from trainer.inference.fusion import fuse_probabilities, walker_cut, walker_probability
+from trainer.inference.masks import implausible_map, mask_from_probability
+from trainer.inference.segment import predict_image
+from trainer.models.segmenter import load_seg_model
 
 WEIGHTS = (0.0, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 1.0)
 

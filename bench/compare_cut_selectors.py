@@ -20,19 +20,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 
 import numpy as np
 from joblib import Parallel, delayed
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fit_cut_model import FIXED, _fit, candidates_of, ceiling, chosen, held_out_scores, report
 
-from fit_cut_model import FIXED, _fit, candidates_of, ceiling, chosen, held_out_scores, report  # noqa: E402
-
-from pipeline.datasets import open_dataset  # noqa: E402
-from pipeline.pseudomask.cut import model_from_sklearn, relative_measures  # noqa: E402
+from common.datasets import open_dataset
+from pipeline.pseudomask.cut import model_from_sklearn, relative_measures
 
 
 def _setting(text: str):

@@ -18,25 +18,22 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 from joblib import Parallel, delayed
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.datasets import open_dataset, read_image, read_mask  # noqa: E402
-from pipeline.pseudomask.cut import CUT_LADDER, FEATURES, candidate_cuts, model_from_sklearn  # noqa: E402
-from pipeline.pseudomask.per_image import (  # noqa: E402
+from common.datasets import open_dataset, read_image, read_mask
+from pipeline.pseudomask.cut import CUT_LADDER, FEATURES, candidate_cuts, model_from_sklearn
+from pipeline.pseudomask.per_image import (
     PseudoMaskConfig,
     clean_image,
     resize_long,
     segment,
 )
-from pipeline.pseudomask.seeds import LESION, to_lab  # noqa: E402
-from pipeline.run import RunConfig  # noqa: E402
+from pipeline.pseudomask.seeds import LESION, to_lab
+from pipeline.run import RunConfig
 
 FIXED = dataclasses.replace(PseudoMaskConfig(), cut_rule="fixed")
 

@@ -7,8 +7,9 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from pipeline.atomic import atomic_batch, write_bytes
-from pipeline.guard import GuardError, check_out_dir, check_plain_name, output_folder
+from common.atomic import atomic_batch
+from common.guard import GuardError, check_out_dir, check_plain_name, output_folder
+from common.png import encode_png
 from pipeline.shards import ShardReader, check_orig_shape, shards_to_read
 
 
@@ -23,19 +24,6 @@ def mask_to_original(mask: np.ndarray, orig_shape: tuple[int, int]) -> np.ndarra
     return np.where(soft >= 0.5, 255, 0).astype(np.uint8)
 
 
-def encode_png(mask: np.ndarray, name: str = "mask") -> bytes:
-    """An ``(H, W) uint8`` image as single-channel PNG bytes (``name`` for the error message)."""
-    ok, buf = cv2.imencode(".png", mask)
-    if not ok:
-        raise RuntimeError(f"{name}: PNG encoding failed")
-    return buf.tobytes()
-
-
-def write_mask_png(path: Path, mask: np.ndarray) -> None:
-    """Write an ``(H, W) uint8`` 0/255 mask as a single-channel PNG, atomically."""
-    write_bytes(path, encode_png(mask, str(path)))
-
-
 def export_masks(shards: str | Path, out_dir: str | Path, *, progress: bool = True, overwrite: bool = False) -> int:
     """Write every pseudo-mask in ``shards`` (file or folder) to ``out_dir``; return how many.
 
@@ -44,7 +32,7 @@ def export_masks(shards: str | Path, out_dir: str | Path, *, progress: bool = Tr
     plain file name, an ``orig_shape`` that is not a plausible image size or not the size of the image it was
     made from: :func:`pipeline.shards.check_orig_shape`), an id found twice, a second run into the same
     ``out_dir``, and a mask file already in ``out_dir`` that an earlier run did not write (e.g. the expert
-    masks), unless ``overwrite`` (:func:`pipeline.guard.output_folder`).
+    masks), unless ``overwrite`` (:func:`common.guard.output_folder`).
     """
     out_dir = check_out_dir(out_dir, [shards], flat_inputs=True)
     paths = shards_to_read(shards)

@@ -8,7 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline import datasets
+from common import datasets
+from common.drawing import draw_contour
 from pipeline.shards import ShardReader, shards_to_read
 
 UNCERTAIN_BAND = (0.1, 0.9)
@@ -114,7 +115,7 @@ def contact_sheet(path: str | Path, png: str | Path, *, n: int = 8) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipeline.atomic import save_figure
+    from common.atomic import save_figure
 
     paths = shards_to_read(path)
     index = [(p, i) for p in paths for i in range(_rows(p))]
@@ -162,11 +163,3 @@ def _rows(path: Path) -> int:
     with ShardReader(path) as shard:
         return len(shard)
 
-
-def draw_contour(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int], thickness: int = 1) -> None:
-    """Draw the outer contours of ``mask`` ``(H, W)`` (nonzero = inside) on ``image`` ``(H, W, 3) uint8``, in place.
-
-    The one contour helper of the pictures: contact sheets, the synthetic sheet, the fine-tune best/worst sheet.
-    """
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    cv2.drawContours(image, contours, -1, colour, thickness)

@@ -22,9 +22,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from pipeline import datasets
-from pipeline.atomic import write_text
-from pipeline.guard import (
+from common import datasets
+from common.atomic import write_text
+from common.guard import (
     Ledger,
     cap_jobs,
     check_out_dir,
@@ -32,6 +32,7 @@ from pipeline.guard import (
     inputs_hash,
     output_folder,
     parent_is_gone,
+    sha256_file,
     watch_parent,
 )
 from pipeline.pseudomask.per_image import PseudoMaskConfig, make_pseudo_mask
@@ -45,7 +46,6 @@ from pipeline.shards import (
     find_shards,
     ids_hash,
     read_manifest,
-    sha256_file,
     shard_name,
     write_manifest,
     write_shard,
@@ -241,7 +241,7 @@ def write_planned_shard(plan: ShardPlan, out_dir: str | Path, config: RunConfig,
                         results: Sequence[ShardRecord | dict], seconds: float, owner_pid: int | None = None,
                         parts: Sequence[str] | None = None) -> dict:
     """Write the shard of ``plan`` from its per-sample results (in plan order); return its manifest entry.
-    ``parts``: the samples' :func:`pipeline.guard.input_part`, when already computed."""
+    ``parts``: the samples' :func:`common.guard.input_part`, when already computed."""
     records = [r for r in results if isinstance(r, ShardRecord)]
     rejects = [r for r in results if not isinstance(r, ShardRecord)]
     path = Path(out_dir) / plan.name
@@ -358,7 +358,7 @@ def run_pseudomasks(data: Sequence[str | Path] | str | Path, out_dir: str | Path
     Parameters
     ----------
     data : path or sequence of paths
-        Data folders (see ``pipeline.datasets``).
+        Data folders (see ``common.datasets``).
     out_dir : path
         Shards, ``manifest.json`` and ``rejects.jsonl`` go here. Rerunning resumes.
     config : RunConfig

@@ -36,9 +36,16 @@ from typing import Iterator, Sequence
 import h5py
 import numpy as np
 
-from pipeline.atomic import atomic_path, write_text
-from pipeline.datasets import MAX_PIXELS, MAX_SIDE, ImageReadError, image_size
-from pipeline.guard import MAX_ID_BYTES, GuardError, bounded_number, check_not_being_written, check_plain_name
+from common.atomic import atomic_path, write_text
+from common.datasets import MAX_PIXELS, MAX_SIDE, ImageReadError, image_size
+from common.guard import (
+    MAX_ID_BYTES,
+    GuardError,
+    bounded_number,
+    check_not_being_written,
+    check_plain_name,
+    sha256_file,
+)
 
 SCHEMA_VERSION = 1
 SHARD_GLOB = "shard-*.h5"
@@ -61,14 +68,6 @@ def shard_name(index: int) -> str:
 
 def ids_hash(ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -102,7 +101,7 @@ def write_shard(path: Path, records: Sequence[ShardRecord], *, size: int, config
     rejects : sequence of dict
         ``{"id", "path", "reason"}`` per rejected input.
     inputs_hash : str
-        What the shard was made from (``pipeline.guard.inputs_hash``: ids, paths, file bytes); resume checks it.
+        What the shard was made from (``common.guard.inputs_hash``: ids, paths, file bytes); resume checks it.
     """
     n, s = len(records), size
     diag_keys = sorted({k for r in records for k in r.diagnostics})
@@ -328,7 +327,7 @@ def check_orig_shape(shape, *, where: str | Path, image: str | Path | None = Non
     """``(H, W)`` of a shard row when it is a plausible image size, else :class:`ShardError` naming ``where``.
 
     Each side in ``[1, MAX_SIDE]`` and ``H * W`` at most ``MAX_PIXELS`` (the largest image stage 1 reads,
-    :mod:`pipeline.datasets`). With ``image`` (the row's source file) when it still exists, the size must also be
+    :mod:`common.datasets`). With ``image`` (the row's source file) when it still exists, the size must also be
     the one its header gives: the mask is made for that image. Checked before a mask is resized to it.
     """
     values = [_number(v) for v in np.asarray(shape).reshape(-1)]
@@ -353,7 +352,7 @@ def check_orig_shape(shape, *, where: str | Path, image: str | Path | None = Non
 
 def shards_to_read(path: str | Path) -> list[Path]:
     """:func:`find_shards` for a command that reads the shards' data (pretrain, finetune's pool, export, inspect,
-    the table): refuses (:class:`~pipeline.guard.GuardError`) a folder whose ``pseudomasks`` run is still alive,
+    the table): refuses (:class:`~common.guard.GuardError`) a folder whose ``pseudomasks`` run is still alive,
     since its manifest lists the shards as they finish and a reader would see part of the data."""
     if Path(path).exists():
         check_not_being_written(path)

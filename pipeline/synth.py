@@ -27,6 +27,13 @@ Two options make the hard cases of other dermoscopes (off by default; the defaul
   the lesion mask is cut to the field of view;
 - ``lesion='large'``: a lesion that fills 60-100 % of the frame or crosses its edge (about half each), with
   a dark core and a broad pale periphery (its density at the contour 15-35 % of the core's).
+
+A third makes one clinic's dermoscope, on which stage 1 takes the whole bright skin for lesion:
+
+- ``fov='vignette'``: light, fairly uniform skin (pale pink, pink, beige), a small tan or brown lesion (about
+  4-15 % of the image, placed inside the bright disc, usually off its centre), and a wide, soft, brown-tinted
+  dark lens vignette around a disc about as wide as the frame is high (:func:`_lens_vignette`; some discs are
+  cut by the frame). No hard edge: the lesion mask is the lesion only. :func:`vignette_case` makes a few.
 """
 from __future__ import annotations
 
@@ -36,8 +43,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.atomic import write_bytes
-from pipeline.report import draw_contour
+from common.atomic import write_bytes
+from common.drawing import draw_contour
 
 JPEG_QUALITY = 95
 PNG_COMPRESSION = 3
@@ -57,7 +64,10 @@ _PIGMENTS = {
     "bluegrey": (np.array([1.00, 0.85, 0.65], np.float32), (0.5, 1.0)),
 }
 _PIGMENT_P = {"tan": 0.25, "brown": 0.4, "dark": 0.25, "bluegrey": 0.1}
-FOV_OPTIONS = ("auto", "circle")
+_LIGHT_SKIN_TONES = _SKIN_TONES[:3]                      # pale pink, pink, beige: the vignette clinic's patients
+_VIGNETTE_PIGMENT_P = {"tan": 0.35, "brown": 0.55, "dark": 0.1}
+VIGNETTE_LESION_FRACTION = (0.04, 0.15)                   # the lesion's share of the image with fov='vignette'
+FOV_OPTIONS = ("auto", "circle", "vignette")
 LESION_OPTIONS = ("auto", "large")
 
 
@@ -76,7 +86,7 @@ class SynthSample:
     lesion_fraction: float
     n_dark_hairs: int
     n_light_hairs: int
-    optics: str             # 'none', 'vignette', 'frame' or 'circle'
+    optics: str             # 'none', 'vignette', 'frame', 'circle' or 'lens' (fov='vignette')
     pigment: str            # 'tan', 'brown', 'dark' or 'bluegrey'
     edge_width: float       # width of the fuzzy lesion edge in px (0.5 sharp ... 10 very fuzzy)
     touches_border: bool = field(default=False)
@@ -110,10 +120,11 @@ def _mesh(band: np.ndarray, width: float) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------- the scene
 
-def _skin(rng: np.random.Generator, shape: tuple[int, int], px: float) -> np.ndarray:
-    """``(H, W, 3) float32`` skin in 0-255."""
-    i, j = rng.choice(len(_SKIN_TONES), 2, replace=False)
-    tone = _SKIN_TONES[i] + rng.uniform(0, 1) * (_SKIN_TONES[j] - _SKIN_TONES[i])
+def _skin(rng: np.random.Generator, shape: tuple[int, int], px: float,
+          tones: np.ndarray = _SKIN_TONES) -> np.ndarray:
+    """``(H, W, 3) float32`` skin in 0-255, its tone mixed from two of ``tones`` ``(K, 3)`` RGB."""
+    i, j = rng.choice(len(tones), 2, replace=False)
+    tone = tones[i] + rng.uniform(0, 1) * (tones[j] - tones[i])
     tone = (tone * rng.uniform(0.92, 1.04) + rng.normal(0, 4, 3)).astype(np.float32)
     image = np.broadcast_to(tone, (*shape, 3)).copy()
     image *= (1 + 0.05 * _smooth_noise(rng, shape, 3))[..., None]                   # uneven illumination
@@ -266,6 +277,53 @@ def _circular_fov(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.
     return (shade * (1 - outside) + corner * outside).astype(np.float32), rr < 1
 
 
+def _lens_disc(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[float, float, float]:
+    """Centre ``(x, y)`` and radius (px) of the bright disc of a lens vignette: about the circle inscribed in
+    the frame (radius 0.85-1.05 of half the short side, so some discs are cut by the frame), off-centre by
+    up to 4 % of the frame."""
+    h, w = shape
+    cx, cy = w / 2 + rng.uniform(-0.04, 0.04) * w, h / 2 + rng.uniform(-0.04, 0.04) * h
+    return float(cx), float(cy), float(rng.uniform(0.85, 1.05) * min(h, w) / 2)
+
+
+def _lens_vignette(rng: np.random.Generator, shape: tuple[int, int], cx: float, cy: float,
+                   radius: float) -> np.ndarray:
+    """Transmission ``(H, W, 3) float32`` of a wide dark lens vignette around the disc ``(cx, cy, radius)``.
+
+    With ``r`` the distance from the centre over ``radius``: inside the disc a mild fall-off (5-25 % at
+    ``r = 1``); across the rim a soft step ``0.5 * (1 + tanh((r - 1) / soft))``, ``soft`` 0.15-0.3 (its
+    10-90 % width is 0.33-0.66 of the radius), down to a floor of 0.15-0.4 that keeps falling,
+    ``floor * exp(-(r - 1) / decay)`` with ``decay`` 0.25-0.5, to near black in the far corners. The dark part
+    is tinted warm brown: red x (1 + k), blue x (1 - k), k 0.25-0.45. The tint is what makes stage 1 fail:
+    stage 1's field-of-view rule takes only grey pixels for the frame, so a brown band is left inside the field
+    of view and closes a ring around the bright disc (with k 0-0.2 instead, 3 of 48 images fail, not 22;
+    ``bench/bench_vignette.py``).
+    """
+    h, w = shape
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    rr = np.hypot(xx - cx, yy - cy) / radius                                  # 1 in the middle of the rim
+    outside = 0.5 * (1 + np.tanh((rr - 1) / rng.uniform(0.15, 0.3)))
+    dark = rng.uniform(0.15, 0.4) * np.exp(-np.clip(rr - 1, 0, None) / rng.uniform(0.25, 0.5))
+    inner = 1 - rng.uniform(0.05, 0.25) * np.clip(rr, 0, 1) ** 2
+    warm = rng.uniform(0.25, 0.45)
+    tint = np.array([1 + warm, 1 + rng.uniform(-0.05, 0.05), 1 - warm], np.float32)
+    t = inner * (1 - outside) + dark * outside
+    return (t[..., None] * (1 + outside[..., None] * (tint - 1))).astype(np.float32)
+
+
+def _small_lesion_shape(rng: np.random.Generator, shape: tuple[int, int], px: float, cx: float, cy: float,
+                        radius: float) -> np.ndarray:
+    """Signed distance (px, > 0 inside) to a small lesion (about 4-15 % of the image) inside the lens disc
+    ``(cx, cy, radius)``, usually away from its centre."""
+    h, w = shape
+    fraction = rng.uniform(0.055, 0.12)
+    r = np.sqrt(fraction * h * w / np.pi)
+    a, off = rng.uniform(0, 2 * np.pi), rng.uniform(0.05, 0.45) * max(radius - r, 0.0)
+    x = float(np.clip(cx + off * np.cos(a), r, w - r))
+    y = float(np.clip(cy + off * np.sin(a), 0.8 * r, h - 0.8 * r))
+    return _blob(rng, shape, (x, y), r, px)
+
+
 def _bezier(p: np.ndarray, n: int) -> np.ndarray:
     """``n`` points of the cubic Bezier curve with control points ``p`` (4, 2)."""
     t = np.linspace(0, 1, n)[:, None]
@@ -360,11 +418,13 @@ def generate_sample(seed: int, index: int, *, size: tuple[int, int] = (512, 384)
         Non-negative; the sample depends only on ``(seed, index, size)``.
     size : (int, int)
         ``(width, height)`` in px, each at least 32. Lengths (hair width, texture scale) scale with the width.
-    fov : {'auto', 'circle'}
+    fov : {'auto', 'circle', 'vignette'}
         ``'auto'``: the usual mix of optics; ``'circle'``: always a circular field of view (random radius and
-        offset, black or dark-grey corners, darker towards the rim).
+        offset, black or dark-grey corners, darker towards the rim); ``'vignette'``: the wide brown lens
+        vignette of one clinic's dermoscope, with light skin and a small tan or brown lesion (4-15 %).
     lesion : {'auto', 'large'}
-        ``'auto'``: 3-60 % of the image; ``'large'``: filling 60-100 % of the frame or crossing its edge.
+        ``'auto'``: 3-60 % of the image (4-15 % with ``fov='vignette'``); ``'large'``: filling 60-100 % of the
+        frame or crossing its edge.
 
     Returns
     -------
@@ -383,10 +443,15 @@ def generate_sample(seed: int, index: int, *, size: tuple[int, int] = (512, 384)
     rng = np.random.default_rng([int(seed), int(index)])
     shape, px = (h, w), w / 512
 
-    skin = _skin(rng, shape, px)
+    disc = _lens_disc(rng, shape) if fov == "vignette" else None
+    skin = _skin(rng, shape, px) if disc is None else _skin(rng, shape, px, _LIGHT_SKIN_TONES)
     skin_tone = skin[::8, ::8].reshape(-1, 3).mean(axis=0)
-    signed = (_large_lesion_shape if lesion == "large" else _lesion_shape)(rng, shape, px)
-    pigment = str(rng.choice(list(_PIGMENT_P), p=list(_PIGMENT_P.values())))
+    if lesion == "large":
+        signed = _large_lesion_shape(rng, shape, px)
+    else:
+        signed = _lesion_shape(rng, shape, px) if disc is None else _small_lesion_shape(rng, shape, px, *disc)
+    pigment_p = _PIGMENT_P if disc is None else _VIGNETTE_PIGMENT_P
+    pigment = str(rng.choice(list(pigment_p), p=list(pigment_p.values())))
     absorb, (lo, hi) = _PIGMENTS[pigment]
     pale_rim = float(rng.uniform(0.15, 0.35)) if lesion == "large" else None
     density, edge = _pigment_density(rng, signed, px, rng.uniform(lo, hi), pale_rim)
@@ -402,6 +467,8 @@ def generate_sample(seed: int, index: int, *, size: tuple[int, int] = (512, 384)
     if fov == "circle":
         transmission, inside = _circular_fov(rng, shape)
         optics = "circle"
+    elif disc is not None:
+        transmission, inside, optics = _lens_vignette(rng, shape, *disc), np.ones(shape, bool), "lens"
     else:
         transmission, optics = _optics(rng, shape)
         inside = transmission > 0.15
@@ -409,7 +476,8 @@ def generate_sample(seed: int, index: int, *, size: tuple[int, int] = (512, 384)
     noise = rng.standard_normal((*shape, 3), dtype=np.float32) * np.float32(rng.uniform(1.0, 2.5))
 
     def finish(a: np.ndarray) -> np.ndarray:
-        a = cv2.GaussianBlur(a * transmission[..., None], (0, 0), sigma) + noise
+        t = transmission[..., None] if transmission.ndim == 2 else transmission
+        a = cv2.GaussianBlur(a * t, (0, 0), sigma) + noise
         out = np.clip(np.rint(a), 0, 255).astype(np.uint8)
         out.setflags(write=False)
         return out
@@ -422,6 +490,18 @@ def generate_sample(seed: int, index: int, *, size: tuple[int, int] = (512, 384)
     return SynthSample(image=finish(image), clean=finish(clean), lesion=lesion, hair=hair,
                        lesion_fraction=float(lesion.mean()), n_dark_hairs=n_dark, n_light_hairs=n_light,
                        optics=optics, pigment=pigment, edge_width=edge, touches_border=touches)
+
+
+def vignette_case(n: int = 8, *, seed: int = 0, size: tuple[int, int] = (256, 192)) -> list[SynthSample]:
+    """The first ``n`` images of dataset ``seed`` with ``fov='vignette'``: the test case of stage 1's vignette
+    failure (the bright skin inside a brown lens vignette taken for lesion).
+
+    ``size`` (width, height) defaults to 256 x 192, stage 1's walker resolution: about 0.3 s an image for
+    :func:`generate_sample` plus ``make_pseudo_mask``.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    return [generate_sample(seed, i, size=size, fov="vignette") for i in range(n)]
 
 
 # -------------------------------------------------------------------------------------------------- writing
@@ -488,7 +568,7 @@ def contact_sheet(samples: list[SynthSample], path: str | Path, *, titles: list[
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipeline.atomic import save_figure
+    from common.atomic import save_figure
 
     if not samples:
         raise ValueError("contact_sheet: samples is empty")

@@ -15,12 +15,12 @@ Rows (METHOD.md section 6):
   crops and their pseudo-masks (``FinetuneConfig.pseudo_shards``; weight and schedule documented there);
 - ``ours+ilka``: ours with S^3-Net's I-LKA + deformable-conv decoder (pretraining and fine-tuning);
 - ``unet-pseudo``: a small U-Net (:mod:`trainer.models.unet`) trained on the pseudo-masks alone
-  (:mod:`trainer.unet_pseudo`), then fine-tuned with the same labels: no DINO, no ViT. Ours must beat it to
+  (:mod:`trainer.train.unet_pseudo`), then fine-tuned with the same labels: no DINO, no ViT. Ours must beat it to
   claim that self-distillation adds anything beyond the pseudo-masks;
 - ``pseudo-masks``: the test images' own pseudo-masks scored as predictions (no label used at all);
 - ``ours+fuse``, ``ours+semi+fuse``, ``unet-pseudo+fuse``: the cells of ``ours`` / ``ours+semi`` /
   ``unet-pseudo`` (run when missing; no new training) rescored with ``fuse``: each test probability combined
-  with stage 1's walker probability of the same image (:func:`trainer.finetune.fuse_probabilities`;
+  with stage 1's walker probability of the same image (:func:`trainer.inference.fusion.fuse_probabilities`;
   ``finetune --fuse`` and ``predict --fuse``).
 
 Columns: **0 labels** (frac 0) for every row whose pretraining trained a segmentation decoder (``pseudo-only``,
@@ -43,20 +43,21 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline import datasets
-from pipeline.atomic import save_figure, write_text
+from common import datasets
+from common.atomic import save_figure, write_text
+from common.guard import check_not_being_written, check_out_dir, output_folder
 from pipeline.export import export_masks
-from pipeline.guard import check_not_being_written, check_out_dir, output_folder
 from pipeline.run import RunConfig, run_pseudomasks
-from trainer import finetune as finetune_loop  # called through the module: tests replace the loops
-from trainer import pretrain as pretrain_loop
-from trainer import unet_pseudo as unet_loop
 from trainer.data.cutmix import PICConfig
 from trainer.data.splits import split_dataset
 from trainer.engine.export import EXPORT
-from trainer.metrics import binary_scores
-from trainer.presets import finetune_preset, pretrain_preset, unet_pseudo_preset
-from trainer.pretrain import PretrainConfig
+from trainer.eval import scoring  # called through the modules: tests replace the loops and the scoring
+from trainer.eval.metrics import binary_scores
+from trainer.train import finetune as finetune_loop
+from trainer.train import pretrain as pretrain_loop
+from trainer.train import unet_pseudo as unet_loop
+from trainer.train.config import PretrainConfig
+from trainer.train.presets import finetune_preset, pretrain_preset, unet_pseudo_preset
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +198,7 @@ def _zero_label_rows(spec: TableSpec, out: Path, exports: dict[str, Path], *, pr
         metrics_path = cell / "metrics.json"
         if not metrics_path.exists():
             log.info("table: %s with 0 labels (the pretrained decoder as the segmenter)", method)
-            finetune_loop.score_model(exports[method], _test_splits(spec), cell, device=spec.device,
-                                      progress=progress)
+            scoring.score_model(exports[method], _test_splits(spec), cell, device=spec.device, progress=progress)
         rows.append(_row(method, 0.0, 0, json.loads(metrics_path.read_text())))
         fused = next((f for f, base in FUSED.items() if base == method and f in spec.methods), None)
         if fused:
@@ -213,8 +213,8 @@ def _fused_cell(spec: TableSpec, out: Path, method: str, frac: float, seed: int,
     metrics_path = cell / "metrics.json"
     if not metrics_path.exists():
         log.info("table: %s, frac %g, seed %d (%s rescored, fused with the walker)", method, frac, seed, model_path)
-        finetune_loop.score_model(model_path, _test_splits(spec), cell, device=spec.device, progress=progress,
-                                  fuse=True, predict_scale=finetune_preset(spec.preset).predict_scale)
+        scoring.score_model(model_path, _test_splits(spec), cell, device=spec.device, progress=progress,
+                            fuse=True, predict_scale=finetune_preset(spec.preset).predict_scale)
     return _row(method, frac, seed, json.loads(metrics_path.read_text()))
 
 

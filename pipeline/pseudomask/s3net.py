@@ -153,7 +153,7 @@ def _make_net(in_channels: int, config: S3NetConfig):
     # torch is imported here, not at the top: walker-only workers import this module and never need it (~2 s)
     from torch import nn
 
-    from pipeline.pseudomask.s3net_layers import ILKA, DeformConv2d
+    from common.s3net_layers import ILKA, DeformConv2d
 
     c, k = config.channels, config.n_responses
     return nn.ModuleDict({
@@ -237,7 +237,7 @@ def s3net_segment(small_rgb: np.ndarray, *, coarse: np.ndarray, fov: np.ndarray,
         Soft lesion probability: the summed softmax probabilities of the lesion clusters, in [0, 1].
     mask : (H, W) bool
         ``prob > config.threshold`` inside the field of view, holes filled, the component holding most of the
-        coarse map kept (:func:`pipeline.pseudomask.main_component`, as for the walker). All False (and
+        coarse map kept (:func:`pipeline.pseudomask.cleanup.main_component`, as for the walker). All False (and
         ``prob`` zero) when ``coarse`` is empty. When no cluster lies mostly inside the coarse map (a small or
         faint lesion clustered with the skin), both are the coarse map itself.
 
@@ -246,7 +246,7 @@ def s3net_segment(small_rgb: np.ndarray, *, coarse: np.ndarray, fov: np.ndarray,
     The input is standardised CIE Lab (plus ``coord_weight`` times x/y in [-1, 1]). The network ``f`` is a
     3x3 conv + BN + ReLU (the stem), then on the stem's features average-pooled by ``context_stride`` a
     residual I-LKA block and a residual modulated deformable 3x3 conv (each + BN + ReLU;
-    :mod:`trainer.s3net_blocks`), upsampled and added to the stem's, a 1x1 conv to ``K`` responses and a
+    :mod:`common.s3net_layers`), upsampled and added to the stem's, a 1x1 conv to ``K`` responses and a
     BatchNorm over them. With ``r = f(x)``,
     ``c_p = argmax_k r_{k,p}`` and ``R_k`` the rotation by ``90k`` degrees (``k`` drawn each step), each of
     the ``T`` SGD steps minimises

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from pipeline import datasets, guard
+from common import datasets, guard
+from common.guard import FolderLock, GuardError
+from common.guard import sha256_file
 from pipeline.export import export_masks
-from pipeline.guard import FolderLock, GuardError
 from pipeline.run import ParentGone, RunConfig, plan_shards, process_shard, run_pseudomasks
-from pipeline.shards import ShardError, ShardReader, ShardRecord, sha256_file, verify, write_shard
+from pipeline.shards import verify, write_shard, ShardError, ShardReader, ShardRecord
 
 SMALL = RunConfig(size=64, shard_size=3)
 
@@ -198,7 +199,7 @@ def test_jobs_are_capped_at_the_work_and_the_cores(run_dir, tmp_path, monkeypatc
         return real(*args, **kwargs)
 
     monkeypatch.setattr(joblib, "Parallel", spy)
-    with caplog.at_level(logging.INFO, logger="pipeline.guard"):
+    with caplog.at_level(logging.INFO, logger="common.guard"):
         summary = run_pseudomasks(data, tmp_path / "out", config=RunConfig(size=64, shard_size=2), jobs=1000,
                                   progress=False)
     assert summary.n_samples == 4

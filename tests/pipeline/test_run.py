@@ -17,11 +17,12 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from pipeline import datasets
+from common import datasets
+from common.guard import input_part, inputs_hash
+from common.guard import sha256_file
 from pipeline.export import export_masks
-from pipeline.guard import input_part, inputs_hash
 from pipeline.run import RunConfig, _execute, plan_shards, run_pseudomasks
-from pipeline.shards import ShardReader, find_shards, sha256_file, verify
+from pipeline.shards import find_shards, verify, ShardReader
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = RunConfig(size=64, shard_size=3)

@@ -14,8 +14,8 @@ from PIL import Image
 
 import cli
 import pipeline.export as export_module
-from pipeline.datasets import MAX_PIXELS, MAX_SIDE
-from pipeline.guard import GuardError
+from common.datasets import MAX_PIXELS, MAX_SIDE
+from common.guard import GuardError
 from pipeline.shards import MAX_ROWS, MAX_STORAGE_SIZE, ShardError, ShardReader, ShardRecord, write_shard
 
 S = 32

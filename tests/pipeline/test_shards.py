@@ -7,16 +7,8 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.shards import (
-    SCHEMA_VERSION,
-    ShardError,
-    ShardReader,
-    ShardRecord,
-    sha256_file,
-    verify,
-    write_manifest,
-    write_shard,
-)
+from common.guard import sha256_file
+from pipeline.shards import SCHEMA_VERSION, verify, write_manifest, write_shard, ShardError, ShardReader, ShardRecord
 
 S = 32
 

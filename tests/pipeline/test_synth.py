@@ -5,7 +5,17 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.synth import SynthSample, contact_sheet, generate_sample, sample_id, write_synthetic_dataset
+from scipy import ndimage as ndi
+
+from pipeline.synth import (
+    VIGNETTE_LESION_FRACTION,
+    SynthSample,
+    contact_sheet,
+    generate_sample,
+    sample_id,
+    vignette_case,
+    write_synthetic_dataset,
+)
 
 SIZE = (256, 192)
 
@@ -76,15 +86,16 @@ def test_ground_truth_matches_the_pixels(samples):
         assert lum[s.lesion].mean() < lum[ring].mean() - 20             # darker than the skin around it
 
 
-def test_written_dataset_is_byte_identical_on_rerun(tmp_path):
-    ids = write_synthetic_dataset(tmp_path / "a", 4, seed=5, size=SIZE, progress=False)
-    write_synthetic_dataset(tmp_path / "b", 4, seed=5, size=SIZE, jobs=2, progress=False)
+@pytest.mark.parametrize("fov", ["auto", "vignette"])
+def test_written_dataset_is_byte_identical_on_rerun(tmp_path, fov):
+    ids = write_synthetic_dataset(tmp_path / "a", 4, seed=5, size=SIZE, progress=False, fov=fov)
+    write_synthetic_dataset(tmp_path / "b", 4, seed=5, size=SIZE, jobs=2, progress=False, fov=fov)
     assert ids == [sample_id(i) for i in range(4)] == [f"SYN_{i:07d}" for i in range(4)]
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     assert len(files) == 16
     for f in files:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
-    sample = generate_sample(5, 0, size=SIZE)
+    sample = generate_sample(5, 0, size=SIZE, fov=fov)
     mask = cv2.imread(str(tmp_path / "a" / "masks" / "SYN_0000000_segmentation.png"), cv2.IMREAD_UNCHANGED)
     hair = cv2.imread(str(tmp_path / "a" / "hair" / "SYN_0000000_hair.png"), cv2.IMREAD_UNCHANGED)
     clean = cv2.imread(str(tmp_path / "a" / "clean" / "SYN_0000000.png"))
@@ -129,7 +140,67 @@ def test_options_leave_the_default_images_unchanged():
     b = generate_sample(0, 3, size=SIZE, fov="auto", lesion="auto")
     np.testing.assert_array_equal(a.image, b.image)
     assert not np.array_equal(a.image, generate_sample(0, 3, size=SIZE, fov="circle").image)
+    assert not np.array_equal(a.image, generate_sample(0, 3, size=SIZE, fov="vignette").image)
     with pytest.raises(ValueError, match="fov"):
         generate_sample(0, 0, fov="square")
     with pytest.raises(ValueError, match="lesion"):
         generate_sample(0, 0, lesion="tiny")
+
+
+@pytest.fixture(scope="module")
+def vignettes() -> list[SynthSample]:
+    return vignette_case(12, size=SIZE)
+
+
+def test_vignette_option_gives_a_small_lesion_in_a_bright_disc_inside_a_wide_dark_brown_rim(vignettes):
+    h, w = SIZE[1], SIZE[0]
+    strip = w // 12                                         # the left and right edges: always in the rim
+    yy, xx = np.mgrid[:h, :w]
+    near_centre = np.hypot(yy - h / 2, xx - w / 2) < 0.3 * h
+    lo, hi = VIGNETTE_LESION_FRACTION
+    offsets = []
+    for s in vignettes:
+        assert s.optics == "lens" and s.pigment in {"tan", "brown", "dark"}
+        assert lo <= s.lesion_fraction <= hi, s.lesion_fraction
+        # the mask is the lesion only: one blob, none of it in the rim
+        assert ndi.label(s.lesion)[1] == 1
+        assert not s.lesion[:, :strip].any() and not s.lesion[:, -strip:].any()
+        rgb = s.clean.astype(float)
+        rim = np.concatenate([rgb[:, :strip].reshape(-1, 3), rgb[:, -strip:].reshape(-1, 3)])
+        skin = rgb[near_centre & ~s.lesion]
+        assert skin.mean() > 150                            # light skin
+        assert rim.mean() < 0.25 * skin.mean()              # a wide dark rim ...
+        corners = rgb.mean(axis=2)[[0, 0, -1, -1], [0, -1, 0, -1]]
+        assert np.median(corners) < 40                      # ... near black in the corners
+        rb = lambda px: px[:, 0].mean() / px[:, 2].mean()   # noqa: E731
+        assert rb(rim) > 1.4 * rb(skin)                     # ... and tinted brown
+        lum = rgb.sum(axis=2)
+        ring = cv2.dilate(s.lesion.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool) & ~s.lesion
+        assert lum[s.lesion].mean() < lum[ring].mean() - 20  # the lesion is darker than the skin around it
+        cy, cx = ndi.center_of_mass(s.lesion)
+        offsets.append(np.hypot(cy - h / 2, cx - w / 2) / w)
+    assert np.mean(np.array(offsets) > 0.03) >= 0.5          # usually off the centre
+    assert sum(s.hair.any() for s in vignettes) >= len(vignettes) // 2
+
+
+def test_vignette_case_is_the_first_images_of_a_vignette_set():
+    case = vignette_case(3, seed=2, size=(96, 72))
+    for i, s in enumerate(case):
+        again = generate_sample(2, i, size=(96, 72), fov="vignette")
+        np.testing.assert_array_equal(s.image, again.image)
+        np.testing.assert_array_equal(s.lesion, again.lesion)
+    assert not np.array_equal(case[0].image, vignette_case(1, seed=3, size=(96, 72))[0].image)
+    with pytest.raises(ValueError, match="n must be"):
+        vignette_case(0)
+
+
+def test_synth_command_writes_the_vignette_set(tmp_path):
+    from click.testing import CliRunner
+
+    import cli
+
+    result = CliRunner().invoke(cli.main, ["synth", "--out", str(tmp_path), "--n", "2", "--size", "96x72",
+                                           "--fov", "vignette"])
+    assert result.exit_code == 0, result.output
+    mask = cv2.imread(str(tmp_path / "masks" / "SYN_0000001_segmentation.png"), cv2.IMREAD_GRAYSCALE) > 0
+    np.testing.assert_array_equal(mask, generate_sample(0, 1, size=(96, 72), fov="vignette").lesion)

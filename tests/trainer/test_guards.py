@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import datasets
+from common import datasets
 from pipeline.shards import ShardRecord, write_shard
-from trainer import finetune as finetune_module
-from trainer import pretrain as pretrain_module
 from trainer import table as table_module
 from trainer.engine.export import read_export
-from trainer.pretrain import LATEST, PREVIOUS, PretrainConfig, pretrain
+from trainer.train import finetune as finetune_module
+from trainer.train import pretrain as pretrain_module
+from trainer.train.config import PretrainConfig
+from trainer.train.pretrain import LATEST, PREVIOUS, pretrain
 
 S = 64
 TINY = PretrainConfig(arch="vit_tiny_patch16_224", img_size=32, local_size=16, n_local=2, epochs=1, batch_size=4,
@@ -67,7 +68,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
     assert torch.load(out / PREVIOUS, weights_only=True)["step"] == 2
     data = (out / LATEST).read_bytes()
     (out / LATEST).write_bytes(data[: len(data) // 2])  # truncated
-    with caplog.at_level(logging.WARNING, logger="trainer.pretrain"):
+    with caplog.at_level(logging.WARNING, logger="trainer.train.pretrain"):
         again = pretrain(shards, out, dataclasses.replace(TINY, epochs=3), device="cpu", progress=False)
     assert again.resumed_from == 2 and again.step == 6
     assert "resuming from" in caplog.text and PREVIOUS in caplog.text
@@ -153,7 +154,7 @@ def test_pretrain_never_writes_into_its_shard_folder(tmp_path):
 
 
 def test_a_second_pretrain_on_the_same_out_is_refused(tmp_path):
-    from pipeline.guard import FolderLock
+    from common.guard import FolderLock
 
     shards = _shards(tmp_path / "shards", 2)
     out = tmp_path / "run"

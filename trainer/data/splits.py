@@ -11,7 +11,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from pipeline.datasets import Dataset, Sample, read_image
+from common.datasets import Dataset, Sample, read_image
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Atomic training checkpoints, the one safe torch-file loader, weight export, and RNG-state capture.
 
-A checkpoint is written to a temporary sibling, fsynced, then renamed (``pipeline.atomic.atomic_write``): after
+A checkpoint is written to a temporary sibling, fsynced, then renamed (``common.atomic.atomic_write``): after
 a crash the folder holds either the previous checkpoint or the new one, never a truncated file.
 Checkpoints hold only tensors, numbers, strings, lists, tuples and dicts (convert configs with
 ``dataclasses.asdict`` and paths with ``str``), so they load with ``torch.load(weights_only=True)``.
@@ -17,8 +17,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from pipeline.atomic import atomic_write
-from pipeline.guard import GuardError, bounded_number, check_plain_name
+from common.atomic import atomic_write
+from common.guard import GuardError, bounded_number, check_plain_name
 
 __all__ = [
     "CheckpointError",

@@ -5,7 +5,7 @@ ICCV 2023 workshops; METHOD.md section 7) asks the segmentation of a rotated ima
 segmentation of the image. A lesion mask has no preferred orientation, so a good segmenter is equivariant to
 90-degree rotations; the term needs no label.
 
-How the pretraining step uses it (``trainer.pretrain.train_step``): the student's global views ``x`` (square
+How the pretraining step uses it (``trainer.train.objective.train_step``): the student's global views ``x`` (square
 crops, ``(B, 3, g, g)``) are rotated by ``k = 1 + step % 3`` quarter turns with :func:`rot90`, the student runs
 once more on the rotated views (``segment=True, project=False``: backbone + decoder, no DINO head), and
 ``affine_loss(f(x), f(rot90(x, k)), k)`` compares the two maps. Both forwards carry gradient.

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.pseudomask.s3net_layers import ILKA, DeformConv2d
+from common.s3net_layers import ILKA, DeformConv2d
 
 __all__ = ["EdgePath", "SegDecoder", "ILKADecoder", "DECODERS", "build_decoder", "has_edge_path"]
 

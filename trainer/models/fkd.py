@@ -6,7 +6,7 @@ tokens maps them to the foundation model's width, and :func:`fkd_loss` pulls eac
 foundation token at the same place. The foundation model is an external teacher: it is never trained, never
 EMA-updated and never checkpointed with the run (the run records its name; pass the same file to resume).
 
-Three pieces, used by ``trainer.pretrain`` when ``fkd_weight > 0`` (the first two here):
+Three pieces, used by ``trainer.train.pretrain`` when ``fkd_weight > 0`` (the first two here):
 
 - :class:`FoundationTeacher`: the frozen ViT; it resizes the views so that its patch grid equals the student's,
   so a patch-14 teacher (DINOv2) and a patch-16 student line up token for token;

@@ -2,7 +2,9 @@
 
 Each test compares a helper against an independent reference: scikit-image's ``random_walker`` and its linear
 system, ``scipy.ndimage`` (fill holes, sum_labels), ``np.median``, a full-image ``cv2.erode`` and the former
-whole-image skeleton of the hair filter, on seeded synthetic inputs and on real ISIC images.
+whole-image skeleton of the hair filter, on seeded synthetic inputs and on real ISIC images. The last bit is the
+promise here (a rewrite must not move any figure), so these comparisons are exact: both sides are computed on the
+same machine, in the same order of operations.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from scipy import ndimage as ndi
 from skimage.morphology import skeletonize
 from skimage.segmentation import random_walker_segmentation as rws
 
-from pipeline.datasets import read_image
+from common.datasets import read_image
 from pipeline.pseudomask import seeds
 from pipeline.pseudomask.cleanup import fill_holes
 from pipeline.pseudomask.hair import _elongated, erode_mask, median_mad, median_of_counts

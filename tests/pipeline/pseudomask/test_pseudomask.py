@@ -8,11 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.datasets import read_image
+from common.datasets import read_image
 from pipeline.pseudomask.per_image import DIAGNOSTICS, PseudoMaskConfig, make_pseudo_mask
 from pipeline.pseudomask.seeds import field_of_view, seed_labels
 from pipeline.pseudomask.walker import walk
-from trainer.metrics import binary_scores
+from trainer.eval.metrics import binary_scores
 
 SKIN = (210, 165, 145)
 BROWN = (120, 75, 50)

@@ -16,7 +16,7 @@ from pipeline.pseudomask.seeds import coarse_lesion_map, field_of_view, to_lab
 from pipeline.run import RunConfig, run_pseudomasks, sample_seed
 from pipeline.shards import ShardReader, find_shards, verify
 from pipeline.synth import generate_sample, write_synthetic_dataset
-from trainer.metrics import binary_scores
+from trainer.eval.metrics import binary_scores
 
 SIZE = (96, 72)                      # (W, H) of the synthetic images: small, so the tests stay fast
 FAST = S3NetConfig(iterations=12)    # fewer steps than the default

@@ -124,7 +124,7 @@ def test_bad_shapes_are_refused():
 
 
 def test_finetune_mixes_batches_on_the_annealed_schedule(tmp_path, monkeypatch):
-    import trainer.finetune as ft
+    import trainer.train.finetune as ft
     from pipeline.synth import write_synthetic_dataset
 
     write_synthetic_dataset(tmp_path / "data", 24, seed=2, size=(64, 48), progress=False)

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.shards import ShardRecord, write_shard
 from trainer.data.shard_dataset import ShardDataset
-from trainer.pretrain import PretrainConfig
+from trainer.train.config import PretrainConfig
 
 S = 16
 
@@ -53,7 +53,7 @@ def test_min_confidence_outside_0_1_is_refused(tmp_path, bad):
 
 def test_pretrain_trains_only_on_confident_pseudo_masks(tmp_path):
     from trainer.engine.run_log import read_log
-    from trainer.pretrain import pretrain
+    from trainer.train.pretrain import pretrain
 
     scores = [0.9, 0.1, 0.8, 0.2, 0.7, 0.6, 0.05, 1.0]
     _shard(tmp_path / "shards" / "shard-00000.h5", [_record(i, c) for i, c in enumerate(scores)])

@@ -8,7 +8,7 @@ import torch
 
 from trainer.models.backbone import forward_tokens
 from trainer.models.decoders import EdgePath, build_decoder, has_edge_path
-from trainer.presets import pretrain_preset
+from trainer.train.presets import pretrain_preset
 
 
 def _tokens(b: int, side: int, dim: int) -> torch.Tensor:
