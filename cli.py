@@ -135,18 +135,19 @@ def main(verbose: bool) -> None:
                    "periphery. 'auto' keeps the usual 3-60 % lesions.")
 def synth(out: Path, n: int, seed: int, size: str, jobs: int, overwrite: bool, fov: str, lesion: str) -> None:
     """Generate synthetic dermoscopy images with known lesion and hair masks."""
-    from common.guard import Ledger, cap_jobs, make_out_dir
+    from common.guard import Ledger, cap_jobs, check_out_dir, output_folder
     from pipeline.synth import write_synthetic_dataset
 
     names = [name for i in range(n) for name in (f"images/SYN_{i:07d}.jpg", f"masks/SYN_{i:07d}_segmentation.png",
                                                  f"hair/SYN_{i:07d}_hair.png", f"clean/SYN_{i:07d}.png")]
-    ledger = Ledger(make_out_dir(out))
-    present = [f"{sub}/{p.name}" for sub in ("images", "masks") if (out / sub).is_dir() for p in (out / sub).iterdir()]
-    if ledger.foreign(present) and not overwrite:  # never mix synthetic images into a real data set
-        raise click.ClickException(f"{out}: holds images or masks synth did not write; choose an empty folder")
-    ledger.claim(names, overwrite=overwrite)  # never over files it did not write
-    ids = write_synthetic_dataset(out, n, seed=seed, size=_parse_size(size), jobs=cap_jobs(jobs, n), fov=fov,
-                                  lesion=lesion)
+    if check_out_dir(out, []).is_dir():  # read-only: a refused folder is left exactly as it was
+        present = [f"{sub}/{p.name}" for sub in ("images", "masks") if (out / sub).is_dir()
+                   for p in (out / sub).iterdir()]
+        if Ledger(out).foreign(present) and not overwrite:  # never mix synthetic images into a real data set
+            raise click.ClickException(f"{out}: holds images or masks synth did not write; choose an empty folder")
+    with output_folder(out, command="synth", names=names, overwrite=overwrite, overwrite_flag="--overwrite"):
+        ids = write_synthetic_dataset(out, n, seed=seed, size=_parse_size(size), jobs=cap_jobs(jobs, n), fov=fov,
+                                      lesion=lesion)
     click.echo(f"wrote {len(ids)} synthetic images to {out}")
 
 
@@ -159,10 +160,10 @@ def synth(out: Path, n: int, seed: int, size: str, jobs: int, overwrite: bool, f
 @click.option("--jobs", default=1, show_default=True,
               help="Processes working on images (-1: all cores): this one and N-1 workers. Output is identical "
                    "whatever the number.")
-@click.option("--size", default=256, show_default=True, type=click.IntRange(min=32),
+@click.option("--size", default=256, show_default=True, type=click.IntRange(min=32, max=4096),
               help="Storage/training resolution S: images are squashed to SxS. Raise to 384-512 for a "
                    "GPU pretraining at higher resolution.")
-@click.option("--shard-size", default=128, show_default=True, type=click.IntRange(min=1),
+@click.option("--shard-size", default=128, show_default=True, type=click.IntRange(min=1, max=100_000),
               help="Samples per shard (one task each). Smaller: finer resume and load balance.")
 @click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky", show_default=True,
               help="loky: processes on this machine. dask: a Dask cluster (needs the 'dask' extra).")

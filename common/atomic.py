@@ -139,8 +139,12 @@ class AtomicBatch:
             raise ValueError(f"atomic_batch: {name!r} is not a plain file name")
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=self.suffix, dir=self.folder)
         self.pending.append((tmp, self.folder / name))
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+        except OSError as exc:  # e.g. ENOSPC: name the file it was for (an OSError from write names none)
+            _name_the_file(exc, self.folder / name)
+            raise
 
 
 @contextlib.contextmanager
@@ -163,10 +167,11 @@ def atomic_batch(folder: str | os.PathLike, *, suffix: str = ".partial") -> Iter
             for tmp, path in batch.pending:
                 _publish(tmp, path)
             _fsync_dir(folder)
-    except BaseException:
+    except BaseException as exc:
         for tmp, _ in batch.pending:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+        _name_the_file(exc, folder)  # a failed sync or rename: the folder being written
         raise
 
 

@@ -12,12 +12,21 @@ Three layouts are recognised (image ids are file stems):
 (c) a flat folder of images with no masks.
 
 Several folders can be combined (a labelled folder plus unlabelled ones); an id seen twice is reported and
-only its first occurrence kept. ``check_dataset`` reads headers (and masks when asked) and returns every
+only its first occurrence kept. Images are read from the layout's image folder itself: images in its sub-folders,
+or in folders beside the layout's own (an ``unlabeled/`` beside ``images/``), are named in one warning per
+sub-folder and left out (pass a sub-folder as another data folder to use it). An
+image whose name is not a plain printable file name (a control character, a line break) is named and left out:
+its id would become a file name. ``check_dataset`` reads headers (and masks when asked) and returns every
 problem at once, in the spirit of nnU-Net's ``verify_dataset_integrity``.
+
+Masks: :func:`read_mask` is the one reader of expert masks (the data check, ``finetune``, ``evaluate``, the
+metrics). A mask is single-channel 0/255 (16-bit: 0/65535; or 0/1), or a colour mask whose lesion colour is
+unambiguous; anything else is refused with the file named (see :func:`read_mask`).
 """
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,11 +41,16 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 MASK_SUFFIX = "_segmentation.png"
+SOFT_CUT = 128  # read_mask(soft='cut'): as the official ISIC scorer, an 8-bit pixel is lesion when > 128
 MIN_SIDE = 32
 ISIC2018_SPLITS = {"Training": "train", "Validation": "validation", "Test": "test"}
 
 # Pillow refuses images above ~179 Mpx as "decompression bombs"; dermoscopy tops out near 30 Mpx.
-Image.MAX_IMAGE_PIXELS = 400_000_000
+#: The largest image edgedino reads (pixels, and px a side: JPEG's own limit); a shard's ``orig_shape`` is held to
+#: the same bounds, so no file can make a command allocate more than such an image needs.
+MAX_PIXELS = 400_000_000
+MAX_SIDE = 65_535
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
 @dataclass(frozen=True)
@@ -67,12 +81,20 @@ class Problem:
 
 
 class DatasetError(ValueError):
-    """Raised with every fatal problem of a dataset in one message."""
+    """Raised with every fatal problem of a dataset in one message of one line (the first ``SHOWN`` problems
+    named, the rest counted; all of them in ``problems``)."""
+
+    SHOWN = 10
 
     def __init__(self, problems: Sequence[Problem]):
         self.problems = list(problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"{len(self.problems)} problem(s) with the data:\n{lines}")
+        if len(self.problems) == 1:
+            super().__init__(str(self.problems[0]))
+            return
+        shown = "; ".join(str(p) for p in self.problems[: self.SHOWN])
+        more = len(self.problems) - self.SHOWN
+        super().__init__(f"{len(self.problems)} problem(s) with the data: {shown}"
+                         + (f"; and {more} more" if more > 0 else ""))
 
 
 class ImageReadError(ValueError):
@@ -109,9 +131,42 @@ def _is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def _list_images(folder: Path) -> list[Path]:
+def _list_images(folder: Path, problems: list[Problem] | None = None) -> list[Path]:
+    """The images directly in ``folder``; with ``problems``, a warning for each sub-folder holding images."""
     # Directories named like images are listed too: they are reported as problems, not silently dropped.
-    return sorted(p for p in folder.iterdir() if _is_image_name(p))
+    found = sorted(p for p in folder.iterdir() if _is_image_name(p))
+    if problems is not None:
+        problems += _nested_images(folder)
+    return found
+
+
+def _nested_images(folder: Path, *, skip: Iterable[Path] = (), known: frozenset[str] = frozenset()) -> list[Problem]:
+    """One non-fatal problem per sub-folder of ``folder`` (hidden ones and ``skip`` aside) holding image files the
+    layouts do not read. Expert masks (``*_segmentation.png``) do not count, nor companions of the ``known`` ids
+    (``<ID>.png`` or ``<ID>_<anything>.png``: a synthetic set's hair/ and clean/, ISIC's attribute masks)."""
+    skipped = {Path(p) for p in skip}
+    problems = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
+                      and not _is_image_name(p) and p not in skipped):
+        count, first = 0, None
+        for where, dirs, files in os.walk(sub):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                if (_is_image_name(Path(name)) and not name.endswith(MASK_SUFFIX)
+                        and not _companion(Path(name).stem, known)):
+                    count, first = count + 1, first or Path(where) / name
+        if count:
+            read = f"only {', '.join(p.name + '/' for p in sorted(skipped))} of {folder}" if skipped else \
+                f"only the images directly in {folder}"
+            problems.append(Problem(sub, f"{count} image(s) in this sub-folder are not read (e.g. {first.name}): "
+                                         f"{read} are; pass the sub-folder as another data folder to use them"))
+    return problems
+
+
+def _companion(stem: str, known: frozenset[str]) -> bool:
+    """True when ``stem`` is one of the ``known`` ids or one followed by ``_<suffix>``."""
+    parts = stem.split("_")
+    return any("_".join(parts[:k]) in known for k in range(1, len(parts) + 1))
 
 
 def _masks_by_id(folder: Path | None) -> dict[str, Path]:
@@ -122,6 +177,14 @@ def _masks_by_id(folder: Path | None) -> dict[str, Path]:
 
 def _pair(images: list[Path], masks: dict[str, Path], split: str | None, root: Path,
           problems: list[Problem], mask_dir: Path | None) -> list[Sample]:
+    plain = []
+    for p in images:  # an id becomes a file name (<ID>_segmentation.png): never one with control characters
+        if p.stem.isprintable() and p.stem.strip():
+            plain.append(p)
+        else:
+            problems.append(Problem(p.parent, f"file name {p.name!r} holds a control or unprintable character; "
+                                              "skipped (rename it to use it)"))
+    images = plain
     ids = {p.stem for p in images}
     for mid, mpath in masks.items():
         if mid not in ids:
@@ -147,13 +210,19 @@ def _read_folder(root: Path, problems: list[Problem]) -> list[Sample]:
             split_word = inp.name.split("_")[2]
             split = ISIC2018_SPLITS.get(split_word)
             gt = root / f"ISIC2018_Task1_{split_word}_GroundTruth"
-            images = _list_images(inp)
+            images = _list_images(inp, problems)
             samples += _pair(images, _masks_by_id(gt), split, root, problems, gt if gt.is_dir() else None)
-        return samples
-    if (root / "images").is_dir():  # (b) images/ + optional masks/
+        read = [*isic_inputs, *root.glob("ISIC2018_Task1_*_GroundTruth")]
+    elif (root / "images").is_dir():  # (b) images/ + optional masks/
         mask_dir = root / "masks" if (root / "masks").is_dir() else None
-        return _pair(_list_images(root / "images"), _masks_by_id(mask_dir), None, root, problems, mask_dir)
-    return _pair(_list_images(root), {}, None, root, problems, None)  # (c) flat folder
+        samples = _pair(_list_images(root / "images", problems), _masks_by_id(mask_dir), None, root, problems,
+                        mask_dir)
+        read = [p for p in (root / "images", root / "masks") if p.is_dir()]
+    else:
+        return _pair(_list_images(root, problems), {}, None, root, problems, None)  # (c) flat folder
+    # other folders beside the layout's own: images there are not read either (e.g. an unlabeled/ folder)
+    problems += _nested_images(root, skip=read, known=frozenset(s.id for s in samples))
+    return samples
 
 
 def open_dataset(paths: str | Path | Iterable[str | Path], *, require_masks: bool = False) -> Dataset:
@@ -249,6 +318,9 @@ def image_header(path: Path) -> ImageHeader:
             orientation, mode = _exif_orientation(im), im.mode
     except Exception as exc:  # PIL raises many types for bad files
         raise ImageReadError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
+    if max(height, width) > MAX_SIDE or height * width > MAX_PIXELS:
+        raise ImageReadError(f"{path}: image too large ({width}x{height}, {height * width:,} pixels); edgedino "
+                             f"reads at most {MAX_PIXELS:,} pixels and {MAX_SIDE} px a side")
     if orientation in _SWAPS_SIDES:
         height, width = width, height
     return ImageHeader(height, width, orientation, mode)
@@ -405,27 +477,101 @@ def _is_truncated_jpeg(path: Path, data: np.ndarray) -> bool:
     return b"\xff\xd9" not in data[-4096:].tobytes()
 
 
-def read_mask(path: str | Path) -> np.ndarray:
-    """Read an expert mask: ``(H, W) bool`` (lesion True).
+def read_mask(path: str | Path, *, soft: str = "refuse") -> np.ndarray:
+    """Read a mask file: ``(H, W) bool``, lesion True. The one mask reader of every command.
+
+    Parameters
+    ----------
+    path : path-like
+        A PNG (or any format OpenCV reads; a lossy JPEG mask is refused by the rules below unless its values
+        survived compression).
+    soft : {'refuse', 'cut'}
+        What an 8-bit single-channel mask with values other than two is: refused (expert masks for training and
+        the data check), or cut at ``> 128`` as the official ISIC scorer does (``evaluate``: predicted
+        probability maps x 255 and grey masks are scored as the challenge scores them).
+
+    Returns
+    -------
+    (H, W) bool
+        Upright by the file's EXIF orientation, as :func:`image_size` reports it.
+
+    Notes
+    -----
+    Accepted, and nothing else:
+
+    - **single channel** (grey, 1-bit, 8- or 16-bit, or a colour file whose channels are all equal): exactly the
+      values 0 and 255, 0 and 65535 (16-bit) or 0 and 1; all 0 is an empty mask (no lesion);
+    - **colour** (RGB, RGBA, palette; channels not all equal): the lesion colour must be unambiguous: the
+      background is black (or transparent, when the file has fully transparent pixels) and every other pixel is
+      one and the same colour, the lesion (red on black, as many annotation tools save them, or any other single
+      colour). Two or more lesion colours, partly transparent pixels (soft edges) or a colour mask without a
+      black or transparent background are refused: which pixels are the lesion is a guess.
 
     Raises
     ------
     ImageReadError
-        Unreadable file, or values other than {0, 255} / {0, 1} (a non-binary mask).
+        Unreadable file, an unsupported pixel type, or a mask that breaks the rules above (the file and the
+        values or colours found are named).
     """
+    if soft not in ("refuse", "cut"):
+        raise ValueError(f"read_mask: soft must be 'refuse' or 'cut', got {soft!r}")
     path = Path(path)
     orientation = image_header(path).orientation
     mask = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if mask is None:
         raise ImageReadError(f"{path}: corrupt or unreadable mask")
-    if mask.ndim == 3:
+    if mask.dtype not in (np.uint8, np.uint16):
+        raise ImageReadError(f"{path}: mask pixel type {mask.dtype} is not supported; expected 8- or 16-bit")
+    if mask.ndim == 3 and mask.shape[2] == 1:
         mask = mask[:, :, 0]
-    mask = _orient(mask, orientation)  # as image_size reports it
-    values = np.unique(mask)
-    if not (set(values.tolist()) <= {0, 255} or set(values.tolist()) <= {0, 1}):
-        shown = ", ".join(str(v) for v in values[:6]) + (", ..." if values.size > 6 else "")
-        raise ImageReadError(f"{path}: mask is not binary (values {shown}); expected 0/255 or 0/1")
-    return mask > 0
+    if mask.ndim == 3 and mask.shape[2] not in (3, 4):
+        raise ImageReadError(f"{path}: mask has {mask.shape[2]} channels; expected 1 (grey), 3 (RGB) or 4 (RGBA)")
+    lesion = _grey_lesion(mask, path, soft) if mask.ndim == 2 else _colour_lesion(mask, path, soft)
+    return _orient(lesion, orientation)
+
+
+def _grey_lesion(mask: np.ndarray, path: Path, soft: str) -> np.ndarray:
+    """A single-channel mask ``(H, W) uint8/uint16 -> (H, W) bool`` by :func:`read_mask`'s rule."""
+    top = np.iinfo(mask.dtype).max
+    present = np.flatnonzero(np.bincount(mask.ravel(), minlength=2)) if mask.dtype == np.uint8 else np.unique(mask)
+    if len(present) <= 1 and (not len(present) or present[0] in (0, 1, 255, top)):
+        return mask > 0
+    if len(present) == 2 and present[0] == 0 and present[1] in (1, 255, top):
+        return mask > 0
+    if soft == "cut" and mask.dtype == np.uint8:  # the official ISIC scorer's rule
+        return mask > (0 if present[-1] <= 1 else SOFT_CUT)
+    shown = ", ".join(str(v) for v in present[:6]) + (", ..." if len(present) > 6 else "")
+    kind = "16-bit " if mask.dtype == np.uint16 else ""
+    raise ImageReadError(f"{path}: mask is not binary (values {shown}); expected {kind}0/{top} or 0/1 "
+                         "(a JPEG-compressed or smoothed mask has values in between: save it as a PNG of 0 and 255)")
+
+
+def _colour_lesion(mask: np.ndarray, path: Path, soft: str) -> np.ndarray:
+    """A 3- or 4-channel mask (OpenCV's BGR(A)) ``(H, W, C) -> (H, W) bool`` by :func:`read_mask`'s rule."""
+    colour = mask[:, :, :3]
+    alpha = mask[:, :, 3] if mask.shape[2] == 4 else None
+    top = np.iinfo(mask.dtype).max
+    if alpha is not None and ((alpha > 0) & (alpha < top)).any():
+        raise ImageReadError(f"{path}: mask has partly transparent pixels (soft edges); which pixels are the "
+                             "lesion is ambiguous: save it as a single-channel PNG of 0 and 255")
+    transparent = alpha == 0 if alpha is not None and (alpha == 0).any() else None
+    if transparent is None:
+        if (colour == colour[:, :, :1]).all():  # grey stored as colour: the single-channel rule
+            return _grey_lesion(np.ascontiguousarray(colour[:, :, 0]), path, soft)
+        background = ~colour.any(axis=2)
+        what = "black"
+    else:
+        background = transparent
+        what = "transparent"
+    others = colour[~background]
+    if len(others) and not (others == others[0]).all():
+        n = len(np.unique(others.reshape(-1, 3), axis=0))
+        raise ImageReadError(f"{path}: colour mask with {n} colours besides its {what} background; the lesion colour "
+                             "is ambiguous: save it as a single-channel PNG of 0 and 255 (or one colour on black)")
+    if not background.any() and transparent is None and len(others):
+        raise ImageReadError(f"{path}: colour mask without a black background (one colour everywhere); the lesion "
+                             "is ambiguous: save it as a single-channel PNG of 0 and 255")
+    return ~background
 
 
 def check_sample(sample: Sample, *, check_mask_values: bool = True) -> list[Problem]:

@@ -2,24 +2,36 @@
 input provenance, and a cap on worker processes.
 
 Every check raises :class:`GuardError` (a ``ValueError``) whose message names the path and the problem.
+
+The writer rule (:func:`output_folder`, used by every command that writes a folder): the output folder is checked
+against the inputs, locked for one run at a time, and only files this tool wrote there before (its ledger) may be
+replaced; temporary files a killed run left are removed. Readers of a shard folder refuse it while its
+``pseudomasks`` run is alive (:func:`check_not_being_written`). Numbers read from a file someone else may have made
+(a shard, a checkpoint) go through :func:`bounded_number` before they size anything.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
 import json
 import logging
+import math
+import numbers
 import os
+import stat
 import threading
 import time
 from pathlib import Path
-from typing import IO, Iterable, Sequence
+from typing import IO, Iterable, Iterator, Sequence
 
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".edgedino.lock"
 LEDGER_NAME = ".edgedino-written.json"
+#: The longest id, in UTF-8 bytes: ``<ID>_segmentation.png`` must stay under the usual 255-byte name limit.
+MAX_ID_BYTES = 200
 
 
 class GuardError(ValueError):
@@ -29,17 +41,44 @@ class GuardError(ValueError):
 # --- names --------------------------------------------------------------------------------------------------
 
 def check_plain_name(name: str, *, what: str = "id", source: str | os.PathLike = "") -> str:
-    """Return ``name`` when it is a plain file name (no folder part, not '.'/'..', no NUL, not empty).
+    """Return ``name`` when it is a plain, printable file name: no folder part, not '.'/'..', not empty, no
+    control or other unprintable character (``str.isprintable``: letters of any script and spaces are fine), at
+    most :data:`MAX_ID_BYTES` bytes in UTF-8.
 
     Ids become file names (``<ID>_segmentation.png``): ``../x`` or ``/abs/x`` would write outside the
-    output folder.
+    output folder, and a name with terminal escapes or line breaks would be hard to see, list or delete.
     """
-    bad = (not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name
-           or name != name.strip("\n\r"))
+    where = f"{source}: " if source else ""
+    if not isinstance(name, str):
+        raise GuardError(f"{where}{what} {name!r} is not text; refusing to use it as a file name")
+    bad = (not name or name in (".", "..") or "/" in name or "\\" in name or not name.isprintable())
     if bad:
-        where = f"{source}: " if source else ""
-        raise GuardError(f"{where}{what} {name!r} is not a plain file name; refusing to use it as a path")
+        raise GuardError(f"{where}{what} {name!r} is not a plain file name (a folder part or an unprintable "
+                         "character); refusing to use it as a path")
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_ID_BYTES:
+        raise GuardError(f"{where}{what} {name[:40]!r}... is {len(name.encode('utf-8', 'surrogateescape'))} bytes "
+                         f"long; at most {MAX_ID_BYTES} fit in a file name")
     return name
+
+
+def bounded_number(value, *, lo: float, hi: float, what: str, source: str | os.PathLike,
+                   integer: bool = True) -> int | float:
+    """``value`` when it is a number in ``[lo, hi]`` (``integer``: a whole one, a Python or NumPy integer; else
+    an int or a finite float), as an int or a float; else :class:`GuardError` naming ``source`` (the file it was
+    read from) and ``what``. A bool is not a number here.
+
+    The one check of every size, count and setting read from a file another program may have written (a
+    shard's ``orig_shape``, a checkpoint's ``img_size``) before it sizes an allocation or a model.
+    """
+    kind = numbers.Integral if integer else numbers.Real
+    expected = f"a {'whole ' if integer else ''}number in [{lo}, {hi}]"
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise GuardError(f"{source}: {what} is {value!r} ({type(value).__name__}); expected {expected}")
+    number = int(value) if integer else float(value)
+    if not (math.isfinite(number) and lo <= number <= hi):
+        raise GuardError(f"{source}: {what} is {number}; expected {expected} (the file is damaged or was not "
+                         "written by edgedino)")
+    return number
 
 
 # --- output folders -----------------------------------------------------------------------------------------
@@ -73,8 +112,8 @@ def check_out_dir(out: str | os.PathLike, inputs: Iterable[str | os.PathLike], *
         else:
             overlap = _inside(real_out, real_src) or _inside(real_src, real_out)
         if overlap:
-            raise GuardError(f"{out}: {option} overlaps the input {src}; write into a folder of its own "
-                             "(no command writes into a folder it reads from)")
+            raise GuardError(f"{out}: {option} overlaps the input {src} (is it, or inside or around it); write "
+                             "into a folder of its own (no command writes into a folder it reads from)")
     return out
 
 
@@ -103,7 +142,10 @@ class Ledger:
         self.folder = Path(folder)
         self.path = self.folder / LEDGER_NAME
         try:
-            self.names: set[str] = set(json.loads(self.path.read_text())["files"]) if self.path.exists() else set()
+            files = json.loads(self.path.read_text())["files"] if self.path.exists() else []
+            if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+                raise TypeError(files)
+            self.names: set[str] = set(files)
         except (ValueError, KeyError, TypeError):
             raise GuardError(f"{self.path}: unreadable record of earlier output; delete it or use a new folder") \
                 from None
@@ -112,13 +154,22 @@ class Ledger:
         """The names that exist in the folder and were not written by an earlier run of this command."""
         return sorted(n for n in names if n not in self.names and os.path.lexists(self.folder / n))
 
-    def claim(self, names: Sequence[str], *, overwrite: bool = False, option: str = "--out") -> None:
-        """Record ``names`` as ours before writing them; refuse when one would replace a file we did not make."""
+    def refuse_foreign(self, names: Iterable[str], *, option: str = "--out",
+                       overwrite_flag: str | None = "--overwrite") -> None:
+        """Raise :class:`GuardError` when one of ``names`` exists here and no earlier run wrote it (see
+        :meth:`foreign`); the message offers ``overwrite_flag`` when the command has one."""
         foreign = self.foreign(names)
-        if foreign and not overwrite:
+        if foreign:
             shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            way_out = f", or add {overwrite_flag} to replace them" if overwrite_flag else ", or move those files away"
             raise GuardError(f"{self.folder}: {option} already holds {len(foreign)} file(s) this command did not "
-                             f"write ({shown}); choose an empty folder, or add --overwrite to replace them")
+                             f"write ({shown}); choose an empty folder{way_out}")
+
+    def claim(self, names: Sequence[str], *, overwrite: bool = False, option: str = "--out",
+              overwrite_flag: str | None = "--overwrite") -> None:
+        """Record ``names`` as ours before writing them; refuse when one would replace a file we did not make."""
+        if not overwrite:
+            self.refuse_foreign(names, option=option, overwrite_flag=overwrite_flag)
         from common.atomic import write_text
 
         self.names |= set(names)
@@ -161,8 +212,7 @@ class FolderLock:
             if exc.errno not in (errno.EAGAIN, errno.EACCES):
                 fh.close()
                 raise
-            fh.seek(0)
-            owner = fh.read().strip() or "unknown"
+            owner = _owner(fh)
             fh.close()
             raise GuardError(f"{self.folder}: another run is writing into this folder ({owner}); wait for it "
                              "to finish or choose another --out") from None
@@ -178,6 +228,135 @@ class FolderLock:
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
             self._fh.close()
             self._fh = None
+
+    @staticmethod
+    def holder(folder: str | os.PathLike) -> str | None:
+        """Who holds the lock of ``folder`` now (``'pseudomasks pid 123'``), or None when no live process does.
+
+        Probes with a shared, non-blocking ``flock`` released at once: a lock left by a dead run is free.
+        """
+        fh = _open_lock_file(folder)
+        if fh is None:  # no lock file (never written by a run), or not one: nobody we can see
+            return None
+        with fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError as exc:
+                return _owner(fh) if exc.errno in (errno.EAGAIN, errno.EACCES) else None
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            return None
+
+
+def _open_lock_file(folder: str | os.PathLike) -> IO | None:
+    """The lock file of ``folder`` opened for reading, or None when there is none, it cannot be read, or it is not
+    a regular file (opened without blocking: a FIFO planted under its name must not hang a reader)."""
+    try:
+        fd = os.open(Path(folder) / LOCK_NAME, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return os.fdopen(fd)
+
+
+def _owner(fh: IO) -> str:
+    """Who a lock file says holds it (``'pseudomasks pid 123'``), as one short printable line."""
+    fh.seek(0)
+    text = fh.read(200).strip()
+    return (text if text.isprintable() else repr(text)) or "unknown"
+
+
+def check_not_being_written(path: str | os.PathLike, *, what: str = "shards") -> None:
+    """Refuse to read ``path`` (a folder, or a file inside one) while a live run holds its folder's lock.
+
+    A ``pseudomasks`` run lists each shard in ``manifest.json`` as it finishes, so a reader started meanwhile
+    would see only part of the data. A lock left by a killed run is no obstacle (its resume is still possible).
+    """
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    owner = FolderLock.holder(folder)
+    if owner is not None:
+        command, _, pid = owner.partition(" pid ")
+        running = f"a {command} run (pid {pid})" if pid else f"another run ({owner})"
+        raise GuardError(f"{folder}: {running} is still writing these {what}; wait for it to finish (or stop it "
+                         "and rerun it to complete them) before reading them")
+
+
+# --- the writer rule ----------------------------------------------------------------------------------------
+
+def _partial_owner(name: str) -> str | None:
+    """The file a temporary ``.<name>.<8 random characters>.partial`` (``common.atomic``) was for, or None."""
+    if not (name.startswith(".") and name.endswith(".partial")):
+        return None
+    stem = name[1:-len(".partial")]
+    final, dot, random_part = stem.rpartition(".")
+    return final if dot and final and len(random_part) == 8 else None
+
+
+def remove_partials(folder: str | os.PathLike, names: Iterable[str]) -> int:
+    """Remove the temporary files a killed run left for ``names`` (paths relative to ``folder``) and for the
+    ledger; other hidden files are left alone. Returns how many were removed."""
+    folder = Path(folder)
+    by_dir: dict[Path, set[str]] = {folder: {LEDGER_NAME}}
+    for name in names:
+        rel = Path(name)
+        by_dir.setdefault(folder / rel.parent, set()).add(rel.name)
+    removed = 0
+    for where, finals in by_dir.items():
+        try:
+            entries = list(os.scandir(where))
+        except OSError:  # a sub-folder not made yet
+            continue
+        for entry in entries:
+            if _partial_owner(entry.name) in finals and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += 1
+    if removed:
+        log.info("%s: removed %d temporary file(s) left by an interrupted run", folder, removed)
+    return removed
+
+
+@contextlib.contextmanager
+def output_folder(out: str | os.PathLike, *, command: str, names: Sequence[str] = (),
+                  inputs: Iterable[str | os.PathLike] = (), flat_inputs: bool = False, overwrite: bool = False,
+                  option: str = "--out", overwrite_flag: str | None = None) -> Iterator[Ledger]:
+    """The one rule of every command that writes into a folder; yields the folder's :class:`Ledger`.
+
+    In order: ``out`` must not overlap the ``inputs`` (:func:`check_out_dir`); none of ``names`` (the files the
+    command is about to write, relative to ``out``) may exist unless an earlier run of a command wrote it (the
+    ledger), checked before anything is created, so a refused folder is left exactly as it was; then ``out`` is
+    created, locked for this run (:class:`FolderLock`: a second run into a busy folder is refused in one line),
+    ``names`` recorded in the ledger, and temporary files a killed run left for them removed. ``overwrite``
+    (the command's ``overwrite_flag``) lets ``names`` replace files no run wrote.
+
+    A folder written before ledgers existed, whose lock file names this same ``command``, is taken as this
+    command's: its files are adopted (so a pretraining run started by an older edgedino still resumes).
+    """
+    out = check_out_dir(out, inputs, option=option, flat_inputs=flat_inputs)
+    names = list(names)
+    # read before the lock, which rewrites the lock file: a folder of this command from before ledgers existed
+    legacy = out.is_dir() and not (out / LEDGER_NAME).exists() and _locked_before_by(out, command)
+    if out.is_dir() and not overwrite and not legacy:  # read-only: a refused folder is left exactly as it was
+        Ledger(out).refuse_foreign(names, option=option, overwrite_flag=overwrite_flag)
+    make_out_dir(out, option=option)
+    with FolderLock(out, command=command):
+        ledger = Ledger(out)  # read again under the lock
+        if legacy and not ledger.path.exists():
+            ledger.names |= {n for n in names if os.path.lexists(out / n)}
+        ledger.claim(names, overwrite=overwrite, option=option, overwrite_flag=overwrite_flag)
+        remove_partials(out, ledger.names)
+        yield ledger
+
+
+def _locked_before_by(folder: Path, command: str) -> bool:
+    """True when ``folder`` holds a lock file written by ``command`` (a run of it wrote here)."""
+    fh = _open_lock_file(folder)
+    if fh is None:
+        return False
+    with fh:
+        return _owner(fh).startswith(f"{command} pid ")
 
 
 # --- provenance ---------------------------------------------------------------------------------------------

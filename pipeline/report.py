@@ -10,7 +10,7 @@ import numpy as np
 
 from common import datasets
 from common.drawing import draw_contour
-from pipeline.shards import ShardReader, find_shards
+from pipeline.shards import ShardReader, shards_to_read
 
 UNCERTAIN_BAND = (0.1, 0.9)
 LOW_CONFIDENCE = 0.2
@@ -72,7 +72,7 @@ def summarise(path: str | Path, *, threshold: float = LOW_CONFIDENCE) -> ShardSu
 
     Samples whose confidence (``ShardReader.confidence``) is below ``threshold`` are listed by id.
     """
-    paths = find_shards(path)
+    paths = shards_to_read(path)
     if not paths:
         raise FileNotFoundError(f"{path}: no shard files (shard-*.h5) found")
     summary = ShardSummary(n_shards=len(paths), threshold=threshold)
@@ -117,7 +117,7 @@ def contact_sheet(path: str | Path, png: str | Path, *, n: int = 8) -> Path:
 
     from common.atomic import save_figure
 
-    paths = find_shards(path)
+    paths = shards_to_read(path)
     index = [(p, i) for p in paths for i in range(_rows(p))]
     if not index:
         raise ValueError(f"{path}: the shards hold no samples to show")

@@ -25,18 +25,19 @@ import numpy as np
 from common import datasets
 from common.atomic import write_text
 from common.guard import (
-    FolderLock,
+    Ledger,
     cap_jobs,
     check_out_dir,
     input_part,
     inputs_hash,
-    make_out_dir,
+    output_folder,
     parent_is_gone,
     sha256_file,
     watch_parent,
 )
 from pipeline.pseudomask.per_image import PseudoMaskConfig, make_pseudo_mask
 from pipeline.shards import (
+    MANIFEST,
     REJECTS,
     ShardError,
     ShardReader,
@@ -379,17 +380,19 @@ def run_pseudomasks(data: Sequence[str | Path] | str | Path, out_dir: str | Path
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    out_dir = check_out_dir(out_dir, [data] if isinstance(data, (str, Path)) else data)
+    inputs = [data] if isinstance(data, (str, Path)) else data
+    out_dir = check_out_dir(out_dir, inputs)
     dataset = datasets.open_dataset(data)  # before creating out_dir: a missing data folder leaves nothing behind
-    make_out_dir(out_dir)
-    with FolderLock(out_dir, command="pseudomasks"):
-        return _run_locked(dataset, data, out_dir, config=config, jobs=jobs, backend=backend, scheduler=scheduler,
-                           overwrite=overwrite, progress=progress, exclude_ids=exclude_ids)
+    present = [p.name for p in find_shards(out_dir)] if out_dir.is_dir() else []  # foreign: refused before the lock
+    with output_folder(out_dir, command="pseudomasks", names=[MANIFEST, REJECTS, *present], inputs=inputs) as ledger:
+        return _run_locked(dataset, data, out_dir, ledger, config=config, jobs=jobs, backend=backend,
+                           scheduler=scheduler, overwrite=overwrite, progress=progress, exclude_ids=exclude_ids)
 
 
-def _run_locked(dataset: datasets.Dataset, data, out_dir: Path, *, config: RunConfig, jobs: int, backend: str,
-                scheduler: str | None, overwrite: bool, progress: bool, exclude_ids: Iterable[str]) -> RunSummary:
-    """:func:`run_pseudomasks` once ``out_dir`` is checked and locked."""
+def _run_locked(dataset: datasets.Dataset, data, out_dir: Path, ledger: Ledger, *, config: RunConfig, jobs: int,
+                backend: str, scheduler: str | None, overwrite: bool, progress: bool,
+                exclude_ids: Iterable[str]) -> RunSummary:
+    """:func:`run_pseudomasks` once ``out_dir`` is checked and locked (``ledger``: the files runs wrote there)."""
     _clean_partials(out_dir)
     excluded = set(exclude_ids)
     if excluded:
@@ -398,6 +401,9 @@ def _run_locked(dataset: datasets.Dataset, data, out_dir: Path, *, config: RunCo
         dataset = dataclasses.replace(dataset, samples=kept)
     plans = plan_shards(dataset, config.shard_size)
     planned = {p.name for p in plans}
+    present = [path.name for path in find_shards(out_dir)]
+    # shards no run wrote here are neither replaced nor removed (nor mixed into this run's data)
+    ledger.claim(sorted(planned | set(present)), overwrite_flag=None)
     old = {e["file"]: e for e in read_manifest(out_dir).get("shards", [])}
     for path in find_shards(out_dir):
         if path.name not in planned:

@@ -42,7 +42,15 @@ import h5py
 import numpy as np
 
 from common.atomic import atomic_path, write_text
-from common.guard import sha256_file
+from common.datasets import MAX_PIXELS, MAX_SIDE, ImageReadError, image_size
+from common.guard import (
+    MAX_ID_BYTES,
+    GuardError,
+    bounded_number,
+    check_not_being_written,
+    check_plain_name,
+    sha256_file,
+)
 
 SCHEMA_VERSION = 1
 SHARD_GLOB = "shard-*.h5"
@@ -50,10 +58,14 @@ MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"
 MASK_KEYS = ("hair_mask", "prob", "pseudo_mask")
 OPTIONAL_MAPS = ("model_prob", "walker_mask")
+#: Bounds a shard's own numbers must keep before anything is sized from them (a crafted or damaged file):
+MAX_ROWS = 100_000        # samples in one shard ('pseudomasks --shard-size' stops here too)
+MAX_STORAGE_SIZE = 4096   # S, the storage resolution ('pseudomasks --size' stops here too)
+MAX_PATH_BYTES = 4096     # a source image path
 
 
-class ShardError(ValueError):
-    """A shard that cannot be used; the message names the file and what is wrong."""
+class ShardError(GuardError):
+    """A shard that cannot be used; the message names the file and what is wrong (a ``ValueError``)."""
 
 
 def shard_name(index: int) -> str:
@@ -212,10 +224,50 @@ class ShardReader:
             self._file.close()
             raise ShardError(f"{self.path}: schema version {version!r}, this edgedino reads version "
                              f"{SCHEMA_VERSION}; rerun 'pseudomasks' to rebuild the shards")
-        missing = [k for k in ("image", *MASK_KEYS, "id", "orig_shape") if k not in self._file]
+        missing = [k for k in ("image", *MASK_KEYS, "id", "path", "orig_shape", "no_lesion") if k not in self._file]
         if missing:
             self._file.close()
             raise ShardError(f"{self.path}: missing datasets {missing}")
+        try:
+            self._check_fields()
+        except (ShardError, GuardError) as exc:
+            self._file.close()
+            raise ShardError(str(exc)) from None
+
+    def _check_fields(self) -> None:
+        """Bounds-check what the file says about itself before anything is sized from it: one row count shared
+        by every dataset (at most :data:`MAX_ROWS`), ``image`` of ``(N, S, S, 3)`` with S the ``size`` attribute
+        (at most :data:`MAX_STORAGE_SIZE`), masks of ``(N, S, S)``, every ``orig_shape`` a plausible image size
+        (:func:`check_orig_shape`), every id a plain printable file name, text columns of bounded width."""
+        f, where = self._file, self.path
+        n = bounded_number(f["id"].shape[0] if f["id"].ndim == 1 else -1, lo=0, hi=MAX_ROWS, what="the row count",
+                        source=where)
+        size = f["image"].shape[1] if f["image"].ndim == 4 else -1
+        bounded_number(size, lo=1, hi=MAX_STORAGE_SIZE, what="the storage size S", source=where)
+        if "size" in f.attrs and _number(f.attrs["size"]) != size:
+            raise ShardError(f"{where}: the size attribute {f.attrs['size']!r} differs from the images' {size} px")
+        expected = {"image": (n, size, size, 3), **{k: (n, size, size) for k in MASK_KEYS}, "orig_shape": (n, 2)}
+        expected.update({"path": (n,), "no_lesion": (n,)})
+        if "diag" in f:
+            expected.update({f"diag/{k}": (n,) for k in f["diag"]})
+        for name, shape in expected.items():
+            if f[name].shape != shape:
+                raise ShardError(f"{where}: dataset {name!r} has shape {f[name].shape}, expected {shape} "
+                                 f"({n} row(s) of {size} px)")
+        for name, limit in (("id", MAX_ID_BYTES), ("path", MAX_PATH_BYTES)):
+            if name in f and (f[name].dtype.kind not in "SOU" or f[name].dtype.itemsize > limit):
+                raise ShardError(f"{where}: dataset {name!r} is {f[name].dtype}; expected text of at most {limit} "
+                                 "bytes")
+        if f["orig_shape"].dtype.kind not in "iu":
+            raise ShardError(f"{where}: orig_shape is {f['orig_shape'].dtype}; expected whole numbers")
+        try:
+            ids = self.ids
+        except UnicodeDecodeError:
+            raise ShardError(f"{where}: an id is not valid UTF-8 text") from None
+        for sample_id in ids:
+            check_plain_name(sample_id, source=where)
+        for sample_id, shape in zip(ids, self.column("orig_shape")):
+            check_orig_shape(shape, where=f"{where}: {sample_id}")
 
     def __enter__(self) -> "ShardReader":
         return self
@@ -244,6 +296,11 @@ class ShardReader:
     @property
     def ids(self) -> list[str]:
         return [_text(x) for x in self.column("id")]
+
+    @property
+    def sources(self) -> list[str]:
+        """Each sample's source image file (``path``)."""
+        return [_text(x) for x in self.column("path")]
 
     def column(self, name: str) -> np.ndarray:
         """A whole per-sample column (``orig_shape``, ``no_lesion``, ``diag/<name>``)."""
@@ -290,6 +347,46 @@ class ShardReader:
             yield self[i]
 
 
+def _number(value) -> object:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def check_orig_shape(shape, *, where: str | Path, image: str | Path | None = None) -> tuple[int, int]:
+    """``(H, W)`` of a shard row when it is a plausible image size, else :class:`ShardError` naming ``where``.
+
+    Each side in ``[1, MAX_SIDE]`` and ``H * W`` at most ``MAX_PIXELS`` (the largest image stage 1 reads,
+    :mod:`common.datasets`). With ``image`` (the row's source file) when it still exists, the size must also be
+    the one its header gives: the mask is made for that image. Checked before a mask is resized to it.
+    """
+    values = [_number(v) for v in np.asarray(shape).reshape(-1)]
+    if len(values) != 2:
+        raise ShardError(f"{where}: orig_shape {values} is not (height, width)")
+    height, width = (bounded_number(v, lo=1, hi=MAX_SIDE, what=f"orig_shape {side}", source=where)
+                     for v, side in zip(values, ("height", "width")))
+    if height * width > MAX_PIXELS:
+        raise ShardError(f"{where}: orig_shape {height} x {width} is {height * width:,} pixels; the largest image "
+                         f"edgedino reads has {MAX_PIXELS:,} (the shard is damaged or was not written by edgedino)")
+    if image is not None and Path(image).is_file():
+        try:
+            recorded = image_size(Path(image))
+        except ImageReadError:
+            return height, width
+        if recorded != (height, width):
+            raise ShardError(f"{where}: orig_shape {height} x {width} differs from its image {image} "
+                             f"({recorded[0]} x {recorded[1]}); the shard is damaged or the image was replaced: "
+                             "rerun 'pseudomasks'")
+    return height, width
+
+
+def shards_to_read(path: str | Path) -> list[Path]:
+    """:func:`find_shards` for a command that reads the shards' data (pretrain, finetune's pool, export, inspect,
+    the table): refuses (:class:`~common.guard.GuardError`) a folder whose ``pseudomasks`` run is still alive,
+    since its manifest lists the shards as they finish and a reader would see part of the data."""
+    if Path(path).exists():
+        check_not_being_written(path)
+    return find_shards(path)
+
+
 def find_shards(path: str | Path) -> list[Path]:
     """Shard files at ``path`` (a shard file or a folder of shards), sorted; ``*.partial`` never included."""
     path = Path(path)
@@ -324,8 +421,14 @@ def verify(out_dir: str | Path) -> list[str]:
     -------
     list of str
         One line per problem; empty when all is well.
+
+    Raises
+    ------
+    GuardError
+        The folder's ``pseudomasks`` run is still going.
     """
     out_dir = Path(out_dir)
+    check_not_being_written(out_dir)  # a run still writing it would show as mismatches
     if not (out_dir / MANIFEST).exists():
         return [f"{out_dir / MANIFEST}: missing (is {out_dir} a pseudomasks output folder?)"]
     problems = []

@@ -45,7 +45,7 @@ import numpy as np
 
 from common import datasets
 from common.atomic import save_figure, write_text
-from common.guard import check_out_dir
+from common.guard import check_not_being_written, check_out_dir, output_folder
 from pipeline.export import export_masks
 from pipeline.run import RunConfig, run_pseudomasks
 from trainer.data.cutmix import PICConfig
@@ -71,6 +71,7 @@ METHODS = ("scratch", "same-init", "unet-pseudo", "dino", "pseudo-only", "ours",
 ZERO_LABEL_ROWS = ("unet-pseudo", "pseudo-only", "ours", "ours+fkd", "ours+ilka")  # a decoder trained on pseudo-masks
 UNET = "unet-pseudo"
 METRICS = ("jaccard", "dice", "thresholded_jaccard", "accuracy", "sensitivity", "specificity")
+RESULTS = ("results.csv", "results.md", "results.png")  # the files the table writes into its own folder
 
 
 @dataclass(frozen=True)
@@ -136,12 +137,16 @@ def run_table(spec: TableSpec, *, progress: bool = True) -> Path:
     test_ids = set()
     for folder in spec.test_data:
         test_ids |= set(datasets.open_dataset(folder).ids)
-    exports, base_pre = _pretraining_phase(spec, out, test_ids, progress=progress)
-    rows = _zero_label_rows(spec, out, exports, progress=progress)
-    rows += _finetune_grid(spec, out, exports, base_pre, progress=progress)
-    if "pseudo-masks" in spec.methods:
-        rows += _pseudo_mask_rows(spec, out, progress=progress)
-    return write_results(rows, out)
+    if spec.shards:  # refused now, not after the first long step, while its pseudomasks run is still going
+        check_not_being_written(spec.shards)
+    # one table run per folder; each step below (pseudomasks, pretrain, finetune...) also guards its own folder
+    with output_folder(out, command="table", names=RESULTS, inputs=spec.data + spec.unlabelled + spec.test_data):
+        exports, base_pre = _pretraining_phase(spec, out, test_ids, progress=progress)
+        rows = _zero_label_rows(spec, out, exports, progress=progress)
+        rows += _finetune_grid(spec, out, exports, base_pre, progress=progress)
+        if "pseudo-masks" in spec.methods:
+            rows += _pseudo_mask_rows(spec, out, progress=progress)
+        return write_results(rows, out)
 
 
 def _pretraining_phase(spec: TableSpec, out: Path, test_ids: set[str], *, progress: bool

@@ -229,7 +229,7 @@ def test_workers_end_when_the_run_is_killed(tmp_path):
     import sys
     import time
 
-    code = ("import os, sys, time; from pipeline import guard; guard.watch_parent(os.getppid(), every=0.05); "
+    code = ("import os, sys, time; from common import guard; guard.watch_parent(os.getppid(), every=0.05); "
             "print(os.getpid(), flush=True); time.sleep(60)")
     # a parent that starts a watching child, prints its pid, then is killed with SIGKILL
     parent = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys; p = subprocess.Popen([sys.executable, "

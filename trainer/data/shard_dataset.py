@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from pipeline.shards import ShardError, ShardReader, find_shards
+from pipeline.shards import ShardError, ShardReader, shards_to_read
 
 MAP_CHANNELS = ("pseudo_mask", "prob", "hair_mask")
 
@@ -45,7 +45,7 @@ class ShardDataset(Dataset):
         if not 0.0 <= min_confidence <= 1.0:
             raise ValueError(f"min_confidence: expected a value in [0, 1], got {min_confidence}")
         sources = [shards] if isinstance(shards, (str, Path)) else list(shards)
-        self.paths: list[Path] = [p for s in sources for p in find_shards(s)]
+        self.paths: list[Path] = [p for s in sources for p in shards_to_read(s)]
         if not self.paths:
             raise ShardError(f"{', '.join(map(str, sources))}: no shard files (shard-*.h5); run 'pseudomasks' first")
         excluded = set(exclude_ids)

@@ -8,6 +8,7 @@ Checkpoints hold only tensors, numbers, strings, lists, tuples and dicts (conver
 from __future__ import annotations
 
 import argparse
+import io
 import random
 import re
 from pathlib import Path
@@ -17,9 +18,14 @@ import numpy as np
 import torch
 
 from common.atomic import atomic_write
+from common.guard import GuardError, bounded_number, check_plain_name
 
 __all__ = [
     "CheckpointError",
+    "MAX_INPUT_SIZE",
+    "MAX_WIDTH",
+    "require_keys",
+    "check_model_fields",
     "torch_load",
     "save_checkpoint",
     "load_checkpoint",
@@ -32,6 +38,10 @@ __all__ = [
 
 CHECKPOINT_GLOB = "checkpoint_*.pt"
 _STEP_RE = re.compile(r"^checkpoint_(\d+)\.pt$")
+#: The largest square input (px) a model file may ask for (img_size, and the test-time size derived from it).
+MAX_INPUT_SIZE = 4096
+#: The widest layer (channels) a model file may ask for (a decoder's hidden width, a U-Net level).
+MAX_WIDTH = 16384
 
 
 def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
@@ -44,8 +54,76 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
     if not isinstance(state, Mapping):
         raise TypeError(f"state: expected a dict, got {type(state).__name__}")
     with atomic_write(path, "wb") as fh:
-        torch.save(dict(state), fh)
+        sink = _KeepWriteError(fh)
+        try:
+            torch.save(dict(state), sink)
+        except RuntimeError:
+            if sink.error is not None:  # torch reports a failed write (a full disk) as its own RuntimeError
+                raise sink.error from None
+            raise
     return path
+
+
+class _KeepWriteError(io.RawIOBase):
+    """A file for ``torch.save`` that keeps the ``OSError`` of a failed write (ENOSPC: the disk is full), which
+    torch itself turns into an ``inline_container.cc`` RuntimeError that names neither the file nor the cause."""
+
+    def __init__(self, fh) -> None:
+        super().__init__()
+        self.fh, self.error = fh, None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+
+def require_keys(state: Any, keys: tuple[str, ...], path: str | Path, *, what: str) -> Mapping[str, Any]:
+    """``state`` (a loaded file) when it is a dict holding every one of ``keys``; else :class:`CheckpointError`
+    naming the file, ``what`` it should be and the keys it lacks."""
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path}: holds a {type(state).__name__}, not {what}")
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a complete {what}: {', '.join(map(repr, missing))} missing (damaged, or "
+                              "written by another program)")
+    return state
+
+
+def check_model_fields(state: Mapping[str, Any], path: str | Path) -> dict[str, Any]:
+    """Bounds-check the fields of a model file (``model.pt``, ``export.pt``) that decide what is built, before
+    anything is: ``arch`` and ``decoder_arch`` plain names, ``img_size`` in [16, :data:`MAX_INPUT_SIZE`],
+    ``patch_size`` None or in [1, img_size], ``decoder_hidden`` in [0, :data:`MAX_WIDTH`], ``step`` in [0, 10^12],
+    ``decoder_skip`` a bool (or 0/1), each when present. Returns the checked values; raises
+    :class:`CheckpointError` naming the file and the field."""
+    out: dict[str, Any] = {}
+    try:
+        for key in ("arch", "decoder_arch"):
+            if key in state:
+                out[key] = check_plain_name(state[key], what=key, source=path)
+        if "img_size" in state:
+            out["img_size"] = bounded_number(state["img_size"], lo=16, hi=MAX_INPUT_SIZE, what="img_size",
+                                             source=path)
+        if state.get("patch_size") is not None:
+            out["patch_size"] = bounded_number(state["patch_size"], lo=1, hi=out.get("img_size", MAX_INPUT_SIZE),
+                                               what="patch_size", source=path)
+        if "decoder_hidden" in state:
+            out["decoder_hidden"] = bounded_number(state["decoder_hidden"], lo=0, hi=MAX_WIDTH,
+                                                   what="decoder_hidden", source=path)
+        if "step" in state:
+            out["step"] = bounded_number(state["step"], lo=0, hi=10**12, what="step", source=path)
+        if "decoder_skip" in state:
+            skip = state["decoder_skip"]
+            out["decoder_skip"] = bool(skip if isinstance(skip, bool) else
+                                       bounded_number(skip, lo=0, hi=1, what="decoder_skip", source=path))
+    except GuardError as exc:  # the message names the file and the field
+        raise CheckpointError(str(exc)) from None
+    return out
 
 
 def torch_load(path: str | Path, *, map_location: str | torch.device = "cpu", mmap: bool = False) -> Any:

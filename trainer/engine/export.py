@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from trainer.engine.checkpoint import load_checkpoint, save_checkpoint, torch_load
+from trainer.engine.checkpoint import check_model_fields, load_checkpoint, require_keys, save_checkpoint, torch_load
 
 __all__ = ["EXPORT", "EXPORT_FORMAT", "export_model", "read_export", "check_export", "export_metadata"]
 
@@ -43,13 +43,27 @@ def read_export(path: str | Path) -> dict:
     return check_export(load_checkpoint(path), path)
 
 
+#: What an export must hold (``decoder_arch``, ``decoder_skip``, ``patch_size``: absent in older exports).
+EXPORT_KEYS = ("arch", "img_size", "decoder_hidden", "step", "backbone", "decoder")
+
+
 def check_export(state: Any, path: str | Path) -> dict:
-    """``state`` (the loaded contents of ``path``) when it is an export, else the error :func:`read_export` raises."""
+    """``state`` (the loaded contents of ``path``) when it is an export, else the error :func:`read_export` raises.
+
+    Besides the format tag, every key it needs is there and every field that sizes the model is bounds-checked
+    (:func:`trainer.engine.checkpoint.check_model_fields`) before anything is built from it.
+    """
     if not isinstance(state, Mapping) or state.get("format") != EXPORT_FORMAT:
         found = state.get("format") if isinstance(state, Mapping) else type(state).__name__
         raise ValueError(f"{path}: not an edgedino export (format {found!r}, expected "
                          f"{EXPORT_FORMAT!r}); pass the export.pt that 'pretrain' writes")
-    return dict(state)
+    what = "edgedino export (export.pt)"
+    require_keys(state, EXPORT_KEYS, path, what=what)
+    checked = check_model_fields(state, path)
+    for key in ("backbone", "decoder"):
+        if not isinstance(state[key], Mapping):
+            raise ValueError(f"{path}: {key} is a {type(state[key]).__name__}, not a dict of weights ({what})")
+    return {**dict(state), **checked}
 
 
 def export_metadata(path: str | Path) -> Mapping[str, Any] | None:
@@ -65,5 +79,6 @@ def export_metadata(path: str | Path) -> Mapping[str, Any] | None:
         return None
     obj = torch_load(path, mmap=True)
     if isinstance(obj, Mapping) and obj.get("format") == EXPORT_FORMAT:
-        return {"arch": obj["arch"], "img_size": obj["img_size"], "patch_size": obj.get("patch_size")}
+        export = check_export(obj, path)
+        return {"arch": export["arch"], "img_size": export["img_size"], "patch_size": export.get("patch_size")}
     return None

@@ -31,8 +31,12 @@ class RunLog:
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        self._fh.write(json.dumps(record, default=str) + "\n")
-        self._fh.flush()
+        try:
+            self._fh.write(json.dumps(record, default=str) + "\n")
+            self._fh.flush()
+        except OSError as exc:  # e.g. a full disk: name the file (a failed write names none)
+            exc.filename = exc.filename or str(self.path)
+            raise
         if self._tb is not None and "step" in record:
             prefix = "epoch/" if record.get("event") == "epoch" else "train/"
             for key, value in record.items():

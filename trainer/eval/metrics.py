@@ -14,6 +14,11 @@ and macro-averages the per-image values. ``tests/trainer/eval/test_metrics.py`` 
 
 One deliberate difference: a mask whose values are all in {0, 1} is read as 0/1 (1 = lesion); the official
 scorer would cut it at ``> 128`` and score it as empty.
+
+Expert masks are read by :func:`common.datasets.read_mask` exactly as the data check and ``finetune`` read them
+(so a red-on-black colour mask is the same lesion everywhere, and a mask ``finetune`` refuses, such as a grey
+0/128 one the scorer's cut would read as empty, is refused here too). Predictions must be in the scorer's own
+format, 8-bit single channel, and are cut at ``> 128`` (:func:`read_binary_mask`).
 """
 from __future__ import annotations
 
@@ -26,12 +31,12 @@ import cv2
 import numpy as np
 
 from common.atomic import write_text
-from common.datasets import MASK_SUFFIX
+from common.datasets import MASK_SUFFIX, SOFT_CUT, read_mask
 
 log = logging.getLogger(__name__)
 
 THRESHOLD = 0.65          # ISIC 2018: a per-image Jaccard below this counts as 0
-BINARY_CUT = 128          # ISIC: a pixel of an 8-bit mask is foreground when its value is > 128
+BINARY_CUT = SOFT_CUT     # ISIC: a pixel of an 8-bit mask is foreground when its value is > 128
 METRIC_NAMES = ("jaccard", "dice", "thresholded_jaccard", "accuracy", "sensitivity", "specificity")
 OFFICIAL_NAMES = {"jaccard": "jaccard", "dice": "dice", "thresholded_jaccard": "threshold_jaccard",
                   "accuracy": "accuracy", "sensitivity": "sensitivity", "specificity": "specificity"}
@@ -83,10 +88,11 @@ def binary_scores(pred: np.ndarray, truth: np.ndarray, *, threshold: float = THR
 
 
 def read_binary_mask(path: str | Path) -> np.ndarray:
-    """Read a mask file as ``(H, W) bool``.
+    """Read a predicted mask file as ``(H, W) bool``, in the format the official scorer accepts.
 
     8-bit single-channel images are cut at ``> 128`` (the official rule: 0/255, or grey such as a
-    probability map * 255); images whose values are all 0 or 1 are read as 0/1 masks.
+    probability map * 255); images whose values are all 0 or 1 are read as 0/1 masks. The values are read by
+    :func:`common.datasets.read_mask` (``soft='cut'``), after the format check.
 
     Raises
     ------
@@ -101,7 +107,7 @@ def read_binary_mask(path: str | Path) -> np.ndarray:
         raise ValueError(f"{path}: mask has {mask.shape[2]} channels; expected a single-channel (grey) PNG")
     if mask.dtype != np.uint8:
         raise ValueError(f"{path}: mask is {mask.dtype}; expected an 8-bit PNG (0/255)")
-    return mask > (0 if mask.max() <= 1 else BINARY_CUT)
+    return read_mask(path, soft="cut")
 
 
 @dataclass
@@ -130,7 +136,8 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, allow_extra
     Parameters
     ----------
     pred_dir, truth_dir : path-like
-        Folders of masks; other files are ignored. Masks are read by :func:`read_binary_mask`.
+        Folders of masks; other files are ignored. Expert masks are read by :func:`common.datasets.read_mask`,
+        predictions by :func:`read_binary_mask`.
     allow_extra : bool
         Accept predictions without ground truth (ignored, with a warning). Off by default: an extra id
         usually means the wrong folder.
@@ -141,7 +148,8 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, allow_extra
     ------
     ValueError
         No ground truth, predictions missing for some ids, extra predictions, or prediction sizes that differ
-        from the ground truth's (the official scorer does not resize either) -- all named in one message.
+        from the ground truth's (the official scorer does not resize either) -- all named in one line; an expert
+        mask :func:`common.datasets.read_mask` refuses.
     """
     pred_dir, truth_dir = Path(pred_dir), Path(truth_dir)
     for name, folder in (("pred_dir", pred_dir), ("truth_dir", truth_dir)):
@@ -162,14 +170,14 @@ def evaluate_folders(pred_dir: str | Path, truth_dir: str | Path, *, allow_extra
                         f"{_listing(extra)} (pass allow_extra=True to ignore them)")
     rows = []
     for sample_id in sorted(set(truth) & set(pred)):
-        t, p = read_binary_mask(truth[sample_id]), read_binary_mask(pred[sample_id])
+        t, p = read_mask(truth[sample_id]), read_binary_mask(pred[sample_id])
         if t.shape != p.shape:
             problems.append(f"{pred[sample_id]}: size {p.shape[1]}x{p.shape[0]} differs from the ground truth's "
                             f"{t.shape[1]}x{t.shape[0]}")
             continue
         rows.append({"id": sample_id, **binary_scores(p, t, threshold=threshold)})
     if problems:
-        raise ValueError("\n".join(problems))
+        raise ValueError("; ".join(problems))  # one line, every problem named
     means = {k: float(np.mean([r[k] for r in rows])) for k in METRIC_NAMES}
     return EvaluationResult(rows, means)
 

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from common import datasets
 from common.atomic import save_figure, write_text
 from common.drawing import draw_contour
+from common.guard import output_folder
 from common.png import write_mask_png
 from trainer.data.splits import Splits
 from trainer.engine.distributed import resolve_device
@@ -24,6 +25,14 @@ from trainer.inference.fusion import FUSE_WEIGHT
 from trainer.inference.masks import implausible_map, mask_from_probability
 from trainer.inference.segment import PREDICT_SCALE, predict_image, predict_size
 from trainer.models.segmenter import load_seg_model
+
+#: What a scored test split leaves in its folder: the metrics, the picture, the predicted masks' folder.
+METRICS, SHEET, PREDICTIONS = "metrics.json", "best_worst.png", "predictions"
+
+
+def score_outputs(splits: Splits) -> list[str]:
+    """The files :func:`score_model` (and a fine-tuning run's scoring) writes into its folder, relative to it."""
+    return [METRICS, SHEET] + [f"{PREDICTIONS}/{s.id}_segmentation.png" for s in splits.test]
 
 
 def score_model(model_path: str | Path, splits: Splits, out_dir: str | Path, *, device: str = "auto",
@@ -41,10 +50,20 @@ def score_model(model_path: str | Path, splits: Splits, out_dir: str | Path, *, 
     model, info = load_seg_model(model_path)
     model.to(dev)
     test_size = predict_size(int(info["img_size"]), predict_scale)
-    means, rows = predict_test(model, splits, out_dir, size=test_size, device=dev, progress=progress,
-                                one_lesion=one_lesion, fuse=fuse, fuse_weight=fuse_weight)
+    # the writer rule (common.guard.output_folder): one run per folder, no file replaced that no run wrote
+    with output_folder(out_dir, command="score", names=score_outputs(splits), inputs=[model_path]):
+        means, rows = predict_test(model, splits, out_dir, size=test_size, device=dev, progress=progress,
+                                   one_lesion=one_lesion, fuse=fuse, fuse_weight=fuse_weight)
+        _write_scores(means, rows, info, model_path, out_dir, splits, one_lesion=one_lesion, fuse=fuse,
+                      fuse_weight=fuse_weight, test_size=test_size)
+    return means
+
+
+def _write_scores(means, rows, info, model_path, out_dir: Path, splits: Splits, *, one_lesion, fuse, fuse_weight,
+                  test_size) -> None:
+    """:func:`score_model`'s ``metrics.json`` and ``best_worst.png``."""
     extra = info.get("extra", {})
-    write_text(out_dir / "metrics.json", json.dumps({
+    write_text(out_dir / METRICS, json.dumps({
         "mean": means, "n_test": len(rows), "per_image": rows, "frac": float(extra.get("frac", 0.0)),
         "n_labelled": int(extra.get("n_labelled", 0)), "one_lesion": one_lesion, "fuse": fuse,
         "fuse_weight": fuse_weight,
@@ -52,7 +71,6 @@ def score_model(model_path: str | Path, splits: Splits, out_dir: str | Path, *, 
         "model": {k: v for k, v in info.items() if k != "extra"}, "source": str(model_path)}, indent=1,
         default=str))
     best_worst_sheet(rows, splits, out_dir)
-    return means
 
 
 def predict_test(model, splits: Splits, out_dir: Path, *, size, device, progress, tta=False, one_lesion=True,
@@ -61,7 +79,7 @@ def predict_test(model, splits: Splits, out_dir: Path, *, size, device, progress
     :func:`~trainer.inference.masks.mask_from_probability`), write ``out_dir/predictions/<ID>_segmentation.png``
     (0/255, the image's original size) and score it against its expert mask. Returns ``(means, rows)``: the
     mean of each metric and one row per image."""
-    pred_dir = out_dir / "predictions"
+    pred_dir = out_dir / PREDICTIONS
     rows = []
     for s in tqdm(splits.test, desc="predict test", unit="img", disable=not progress, leave=False):
         full = mask_from_probability(predict_image(model, s.image, size=size, device=device, tta=tta, fuse=fuse,
@@ -94,7 +112,7 @@ def best_worst_sheet(rows: list[dict], splits: Splits, out_dir: Path, n: int = 4
         s = by_id[r["id"]]
         image = cv2.resize(datasets.read_image(s.image, min_long_side=512), (384, 288))
         truth = cv2.resize(datasets.read_mask(s.mask).astype(np.uint8), (384, 288), interpolation=cv2.INTER_NEAREST)
-        pred = cv2.imread(str(out_dir / "predictions" / f"{s.id}_segmentation.png"), cv2.IMREAD_GRAYSCALE)
+        pred = cv2.imread(str(out_dir / PREDICTIONS / f"{s.id}_segmentation.png"), cv2.IMREAD_GRAYSCALE)
         pred = cv2.resize((pred > 127).astype(np.uint8), (384, 288), interpolation=cv2.INTER_NEAREST)
         for mask, colour in ((truth, (40, 220, 40)), (pred, (255, 40, 40))):
             draw_contour(image, mask, colour, 2)
@@ -103,4 +121,4 @@ def best_worst_sheet(rows: list[dict], splits: Splits, out_dir: Path, n: int = 4
         ax.set_title(f"{'best' if k < n else 'worst'}: {r['id']}\nJaccard {r['jaccard']:.3f}", fontsize=8)
     fig.suptitle("expert (green) vs prediction (red)", fontsize=10)
     fig.tight_layout()
-    return save_figure(fig, out_dir / "best_worst.png", dpi=72)
+    return save_figure(fig, out_dir / SHEET, dpi=72)

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from common import datasets
 from common.atomic import atomic_batch, save_figure
 from common.drawing import draw_contour
-from common.guard import claim_file
+from common.guard import bounded_number, check_out_dir, claim_file, output_folder
 from common.png import encode_png
 from trainer.engine.distributed import resolve_device
 from trainer.inference.fusion import FUSE_WEIGHT
@@ -46,16 +46,6 @@ class PredictResult:
     overlay: Path | None = None
 
 
-def _check_folders(data: Sequence[Path], out_dir: Path) -> None:
-    """No command writes into a folder it reads from: ``out_dir`` and the data folders must not nest."""
-    out = out_dir.resolve()
-    for folder in data:
-        src = Path(folder).resolve()
-        if out == src or src in out.parents or out in src.parents:
-            raise ValueError(f"--out {out_dir}: inside (or around) the data folder {folder}; predictions go to a "
-                             "folder of their own")
-
-
 def predict_folder(model_path: str | Path, data: Sequence[str | Path] | str | Path, out_dir: str | Path, *,
                    probabilities: bool = False, overlay: str | Path | None = None, device: str = "auto",
                    progress: bool = True, one_lesion: bool | None = None, predict_scale: float | None = None,
@@ -64,8 +54,11 @@ def predict_folder(model_path: str | Path, data: Sequence[str | Path] | str | Pa
 
     Writes ``out_dir/<ID>_segmentation.png`` (0/255, the image's original size) and, with ``probabilities``,
     ``out_dir/<ID>_probability.png`` (the lesion probability x 255, 8 bits); with ``overlay``, a contact sheet
-    of the first :data:`OVERLAY_MAX` images with the predicted contour. An image that cannot be read is logged
-    with its reason and skipped. ``one_lesion`` (fill holes, keep one component:
+    of the first :data:`OVERLAY_MAX` images with the predicted contour. An image that cannot be read is skipped
+    and listed in ``failed`` with its reason. ``out_dir`` follows the writer rule
+    (:func:`common.guard.output_folder`): not a data folder, one run at a time, and no file replaced that no
+    earlier run wrote (e.g. another data set's expert masks: such a folder is refused before anything is
+    written). ``one_lesion`` (fill holes, keep one component:
     :func:`trainer.inference.masks.mask_from_probability`) defaults to what ``finetune`` did for the model's test
     predictions: on, except for a ``model.pt`` written before the option existed (off, as it was made).
     ``predict_scale`` (the test-time input size over the training size:
@@ -75,25 +68,61 @@ def predict_folder(model_path: str | Path, data: Sequence[str | Path] | str | Pa
     ``finetune`` setting, off for an ``export.pt`` and older models.
     """
     data = [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
-    out_dir = Path(out_dir)
-    _check_folders(data, out_dir)
+    out_dir = check_out_dir(out_dir, data)
     if overlay is not None:
-        _check_folders(data, Path(overlay).parent)
-        claim_file(overlay, option="--overlay")
+        check_out_dir(Path(overlay).parent, data, option="--overlay folder")
     dataset = datasets.open_dataset(data)
     model, info = load_seg_model(model_path)
-    dev = resolve_device(device)
-    model.to(dev)
-    made_by = info.get("extra", {}).get("config")  # finetune's config (None for a pretraining export.pt)
+    made_by = finetune_settings(info, model_path)  # finetune's settings (None for a pretraining export.pt)
     if predict_scale is None:  # as finetune (or the table's 0-labels column, for an export) predicted
-        predict_scale = PREDICT_SCALE if made_by is None else float(made_by.get("predict_scale", 1.0))
+        predict_scale = PREDICT_SCALE if made_by is None else made_by["predict_scale"]
     size = predict_size(int(info["img_size"]), predict_scale)
     tta = bool((made_by or {}).get("tta", False))  # as finetune predicted its test set
     if fuse is None:
         fuse = bool((made_by or {}).get("fuse", False))
     fuse_weight = float((made_by or {}).get("fuse_weight", FUSE_WEIGHT))
     if one_lesion is None:  # as finetune (or the table's 0-labels column, for an export) made its masks
-        one_lesion = True if made_by is None else bool(made_by.get("one_lesion", False))
+        one_lesion = True if made_by is None else made_by["one_lesion"]
+    suffixes = ("_segmentation.png", "_probability.png") if probabilities else ("_segmentation.png",)
+    names = [f"{s.id}{suffix}" for s in dataset.samples for suffix in suffixes]
+    if overlay is not None:  # refused (someone's picture) before --out is touched
+        claim_file(overlay, option="--overlay")
+    with output_folder(out_dir, command="predict", names=names, inputs=data):
+        dev = resolve_device(device)
+        model.to(dev)
+        return _predict_all(model, dataset, out_dir, size=size, device=dev, tta=tta, fuse=fuse,
+                            fuse_weight=fuse_weight, one_lesion=one_lesion, probabilities=probabilities,
+                            overlay=overlay, progress=progress)
+
+
+def finetune_settings(info: dict, path: str | Path) -> dict | None:
+    """How ``finetune`` made the test masks of a ``model.pt`` (``predict_scale``, ``tta``, ``fuse``,
+    ``fuse_weight``, ``one_lesion``; a model older than one of them gets the value it was made with), each
+    checked before use (a number out of range would size the test-time input); None for a pretraining
+    ``export.pt``."""
+    made_by = info.get("extra", {}).get("config")
+    if made_by is None:
+        return None
+    what = "finetune's settings in the model file"
+    if not isinstance(made_by, dict):
+        raise ValueError(f"{path}: extra.config is a {type(made_by).__name__}, not a dict ({what})")
+    settings = {
+        "predict_scale": bounded_number(made_by.get("predict_scale", 1.0), lo=1 / 64, hi=16, integer=False,
+                                        what="predict_scale", source=path),
+        "fuse_weight": bounded_number(made_by.get("fuse_weight", FUSE_WEIGHT), lo=0, hi=1, integer=False,
+                                      what="fuse_weight", source=path)}
+    for key in ("tta", "fuse", "one_lesion"):
+        value = made_by.get(key, False)
+        if not isinstance(value, bool):
+            raise ValueError(f"{path}: {key} is {value!r}; expected true or false ({what})")
+        settings[key] = value
+    return settings
+
+
+def _predict_all(model, dataset: datasets.Dataset, out_dir: Path, *, size: int, device, tta: bool, fuse: bool,
+                 fuse_weight: float, one_lesion: bool, probabilities: bool, overlay: str | Path | None,
+                 progress: bool) -> PredictResult:
+    """:func:`predict_folder`'s loop, once ``out_dir`` is checked, locked and claimed."""
     result = PredictResult(out_dir)
     sheet = []
     bar = tqdm(total=len(dataset.samples), desc="predict", unit="img", disable=not progress)
@@ -102,11 +131,12 @@ def predict_folder(model_path: str | Path, data: Sequence[str | Path] | str | Pa
             for s in dataset.samples[start:start + BATCH_FILES]:
                 bar.update()
                 try:
-                    prob = predict_image(model, s.image, size=size, device=dev, tta=tta, fuse=fuse,
+                    prob = predict_image(model, s.image, size=size, device=device, tta=tta, fuse=fuse,
                                          fuse_weight=fuse_weight)
                 except (datasets.ImageReadError, OSError, cv2.error) as exc:
-                    log.warning("skipped %s: %s", s.image, exc)
-                    result.failed.append((str(s.image), str(exc)))
+                    reason = str(exc).removeprefix(f"{s.image}: ")  # the caller names the file once
+                    log.debug("skipped %s: %s", s.image, reason)
+                    result.failed.append((str(s.image), reason))
                     continue
                 mask = mask_from_probability(prob, one_lesion=one_lesion,
                                              implausible=implausible_map(str(s.image)) if one_lesion else None)

@@ -19,6 +19,7 @@ import torch
 from common import datasets
 from trainer.data.normalise import normalise
 from pipeline.pseudomask import seeds
+from trainer.engine.checkpoint import MAX_INPUT_SIZE
 from trainer.inference.agreement import mask_agreement
 from trainer.inference.choice import (
     DEFAULT_REFERENCE,
@@ -77,8 +78,13 @@ def _test_input(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
 
 def predict_size(train_size: int, scale: float) -> int:
     """The test-time input size for a model trained at ``train_size``: ``scale`` times it, rounded to a multiple
-    of 16 (every patch size and the U-Net's four poolings divide it), at least 16."""
-    return max(16, int(round(train_size * scale / 16)) * 16)
+    of 16 (every patch size and the U-Net's four poolings divide it), at least 16, at most
+    :data:`~trainer.engine.checkpoint.MAX_INPUT_SIZE` (``ValueError`` above it: no model here needs more)."""
+    size = max(16, int(round(train_size * scale / 16)) * 16)
+    if size > MAX_INPUT_SIZE:
+        raise ValueError(f"predict scale {scale:g} x training size {train_size} px = {size} px test-time input; at "
+                         f"most {MAX_INPUT_SIZE} px: lower --predict-scale")
+    return size
 
 
 def predict_image(model: SegModel, path: str | Path, *, size: int, device: torch.device,

@@ -8,7 +8,14 @@ import torch
 from torch import nn
 
 from trainer.data.colour import IMAGENET_MEAN, IMAGENET_STD
-from trainer.engine.checkpoint import load_checkpoint, save_checkpoint
+from trainer.engine.checkpoint import (
+    MAX_WIDTH,
+    CheckpointError,
+    check_model_fields,
+    load_checkpoint,
+    require_keys,
+    save_checkpoint,
+)
 from trainer.engine.export import EXPORT_FORMAT, check_export
 from trainer.models.backbone import create_backbone, forward_tokens, patch_kwargs, patch_size
 from trainer.models.decoders import DECODERS, build_decoder, has_edge_path
@@ -182,7 +189,8 @@ def load_seg_model(path: str | Path) -> tuple[SegModel, dict]:
     state = load_checkpoint(path)
     fmt = _format(state)
     if fmt == EXPORT_FORMAT:
-        model, info = _from_export(state, path, arch=None, img_size=None, decoder="aux", decoder_arch="conv")
+        model, info = _from_export(check_export(state, path), path, arch=None, img_size=None, decoder="aux",
+                                   decoder_arch="conv")
         return model.eval(), {**info, "format": fmt}
     if fmt != MODEL_FORMAT:
         raise ValueError(f"{path}: not an edgedino model (format {fmt!r}, expected {MODEL_FORMAT!r}); pass the "
@@ -190,8 +198,37 @@ def load_seg_model(path: str | Path) -> tuple[SegModel, dict]:
     return _from_model_state(state, path)
 
 
+#: What a ``model.pt`` must hold (and ``unet_channels`` when its arch is ``'unet'``).
+MODEL_KEYS = ("arch", "img_size", "patch_size", "decoder_arch", "decoder_hidden", "decoder_skip", "state_dict")
+
+
+def check_model_state(state: dict, path: str | Path) -> dict:
+    """``state`` (a loaded ``model.pt``) with its fields bounds-checked before anything is built from it: every
+    key of :data:`MODEL_KEYS`, the sizes (:func:`trainer.engine.checkpoint.check_model_fields`), a known decoder,
+    U-Net widths; ``normalisation``, ``threshold`` and ``extra`` default when absent. Raises
+    :class:`~trainer.engine.checkpoint.CheckpointError` naming the file and the field."""
+    what = "edgedino model (model.pt)"
+    require_keys(state, MODEL_KEYS + (("unet_channels",) if state.get("arch") == "unet" else ()), path, what=what)
+    checked = {**dict(state), **check_model_fields(state, path)}
+    if checked["arch"] == "unet":
+        widths = state["unet_channels"]
+        if not isinstance(widths, (list, tuple)) or not 2 <= len(widths) <= 8 or not all(
+                isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= MAX_WIDTH for c in widths):
+            raise CheckpointError(f"{path}: unet_channels is {widths!r}; expected 2 to 8 widths in [1, {MAX_WIDTH}] "
+                                  f"({what})")
+    elif checked["decoder_arch"] not in DECODERS:
+        raise CheckpointError(f"{path}: decoder_arch is {checked['decoder_arch']!r}; expected one of {DECODERS} "
+                              f"({what})")
+    if not isinstance(state["state_dict"], dict):
+        raise CheckpointError(f"{path}: state_dict is a {type(state['state_dict']).__name__}, not a dict of weights "
+                              f"({what})")
+    extra = state.get("extra", {})
+    return {"normalisation": {}, "threshold": 0.5, **checked, "extra": extra if isinstance(extra, dict) else {}}
+
+
 def _from_model_state(state: dict, path: str | Path) -> tuple[SegModel | UNet, dict]:
     """The segmenter of a loaded ``model.pt`` (``state``, read from ``path``), in eval mode."""
+    state = check_model_state(state, path)
     if state["arch"] == "unet":
         model = UNet(tuple(state["unet_channels"]))
     else:

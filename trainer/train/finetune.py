@@ -23,13 +23,13 @@ from tqdm.auto import tqdm
 
 from common import datasets
 from common.atomic import write_text
-from common.guard import check_out_dir, make_out_dir
+from common.guard import check_out_dir, output_folder
 from trainer.data.cutmix import PICConfig, pic_bias, pic_cutmix
 from trainer.data.multicrop import MultiCropConfig, multi_crop
-from trainer.data.splits import describe, labelled_subset, near_duplicates, split_dataset
+from trainer.data.splits import Splits, describe, labelled_subset, near_duplicates, split_dataset
 from trainer.engine.distributed import resolve_device
 from trainer.engine.schedules import cosine_schedule
-from trainer.eval.scoring import best_worst_sheet, predict_test
+from trainer.eval.scoring import METRICS, best_worst_sheet, predict_test, score_outputs
 from trainer.inference.fusion import FUSE_WEIGHT
 from trainer.inference.segment import PREDICT_SCALE, predict_probability, predict_size
 from trainer.losses.seg import seg_loss
@@ -37,6 +37,7 @@ from trainer.models.decoders import DECODERS
 from trainer.models.segmenter import build_seg_model, save_seg_model
 
 MODEL = "model.pt"
+SUBSET = "subset.json"
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,8 @@ def finetune(data: Sequence[str | Path] | str | Path, frac: float, out_dir: str 
     image and mean) and ``best_worst.png``.
     """
     roots = [data] if isinstance(data, (str, Path)) else list(data)
-    out_dir = check_out_dir(out_dir, roots + list(test_data or []) + ([checkpoint] if checkpoint else []))
+    inputs = roots + list(test_data or []) + ([checkpoint] if checkpoint else [])
+    out_dir = check_out_dir(out_dir, inputs)
     dev = resolve_device(device)
     torch.manual_seed(config.seed)
     dataset = datasets.open_dataset(data)
@@ -176,25 +178,42 @@ def finetune(data: Sequence[str | Path] | str | Path, frac: float, out_dir: str 
         dupes = near_duplicates(subset + splits.validation, splits.test)
         for a, b, d in dupes:
             log.warning("near-duplicate images across ids: %s (training) and %s (test), dHash distance %d", a, b, d)
-    check_before_training(subset + splits.validation + splits.test, progress=progress)
+    check_before_training(subset + splits.validation + splits.test, progress=progress, lesions=False)
     model, info = build_seg_model(config.init, checkpoint=checkpoint, arch=config.arch, img_size=config.img_size,
                                   decoder=config.decoder, decoder_hidden=config.decoder_hidden,
                                   decoder_arch=config.decoder_arch, decoder_skip=config.decoder_skip,
                                   patch=config.patch_size)
-    size = int(info["img_size"])
-    model.to(dev)
-    make_out_dir(out_dir)
-    write_text(out_dir / "subset.json", json.dumps({"frac": frac, "seed": config.seed,
-                                                    "ids": [s.id for s in subset],
-                                                    "validation": [s.id for s in splits.validation],
-                                                    "test": [s.id for s in splits.test],
-                                                    "excluded_for_leakage": splits.n_excluded}, indent=1))
-    train_x, train_y = _load(subset, size)
-    val_x, val_y = _load(splits.validation, size)
+    check_lesions(subset + splits.validation + splits.test, what="the expert masks")
+    check_lesions(subset, what=f"the {len(subset)} labelled training image(s) chosen (--frac {frac:g}, --seed "
+                               f"{config.seed})")
     pool = None
-    if config.pseudo_shards:
+    if config.pseudo_shards:  # refused here, before any writing, when its pseudomasks run is still going
         held_out = {s.id for s in splits.validation} | {s.id for s in splits.test}
         pool = _PseudoPool(config.pseudo_shards, held_out, config.seed, min_confidence=config.pseudo_min_confidence)
+    # one run per folder, and no file replaced that no run wrote: a second finetune into this --out is refused
+    with output_folder(out_dir, command="finetune", names=run_outputs(splits, with_model=True), inputs=inputs):
+        return _finetune_locked(model, info, splits, subset, frac, out_dir, config=config, device=dev,
+                                progress=progress, pool=pool)
+
+
+def run_outputs(splits: Splits, *, with_model: bool) -> list[str]:
+    """The files a fine-tuning run (``with_model``) or :func:`trainer.eval.scoring.score_model` writes into its
+    folder."""
+    return ([SUBSET, MODEL] if with_model else []) + score_outputs(splits)
+
+
+def _finetune_locked(model, info: dict, splits: Splits, subset, frac: float, out_dir: Path, *,
+                     config: FinetuneConfig, device: torch.device, progress: bool, pool) -> FinetuneResult:
+    """:func:`finetune` once the data is checked, the model built and ``out_dir`` locked and claimed."""
+    dev = device
+    size = int(info["img_size"])
+    model.to(dev)
+    write_text(out_dir / SUBSET, json.dumps({"frac": frac, "seed": config.seed, "ids": [s.id for s in subset],
+                                             "validation": [s.id for s in splits.validation],
+                                             "test": [s.id for s in splits.test],
+                                             "excluded_for_leakage": splits.n_excluded}, indent=1))
+    train_x, train_y = _load(subset, size)
+    val_x, val_y = _load(splits.validation, size)
     best_state, best_iter, best_val = _train(model, train_x, train_y, val_x, val_y, config=config, size=size,
                                              device=dev, progress=progress, pool=pool)
     model.load_state_dict(best_state)
@@ -205,7 +224,7 @@ def finetune(data: Sequence[str | Path] | str | Path, frac: float, out_dir: str 
     means, rows = predict_test(model, splits, out_dir, size=test_size, device=dev, progress=progress,
                                 tta=config.tta, one_lesion=config.one_lesion, fuse=config.fuse,
                                 fuse_weight=config.fuse_weight)
-    write_text(out_dir / "metrics.json", json.dumps({
+    write_text(out_dir / METRICS, json.dumps({
         "mean": means, "n_test": len(rows), "per_image": rows, "frac": frac, "n_labelled": len(subset),
         "predict_size": test_size, "best_iter": best_iter, "best_val_jaccard": best_val, "model": info,
         "config": dataclasses.asdict(config), "splits": describe(splits, subset)}, indent=1))
@@ -213,13 +232,16 @@ def finetune(data: Sequence[str | Path] | str | Path, frac: float, out_dir: str 
     return FinetuneResult(out_dir, means, best_iter, best_val, [s.id for s in subset])
 
 
-def check_before_training(samples: Sequence[datasets.Sample], *, progress: bool = False) -> None:
+def check_before_training(samples: Sequence[datasets.Sample], *, progress: bool = False,
+                          lesions: bool = True) -> None:
     """Check every image and mask that fine-tuning will read, before any training: all problems in one error.
 
     Raises
     ------
     DatasetError
-        A missing mask, an unreadable image or mask, a mask of another size than its image, a non-binary mask.
+        A missing mask, an unreadable image or mask, a mask of another size than its image, a mask that is not
+        binary or whose lesion colour is ambiguous (:func:`common.datasets.read_mask`), or (``lesions``) masks
+        that are all empty (:func:`check_lesions`).
     """
     problems = []
     for s in samples:
@@ -230,6 +252,27 @@ def check_before_training(samples: Sequence[datasets.Sample], *, progress: bool 
                  for p in datasets.check_dataset(checked, check_mask_values=True, progress=progress)]
     if problems:
         raise datasets.DatasetError(problems)
+    if lesions:
+        check_lesions(samples, what="the expert masks")
+
+
+def check_lesions(samples: Sequence[datasets.Sample], *, what: str) -> None:
+    """Refuse labels that are all empty: a model trained on them learns that there is never a lesion (and scores
+    a perfect Jaccard on empty validation masks). Reads the masks until one marks a lesion (usually the first).
+
+    Raises
+    ------
+    DatasetError
+        Every mask of ``samples`` (``what`` says which) is empty; names their folder.
+    """
+    labelled = [s for s in samples if s.mask is not None]
+    if not labelled or any(datasets.read_mask(s.mask).any() for s in labelled):
+        return
+    folder = labelled[0].mask.parent
+    raise datasets.DatasetError([datasets.Problem(
+        folder, f"none of {what} marks a lesion (all {len(labelled)} mask(s) are empty): nothing to learn a lesion "
+                "from; check that the masks mark the lesion (0 background, 255 lesion), or choose other labelled "
+                "images", fatal=True)])
 
 
 def semi_loss(logits: torch.Tensor, targets: torch.Tensor, n_labelled: int, pseudo_prob: torch.Tensor | None, *,

@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from common.guard import FolderLock, check_out_dir, make_out_dir, sha256_file
+from common.guard import bounded_number, check_out_dir, output_folder, sha256_file
 from pipeline.shards import read_manifest
 from trainer.data.shard_dataset import ShardAwareSampler, ShardDataset
 from trainer.engine import distributed as dist_utils
-from trainer.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from trainer.engine.checkpoint import load_checkpoint, require_keys, rng_state, save_checkpoint, set_rng_state
 from trainer.engine.export import EXPORT, export_model
 from trainer.engine.run_log import RunLog, read_log
 from trainer.engine.schedules import param_groups
@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 
 LATEST = "checkpoint-latest.pt"
 PREVIOUS = "checkpoint-previous.pt"  # the checkpoint before LATEST: the fallback when LATEST is damaged
+LOG, PICTURES = "log.jsonl", "pictures"
+#: What a resume reads from a checkpoint (``epoch``, ``config``, ``data``, ``collapse``: absent in older ones).
+CHECKPOINT_KEYS = ("student", "teacher", "optimizer", "center", "step", "rng", "generator")
 # Fields that must match to resume a run (the rest, e.g. epochs, may change between runs).
 # A field missing from an older checkpoint's config counts as its default here (e.g. decoder: "conv").
 ARCHITECTURE_FIELDS = ("arch", "img_size", "out_dim", "decoder_hidden", "head_hidden", "bottleneck_dim", "decoder",
@@ -93,10 +96,18 @@ def pretrain(shards: str | Path | Iterable[str | Path], out_dir: str | Path, con
     out_dir = check_out_dir(out_dir, sources, flat_inputs=True)
     info = dist_utils.init_distributed(device)
     run = _set_up(sources, config, info, exclude_ids)
-    make_out_dir(out_dir)
-    # one run per folder: a second pretrain on the same --out is refused (a dead run's lock is taken over)
-    with FolderLock(out_dir, command="pretrain") if info.is_main else contextlib.nullcontext():
+    # one run per folder: a second pretrain on the same --out is refused (a dead run's lock is taken over), and no
+    # file is replaced that no run wrote (common.guard.output_folder)
+    with output_folder(out_dir, command="pretrain", names=run_outputs(run.config), inputs=sources,
+                       flat_inputs=True) if info.is_main else contextlib.nullcontext():
         return _train(run, out_dir, info, new_data=new_data, progress=progress)
+
+
+def run_outputs(config: PretrainConfig) -> list[str]:
+    """The files a pretraining run of ``config`` writes into its folder (TensorBoard's ``tb/`` aside: its event
+    files get new names each time)."""
+    pictures = [f"{PICTURES}/epoch-{e:04d}.png" for e in range(1, config.epochs + 1)] if config.picture_every else []
+    return [LATEST, PREVIOUS, EXPORT, LOG, f"{PICTURES}/collapse.png", *pictures]
 
 
 def _train(run: "_Run", out_dir: Path, info, *, new_data: bool, progress: bool) -> PretrainResult:
@@ -124,7 +135,7 @@ def _train(run: "_Run", out_dir: Path, info, *, new_data: bool, progress: bool) 
         collapse = run.detector.summary()
         if collapse["episodes"]:
             log.warning("DINO collapse during this run: %s (now: %s); see %s", episodes_text(collapse["episodes"]),
-                        collapse["status"], out_dir / "pictures" / "collapse.png")
+                        collapse["status"], out_dir / PICTURES / "collapse.png")
         run_log.write({"event": "summary", "step": run.step, "collapse": collapse, **probe})
     run_log.close()
     dist_utils.cleanup()
@@ -285,6 +296,9 @@ def _resume(run: _Run, out_dir: Path, device: torch.device, *, new_data: bool = 
                          "use a new --out or delete them to start over")
     if path.name != LATEST:
         log.warning("resuming from %s: %s could not be loaded", path, LATEST)
+    require_keys(state, CHECKPOINT_KEYS, path, what="pretraining checkpoint")
+    if not isinstance(state.get("config", {}), dict):
+        raise ValueError(f"{path}: config is a {type(state['config']).__name__}, not a dict (pretraining checkpoint)")
     _check_resumable(state, run.config, path)
     _check_same_data(state, run, path, new_data=new_data)
     run.student.load_state_dict(state["student"])
@@ -298,11 +312,13 @@ def _resume(run: _Run, out_dir: Path, device: torch.device, *, new_data: bool = 
     run.dino_loss.center.copy_(state["center"])
     if run.patch_loss is not None and "patch_center" in state:
         run.patch_loss.center.copy_(state["patch_center"])
-    epochs_done = int(state.get("epoch", int(state["step"]) // run.steps_per_epoch))
+    saved_step = bounded_number(state["step"], lo=0, hi=10**12, what="step", source=path)
+    epochs_done = bounded_number(state.get("epoch", saved_step // run.steps_per_epoch), lo=0, hi=10**9,
+                                 what="epoch", source=path)
     run.step = epochs_done * run.steps_per_epoch
-    if run.step != int(state["step"]):
+    if run.step != saved_step:
         log.warning("%s: step %d was counted with another number of steps per epoch; continuing at epoch %d, "
-                    "step %d", path, int(state["step"]), epochs_done, run.step)
+                    "step %d", path, saved_step, epochs_done, run.step)
     set_rng_state(state["rng"])
     run.generator.set_state(state["generator"].cpu())
     if "collapse" in state:  # older checkpoints have none: the detector starts afresh
@@ -405,10 +421,10 @@ def _end_of_epoch(run: _Run, epoch: int, out_dir: Path, device: torch.device) ->
         "config": dataclasses.asdict(config), "data": run.data, "collapse": run.detector.summary(),
         **({"patch_center": run.patch_loss.center} if run.patch_loss is not None else {})})
     if config.picture_every and ((epoch + 1) % config.picture_every == 0 or epoch + 1 == config.epochs):
-        pretrain_picture(run.teacher, run.dataset, out_dir / "pictures" / f"epoch-{epoch + 1:04d}.png",
+        pretrain_picture(run.teacher, run.dataset, out_dir / PICTURES / f"epoch-{epoch + 1:04d}.png",
                          img_size=config.img_size, device=device)
         if config.distill:
-            collapse_picture(out_dir / "log.jsonl", out_dir / "pictures" / "collapse.png",
+            collapse_picture(out_dir / LOG, out_dir / PICTURES / "collapse.png",
                              patience=config.collapse_patience)
 
 

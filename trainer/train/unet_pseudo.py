@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from common.atomic import write_text
+from common.guard import output_folder
 from trainer.data.multicrop import MultiCropConfig, multi_crop
 from trainer.data.shard_dataset import ShardAwareSampler, ShardDataset
 from trainer.engine.distributed import resolve_device
@@ -77,7 +78,6 @@ def train_unet_on_pseudomasks(shards, out_dir: str | Path, config: UNetPseudoCon
                             brightness=0.2, contrast=0.2, saturation=0.1, hue=0.02, grey_p=0.0,
                             global_blur_p=(0.2,), global_solarise_p=(0.0,))
     generator = torch.Generator(device=dev).manual_seed(config.seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
     lines, step, epoch, tic = [], 0, 0, time.perf_counter()
     bar = tqdm(total=config.steps, desc="unet on pseudo-masks", unit="step", disable=not progress)
     while step < config.steps:
@@ -104,7 +104,8 @@ def train_unet_on_pseudomasks(shards, out_dir: str | Path, config: UNetPseudoCon
         epoch += 1
     bar.close()
     log.info("U-Net on pseudo-masks: %d steps in %.0f s", step, time.perf_counter() - tic)
-    write_text(out_dir / "log.jsonl", "\n".join(lines) + "\n")
-    model.cpu()
-    return save_seg_model(model, {"img_size": config.img_size}, path,
-                          extra={"trained_on": "pseudo-masks", "config": dataclasses.asdict(config)})
+    with output_folder(out_dir, command="unet-pseudo", names=["log.jsonl", path.name]):
+        write_text(out_dir / "log.jsonl", "\n".join(lines) + "\n")
+        model.cpu()
+        return save_seg_model(model, {"img_size": config.img_size}, path,
+                              extra={"trained_on": "pseudo-masks", "config": dataclasses.asdict(config)})

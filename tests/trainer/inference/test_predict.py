@@ -84,7 +84,9 @@ def test_predict_names_and_skips_a_corrupt_image(finetuned, synth, tmp_path):
                                         "--out", str(out), "--device", "cpu", "--no-progress"])
     assert run.exit_code == cli.EXIT_REJECTS, run.output
     assert "broken.jpg" in run.output and "skipped 1 unreadable" in run.output
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{p.stem}_segmentation.png" for p in images)
+    # the masks, and the writer rule's record of them and lock (common.guard.output_folder)
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{p.stem}_segmentation.png" for p in images]
+                                                           + [".edgedino-written.json", ".edgedino.lock"])
     for p in images:  # the masks have each image's original size
         mask = np.asarray(Image.open(out / f"{p.stem}_segmentation.png"))
         assert mask.shape == (72, 96) and set(np.unique(mask)) <= {0, 255}
