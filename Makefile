@@ -16,6 +16,15 @@ METHOD   ?= walker
 # Each pseudo-mask method gets its own shard folder (a folder never mixes configurations).
 SHARDS   ?= $(OUT)/shards$(if $(filter-out walker,$(METHOD)),-$(METHOD))
 PRETRAIN ?= $(OUT)/pretrain
+# self-training rounds (make refine): round-2/, round-3/, ... each with shards/ (relabelled) and pretrain/
+REFINE   ?= $(OUT)/refine
+ROUNDS   ?= 1
+ROUND_EPOCHS ?= 4
+# ROUND=N: finetune, predict's default model and table start from round N's student and pool instead
+ifdef ROUND
+PRETRAIN := $(REFINE)/round-$(ROUND)/pretrain
+SHARDS   := $(REFINE)/round-$(ROUND)/shards
+endif
 PRESET   ?= auto
 SHARD_SIZE ?= 64
 ARGS     ?=
@@ -26,7 +35,7 @@ STAMP    := $(VENV)/.installed-stamp
 # This machine's pip prints one harmless line per package for a missing local index; hide those.
 QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: help install test demo synth pseudomasks pretrain finetune predict table inspect verify export bench clean
+.PHONY: help install test demo synth pseudomasks pretrain refine finetune predict table inspect verify export bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | sort
@@ -65,6 +74,9 @@ export: $(STAMP)  ## pseudo-masks at original size as <ID>_segmentation.png
 pretrain: $(STAMP)  ## stage 2: DINO + auxiliary pseudo-mask segmentation
 	$(PY) cli.py pretrain --shards $(SHARDS) --out $(PRETRAIN) --device $(DEVICE) --preset $(PRESET) $(ARGS)
 
+refine: $(STAMP)  ## self-training: ROUNDS rounds, each relabels the pool with the last student and trains the next (then ROUND=2 on finetune)
+	$(PY) cli.py refine --shards $(SHARDS) --pretrain $(PRETRAIN) --out $(REFINE) --rounds $(ROUNDS) --epochs $(ROUND_EPOCHS) --device $(DEVICE) $(ARGS)
+
 # fine-tuning beside the pool's pseudo-masks (ours+semi) when the shards exist: +1.8 Jaccard points at 16 labels
 # in the README's table with both pretraining lengths, never below plain fine-tuning; SEMI=0 turns it off
 SEMI     ?= 1
@@ -76,7 +88,7 @@ FUSE_ARG  = $(if $(filter 1,$(FUSE)),--fuse)
 finetune: $(STAMP)  ## fine-tune with FRAC of the labels (default 0.01), beside the pseudo-masks of SHARDS (SEMI=0: labels only; FUSE=0: masks from the model alone)
 	@test -f $(PRETRAIN)/export.pt || { echo "no pretrained checkpoint at $(PRETRAIN)/export.pt: run 'make pretrain' first"; exit 1; }
 	@echo ">> using the latest pretraining export: $(PRETRAIN)/export.pt$(if $(SEMI_ARG), and the pseudo-masks of $(SHARDS))"
-	$(PY) cli.py finetune $(foreach d,$(DATA),--data $(d)) --frac $(FRAC) --checkpoint $(PRETRAIN)/export.pt --out $(OUT)/finetune-$(FRAC) --device $(DEVICE) --preset $(PRESET) $(SEMI_ARG) $(FUSE_ARG) $(ARGS)
+	$(PY) cli.py finetune $(foreach d,$(DATA),--data $(d)) --frac $(FRAC) --checkpoint $(PRETRAIN)/export.pt --out $(OUT)/finetune-$(FRAC)$(if $(ROUND),-round$(ROUND)) --device $(DEVICE) --preset $(PRESET) $(SEMI_ARG) $(FUSE_ARG) $(ARGS)
 
 # the newest fine-tuned model (make demo leaves artifacts/finetune-0.1/model.pt)
 MODEL    ?= $(or $(shell ls -t $(OUT)/finetune-*/model.pt 2>/dev/null | head -n 1),$(OUT)/finetune-$(FRAC)/model.pt)
@@ -88,19 +100,23 @@ table: $(STAMP)  ## the comparison grid on DATA (add TEST=folder for an external
 	$(PY) cli.py table $(foreach d,$(DATA),--data $(d)) $(foreach t,$(TEST),--test-data $(t)) --out $(OUT)/table --preset $(PRESET) --jobs $(JOBS) --device $(DEVICE) $(ARGS)
 
 demo: $(STAMP)  ## the whole main job on built-in synthetic data (a few minutes on 2 cores)
-	@echo ">> 1/6 synthetic dermoscopy ($(SYNTH_N) images)"; $(MAKE) --no-print-directory synth
-	@echo ">> 2/6 pseudo-masks (hair removal + Random Walker -> HDF5 shards)"
+	@echo ">> 1/7 synthetic dermoscopy ($(SYNTH_N) images)"; $(MAKE) --no-print-directory synth
+	@echo ">> 2/7 pseudo-masks (hair removal + Random Walker -> HDF5 shards)"
 	@$(MAKE) --no-print-directory pseudomasks DATA=$(SYNTH) SHARD_SIZE=16
-	@echo ">> 3/6 inspect the shards"; $(MAKE) --no-print-directory inspect
-	@echo ">> 4/6 pretrain (DINO + auxiliary pseudo-mask loss)"; $(MAKE) --no-print-directory pretrain
-	@echo ">> 5/6 fine-tune with 10 % of the labels"; $(MAKE) --no-print-directory finetune DATA=$(SYNTH) FRAC=0.1 ARGS="--iters $(DEMO_ITERS)"
-	@echo ">> 6/6 a short comparison table"
+	@echo ">> 3/7 inspect the shards"; $(MAKE) --no-print-directory inspect
+	@echo ">> 4/7 pretrain (DINO + auxiliary pseudo-mask loss)"; $(MAKE) --no-print-directory pretrain
+	@echo ">> 5/7 one self-training round (the student relabels the pool, the next student learns from it)"
+	@$(MAKE) --no-print-directory refine ROUND_EPOCHS=2
+	$(PY) cli.py inspect $(REFINE)/round-2/shards --png $(OUT)/round2_sheet.png --rows 6
+	@echo ">> 6/7 fine-tune round 2's student with 10 % of the labels"; $(MAKE) --no-print-directory finetune ROUND=2 DATA=$(SYNTH) FRAC=0.1 ARGS="--iters $(DEMO_ITERS)"
+	@echo ">> 7/7 a short comparison table"
 	$(PY) cli.py table --data $(SYNTH) --out $(OUT)/table --shards $(SHARDS) --pretrained ours=$(PRETRAIN) \
 	  --fracs 0.2 --seeds 1 --methods scratch,ours,ours+fuse,pseudo-masks --finetune-iters $(DEMO_ITERS) --preset $(PRESET) --device $(DEVICE) --no-progress
 	@echo ">> done. Look at:"
 	@echo "   $(OUT)/shards_sheet.png            pseudo-masks (contact sheet)"
 	@echo "   $(PRETRAIN)/pictures/              predicted masks and CLS attention during pretraining"
-	@echo "   $(OUT)/finetune-0.1/metrics.json   fine-tune metrics; best_worst.png beside it"
+	@echo "   $(OUT)/round2_sheet.png            round 2's least confident masks: walker, student, chosen"
+	@echo "   $(OUT)/finetune-0.1-round2/        fine-tune metrics.json, best_worst.png and the model.pt to keep"
 	@echo "   $(OUT)/table/results.md            the comparison table; results.png beside it"
 
 bench: $(STAMP)  ## run the benchmarks (printed figures)

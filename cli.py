@@ -581,17 +581,19 @@ def refine(shards, first_run, out, rounds, epochs, agree_at, leave_out, exclude_
                    "Jaccard points over 1 on held-out ISIC 2017 images; 'predict' with the saved model.pt does the "
                    "same). 1 is the fastest.")
 @click.option("--fuse", is_flag=True,
-              help="Test masks (and 'predict' with the saved model.pt) from the model's lesion probability combined "
-                   "with stage 1's label-free walker probability of the same image (about 0.1 s more per image): the "
-                   "walker's mask, its cut moved pixel by pixel by the model. Better than either alone on both real "
-                   "test sets of the README.")
+              help="Test masks (and 'predict' with the saved model.pt) from the model's lesion probability together "
+                   "with stage 1's label-free walker probability of the same image (about 0.1 s more per image), as "
+                   "--fusion says.")
+@click.option("--fusion", type=click.Choice(["choice", "fixed"]), default=None,
+              help="With --fuse: choice (default) decides per image, over the test images as a pool: where the model's "
+                   "and the walker's masks agree their probabilities are combined, where they disagree the more "
+                   "lesion-like mask is kept (docs/METHOD.md); fixed combines every image with --fuse-weight.")
 @click.option("--fuse-weight", type=click.FloatRange(0, 1), default=None,
-              help="With --fuse: the model's share of the fused probability (default 0.15, chosen on held-out ISIC "
-                   "2017 images; 1 is the model alone).")
+              help="With --fuse: the model's share of a combined probability (default 0.15; 1 is the model alone).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
 def finetune(data, frac, checkpoint, out, test_data, seed, init, decoder, decoder_arch, arch, img_size, iters, preset,
              device, pic, pic_prob, pic_anneal, pseudo_shards, pseudo_weight, pseudo_batch, pseudo_min_confidence, tta,
-             all_components, predict_scale, fuse, fuse_weight, no_progress):
+             all_components, predict_scale, fuse, fusion, fuse_weight, no_progress):
     """Fine-tune with a fraction of the expert labels and report ISIC metrics."""
     import dataclasses
 
@@ -606,7 +608,7 @@ def finetune(data, frac, checkpoint, out, test_data, seed, init, decoder, decode
                  "decoder_arch": decoder_arch, "pseudo_shards": str(pseudo_shards) if pseudo_shards else None,
                  "pseudo_weight": pseudo_weight, "pseudo_batch": pseudo_batch,
                  "pseudo_min_confidence": pseudo_min_confidence, "tta": tta or None, "fuse": fuse or None,
-                 "fuse_weight": fuse_weight,
+                 "fuse_weight": fuse_weight, "fusion": fusion,
                  "one_lesion": False if all_components else None, "predict_scale": predict_scale}
     if pic:
         from trainer.data.cutmix import PICConfig
@@ -650,11 +652,17 @@ def finetune(data, frac, checkpoint, out, test_data, seed, init, decoder, decode
                    "model's test masks (2; 1 for a model.pt older than the option; 2 for a pretraining export.pt).")
 @click.option("--fuse/--no-fuse", default=None,
               help="Combine the model's lesion probability with stage 1's label-free walker probability of each image "
-                   "(hair removal + Random Walker, about 0.1 s more per image) before cutting the mask, with the "
-                   "model's --fuse-weight. Default: as 'finetune' made the model's test masks (its --fuse); off for "
-                   "a pretraining export.pt.")
+                   "(hair removal + Random Walker, about 0.1 s more per image) before cutting the mask, as --fusion "
+                   "says. Default: as 'finetune' made the model's test masks (its --fuse); off for a pretraining "
+                   "export.pt.")
+@click.option("--fusion", type=click.Choice(["choice", "fixed"]), default=None,
+              help="choice: per image, over the images of --data as a pool, the model's mask, the walker's or their "
+                   "combination (with --probabilities, confidence.csv lists each image's choice and confidence, "
+                   "least confident first); fixed: the model's --fuse-weight for every image. Default: the model's "
+                   "(fixed for a model.pt older than the choice, choice for an export.pt).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
-def predict(model_path, data, out, probabilities, overlay, device, one_lesion, predict_scale, fuse, no_progress):
+def predict(model_path, data, out, probabilities, overlay, device, one_lesion, predict_scale, fuse, fusion,
+            no_progress):
     """Segment a folder of new images with a saved model (exit 3 when some images were skipped)."""
     from common import datasets
     from trainer.inference.predict import predict_folder
@@ -662,7 +670,7 @@ def predict(model_path, data, out, probabilities, overlay, device, one_lesion, p
     try:
         result = predict_folder(model_path, list(data), out, probabilities=probabilities, overlay=overlay,
                                 device=device, progress=not no_progress, one_lesion=one_lesion,
-                                predict_scale=predict_scale, fuse=fuse)
+                                predict_scale=predict_scale, fuse=fuse, fusion=fusion)
     except (ValueError, FileNotFoundError, datasets.DatasetError) as exc:
         raise click.ClickException(str(exc)) from None
     for path, reason in result.failed:
@@ -738,8 +746,11 @@ def _floats(value: str) -> tuple[float, ...]:
                    "then fine-tuned (the baseline ours must beat). Also: ours+fkd (needs --fkd-weights), ours+semi "
                    "(ours' pretraining fine-tuned semi-supervised with the table's pseudo-masks), ours+pic (ours' "
                    "pretraining fine-tuned with PIC CutMix), ours+ilka (the I-LKA + deformable decoder), ours+fuse, "
-                   "ours+semi+fuse and unet-pseudo+fuse (those rows' models, their test masks fused with the walker's "
-                   "probability: finetune --fuse; no training of their own).")
+                   "ours+semi+fuse and unet-pseudo+fuse (those rows' models, their test masks decided per image "
+                   "with the walker's: finetune --fuse; no training of their own), ours+fixed and ours+semi+fixed "
+                   "(the same with the fixed weight), ours-r2 (one self-training round after ours: refine), "
+                   "ours-r2+semi, ours-r2+fuse, ours-r2+semi+fuse, and pseudo-masks-r2 (the test images' round-2 "
+                   "pseudo-masks: relabelled by ours' student).")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Local backbone checkpoint every pretraining and the same-init row start from.")
 @click.option("--pretrain-epochs", type=click.IntRange(min=1), default=None, help="Override the preset's epochs.")
@@ -749,7 +760,8 @@ def _floats(value: str) -> tuple[float, ...]:
 @click.option("--shards", type=click.Path(exists=True, file_okay=False), default=None,
               help="Reuse these pseudo-mask shards (made without the test ids) instead of making them.")
 @click.option("--pretrained", multiple=True, metavar="METHOD=DIR",
-              help="Reuse a finished pretraining run for a row, e.g. ours=artifacts/pretrain. Repeatable.")
+              help="Reuse a finished pretraining run for a row, e.g. ours=artifacts/pretrain or "
+                   "ours-r2=artifacts/refine/round-2/pretrain. Repeatable.")
 @click.option("--fkd-weights", type=click.Path(exists=True, dir_okay=False), default=None,
               help="For the ours+fkd row: local checkpoint of the frozen teacher (a DINOv2/DINOv3 ViT file, or an "
                    "export.pt of another run).")

@@ -10,7 +10,9 @@ import numpy as np
 
 from common import datasets
 from common.drawing import draw_contour
-from pipeline.shards import ShardReader, shards_to_read
+from pipeline.pseudomask.cleanup import one_lesion
+from pipeline.pseudomask.seeds import implausible_colour
+from pipeline.shards import ShardReader, read_manifest, shards_to_read
 
 UNCERTAIN_BAND = (0.1, 0.9)
 LOW_CONFIDENCE = 0.2
@@ -33,6 +35,11 @@ class ShardSummary:
     low_confidence: list = field(default_factory=list)   # (id, confidence) below ``threshold``
     threshold: float = LOW_CONFIDENCE
     walker_cut: list = field(default_factory=list)  # stage 1's per-image cut (diag/threshold; absent in older shards)
+    # a self-training round's shards (relabel): the student-walker agreement, stage 1's own confidence, the source
+    agreement: list = field(default_factory=list)
+    walker_confidence: list = field(default_factory=list)
+    sources: list = field(default_factory=list)     # 0 walker, 1 both, 2 student (diag/source)
+    relabel: dict | None = None                     # manifest.json's record of the model and the pool reference
 
     def text(self) -> str:
         lines = [f"shards: {self.n_shards}   samples: {self.n_samples}   rejected: {len(self.rejects)}   "
@@ -44,11 +51,20 @@ class ShardSummary:
                              (f"uncertain pixels ({UNCERTAIN_BAND[0]} < p < {UNCERTAIN_BAND[1]})",
                               self.uncertain_fraction),
                              ("confidence", [c for c in self.confidence if np.isfinite(c)]),
+                             ("student-walker agreement", self.agreement),
+                             ("stage 1's own confidence", [c for c in self.walker_confidence if np.isfinite(c)]),
                              ("walker cut", self.walker_cut)):
             if values:
                 q = np.quantile(values, [0, 0.1, 0.5, 0.9, 1])
                 lines.append(f"{name:>34}: min {q[0]:.3f}  p10 {q[1]:.3f}  median {q[2]:.3f}  "
                              f"p90 {q[3]:.3f}  max {q[4]:.3f}  mean {np.mean(values):.3f}")
+        if self.relabel is not None:
+            counts = np.bincount(np.asarray(self.sources, int), minlength=3) if self.sources else np.zeros(3, int)
+            lines.append(f"relabelled by {self.relabel.get('model', {}).get('path')} (sha256 "
+                         f"{str(self.relabel.get('model', {}).get('sha256'))[:12]}...) from "
+                         f"{self.relabel.get('source', {}).get('path')}: chosen masks {counts[0]} walker, {counts[1]} "
+                         f"both, {counts[2]} student; {len(self.relabel.get('left_out', []))} least confident left "
+                         "out of training; confidence = agreement x sqrt(stage 1's confidence)")
         if self.confidence and not any(np.isfinite(self.confidence)):
             lines.append("confidence: not stored (shards written before it existed)")
         elif self.confidence:
@@ -76,6 +92,8 @@ def summarise(path: str | Path, *, threshold: float = LOW_CONFIDENCE) -> ShardSu
     if not paths:
         raise FileNotFoundError(f"{path}: no shard files (shard-*.h5) found")
     summary = ShardSummary(n_shards=len(paths), threshold=threshold)
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    summary.relabel = read_manifest(folder).get("relabel")
     lo, hi = (int(round(b * 255)) for b in UNCERTAIN_BAND)
     for p in paths:
         with ShardReader(p) as shard:
@@ -92,9 +110,14 @@ def summarise(path: str | Path, *, threshold: float = LOW_CONFIDENCE) -> ShardSu
             confidence = shard.confidence()
             summary.confidence += [float(c) for c in confidence]
             summary.low_confidence += [(sid, float(c)) for sid, c in zip(shard.ids, confidence) if c < threshold]
-            if n and "diag" in shard._file and "threshold" in shard._file["diag"]:
+            diag = shard._file["diag"] if n and "diag" in shard._file else {}
+            if "threshold" in diag:
                 cuts = shard._file["diag/threshold"][...]
                 summary.walker_cut += [float(c) for c, empty in zip(cuts, shard.column("no_lesion")) if not empty]
+            for key, values in (("agreement", summary.agreement), ("walker_confidence", summary.walker_confidence),
+                                ("source", summary.sources)):
+                if key in diag:
+                    values += [float(v) for v in diag[key][...]]
             f = shard._file
             for i in range(n):
                 summary.lesion_fraction.append(float(f["pseudo_mask"][i].mean()))
@@ -107,8 +130,10 @@ def summarise(path: str | Path, *, threshold: float = LOW_CONFIDENCE) -> ShardSu
 def contact_sheet(path: str | Path, png: str | Path, *, n: int = 8) -> Path:
     """Write a contact sheet: original | hair mask | cleaned | probability | pseudo-mask (+ expert) contours.
 
-    Rows are ``n`` samples spread evenly over the shards. The expert contour (green) is drawn when the
-    source image's mask is found beside it (``masks/<ID>_segmentation.png`` or the ISIC 2018 layout).
+    Rows are ``n`` samples spread evenly over the shards; for a self-training round's shards (``relabel``), the
+    ``n`` least confident, with the student's probability and the walker's and student's masks beside the one
+    chosen. The expert contour (green) is drawn when the source image's mask is found beside it
+    (``masks/<ID>_segmentation.png`` or the ISIC 2018 layout).
     """
     import matplotlib
 
@@ -121,8 +146,15 @@ def contact_sheet(path: str | Path, png: str | Path, *, n: int = 8) -> Path:
     index = [(p, i) for p in paths for i in range(_rows(p))]
     if not index:
         raise ValueError(f"{path}: the shards hold no samples to show")
-    picks = [index[int(k)] for k in np.linspace(0, len(index) - 1, min(n, len(index)))]
-    cols = ["original", "hair mask", "cleaned", "walker probability", "pseudo-mask (red) / expert (green)"]
+    relabelled = _has_maps(paths[0])
+    if relabelled:  # a self-training round's shards: the least confident masks, the ones to look at
+        confidence = np.concatenate([_confidence(p) for p in paths])
+        picks = [index[int(k)] for k in np.argsort(confidence, kind="stable")[:n]]
+        cols = ["original", "cleaned", "student probability", "walker (blue) / student (yellow)",
+                "chosen (red) / expert (green)"]
+    else:
+        picks = [index[int(k)] for k in np.linspace(0, len(index) - 1, min(n, len(index)))]
+        cols = ["original", "hair mask", "cleaned", "walker probability", "pseudo-mask (red) / expert (green)"]
     fig, axes = plt.subplots(len(picks), len(cols), figsize=(2.4 * len(cols), 2.4 * len(picks)), squeeze=False)
     for row, (p, i) in enumerate(picks):
         with ShardReader(p) as shard:
@@ -145,8 +177,16 @@ def contact_sheet(path: str | Path, png: str | Path, *, n: int = 8) -> Path:
                               (40, 220, 40))
             except datasets.ImageReadError:
                 pass
-        panels = [original if original is not None else np.zeros_like(s["image"]), s["hair_mask"] * 255,
-                  s["image"], s["prob"], overlay]
+        first = original if original is not None else np.zeros_like(s["image"])
+        if relabelled:
+            both = s["image"].copy()
+            draw_contour(both, s["walker_mask"], (60, 120, 255))
+            # the student's mask as the choice saw it: one lesion, plausible colours (trainer.inference.masks)
+            student = one_lesion(s["model_prob"] >= 128, implausible=implausible_colour(s["image"]))
+            draw_contour(both, student, (255, 220, 0))
+            panels = [first, s["image"], s["model_prob"], both, overlay]
+        else:
+            panels = [first, s["hair_mask"] * 255, s["image"], s["prob"], overlay]
         for col, panel in enumerate(panels):
             ax = axes[row, col]
             ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None, vmin=0, vmax=255)
@@ -155,8 +195,20 @@ def contact_sheet(path: str | Path, png: str | Path, *, n: int = 8) -> Path:
                 ax.set_title(cols[col], fontsize=8)
             if col == 0:
                 ax.set_ylabel(s["id"] + (" (no lesion)" if s["no_lesion"] else ""), fontsize=7)
+            if col == 0 and relabelled:
+                ax.set_xlabel(f"confidence {_confidence(p)[i]:.2f}", fontsize=7)
     fig.tight_layout()
     return save_figure(fig, png, dpi=80)
+
+
+def _has_maps(path: Path) -> bool:
+    with ShardReader(path) as shard:
+        return "model_prob" in shard._file and "walker_mask" in shard._file
+
+
+def _confidence(path: Path) -> np.ndarray:
+    with ShardReader(path) as shard:
+        return np.nan_to_num(shard.confidence(), nan=1.0)
 
 
 def _rows(path: Path) -> int:

@@ -248,6 +248,7 @@ class ShardReader:
             raise ShardError(f"{where}: the size attribute {f.attrs['size']!r} differs from the images' {size} px")
         expected = {"image": (n, size, size, 3), **{k: (n, size, size) for k in MASK_KEYS}, "orig_shape": (n, 2)}
         expected.update({"path": (n,), "no_lesion": (n,)})
+        expected.update({k: (n, size, size) for k in OPTIONAL_MAPS if k in f})
         if "diag" in f:
             expected.update({f"diag/{k}": (n,) for k in f["diag"]})
         for name, shape in expected.items():

@@ -1,6 +1,6 @@
 """The comparison table: methods x label fractions x seeds, each cell a fine-tune scored on the test split.
 
-Rows (METHOD.md section 6):
+Rows (docs/METHOD.md, "Evaluation"):
 
 - ``scratch``: supervised from random init;
 - ``same-init``: supervised from the init pretraining started from (only with ``weights``; with random init
@@ -19,12 +19,18 @@ Rows (METHOD.md section 6):
   claim that self-distillation adds anything beyond the pseudo-masks;
 - ``pseudo-masks``: the test images' own pseudo-masks scored as predictions (no label used at all);
 - ``ours+fuse``, ``ours+semi+fuse``, ``unet-pseudo+fuse``: the cells of ``ours`` / ``ours+semi`` /
-  ``unet-pseudo`` (run when missing; no new training) rescored with ``fuse``: each test probability combined
-  with stage 1's walker probability of the same image (:func:`trainer.inference.fusion.fuse_probabilities`;
-  ``finetune --fuse`` and ``predict --fuse``).
+  ``unet-pseudo`` (run when missing; no new training) rescored with ``fuse``: each test image's probability
+  and stage 1's walker probability of it, per image (the per-image choice, :mod:`trainer.inference.choice`;
+  ``finetune --fuse`` and ``predict --fuse``); ``ours+fixed``, ``ours+semi+fixed``: the same with the fixed
+  weight (``--fusion fixed``);
+- ``ours-r2``: one self-training round after ``ours``' pretraining (``refine``: the pool relabelled by ours'
+  student, the student trained on); ``ours-r2+semi`` fine-tunes it beside its relabelled pool; ``ours-r2+fuse``,
+  ``ours-r2+semi+fuse`` rescore those with the per-image choice;
+- ``pseudo-masks-r2``: the test images' round-2 pseudo-masks (their stage-1 shards relabelled by ours' student,
+  no label used).
 
 Columns: **0 labels** (frac 0) for every row whose pretraining trained a segmentation decoder (``pseudo-only``,
-``ours``, ``ours+fkd``, ``ours+ilka``, ``unet-pseudo``): the pretrained model used directly as the segmenter
+``ours``, ``ours+fkd``, ``ours+ilka``, ``ours-r2``, ``unet-pseudo``): the pretrained model used directly as the segmenter
 (:func:`trainer.models.segmenter.load_seg_model` on its export), and the pseudo-masks; then one column per FRAC.
 
 Every cell writes its own folder; a rerun skips finished cells. Outputs: ``results.csv`` (one line per cell),
@@ -57,18 +63,27 @@ from trainer.train import finetune as finetune_loop
 from trainer.train import pretrain as pretrain_loop
 from trainer.train import unet_pseudo as unet_loop
 from trainer.train.config import PretrainConfig
+from trainer.inference.relabel import relabel
+from trainer.train import refine as refine_loop
 from trainer.train.presets import finetune_preset, pretrain_preset, unet_pseudo_preset
+from trainer.train.refine import RefineConfig, round_dir
 
 log = logging.getLogger(__name__)
 
 PRETRAINED = {"dino": {"lambda_seg": 0.0}, "pseudo-only": {"distill": False}, "ours": {}, "ours+fkd": {},
               "ours+ilka": {"decoder": "ilka"}}
-FINETUNE_VARIANTS = {"ours+pic": "ours", "ours+semi": "ours"}  # another row's pretraining, fine-tuned differently
-# a row's cells rescored with fuse (no training of their own)
-FUSED = {"ours+fuse": "ours", "ours+semi+fuse": "ours+semi", "unet-pseudo+fuse": "unet-pseudo"}
+REFINED = {"ours-r2": "ours"}  # one self-training round (refine) after that row's pretraining
+FINETUNE_VARIANTS = {"ours+pic": "ours", "ours+semi": "ours",  # another row's pretraining, fine-tuned differently
+                     "ours-r2+semi": "ours-r2"}
+# a row's cells rescored with fuse (no training of their own): the per-image choice, or (FIXED) the fixed weight
+FUSED = {"ours+fuse": "ours", "ours+semi+fuse": "ours+semi", "unet-pseudo+fuse": "unet-pseudo",
+         "ours+fixed": "ours", "ours+semi+fixed": "ours+semi", "ours-r2+fuse": "ours-r2",
+         "ours-r2+semi+fuse": "ours-r2+semi"}
+FIXED = ("ours+fixed", "ours+semi+fixed")
 METHODS = ("scratch", "same-init", "unet-pseudo", "dino", "pseudo-only", "ours", "ours+fkd", "ours+pic", "ours+semi",
-           "ours+ilka", "unet-pseudo+fuse", "ours+fuse", "ours+semi+fuse", "pseudo-masks")
-ZERO_LABEL_ROWS = ("unet-pseudo", "pseudo-only", "ours", "ours+fkd", "ours+ilka")  # a decoder trained on pseudo-masks
+           "ours+ilka", "unet-pseudo+fuse", "ours+fixed", "ours+semi+fixed", "ours+fuse", "ours+semi+fuse",
+           "ours-r2", "ours-r2+semi", "ours-r2+fuse", "ours-r2+semi+fuse", "pseudo-masks", "pseudo-masks-r2")
+ZERO_LABEL_ROWS = ("unet-pseudo", "pseudo-only", "ours", "ours+fkd", "ours+ilka", "ours-r2")  # decoders on pseudo-masks
 UNET = "unet-pseudo"
 METRICS = ("jaccard", "dice", "thresholded_jaccard", "accuracy", "sensitivity", "specificity")
 RESULTS = ("results.csv", "results.md", "results.png")  # the files the table writes into its own folder
@@ -105,12 +120,20 @@ def _pretrain_overrides(method: str, spec: TableSpec) -> dict:
     return {"fkd_teacher": spec.fkd_teacher, "fkd_weights": spec.fkd_weights, "fkd_weight": spec.fkd_weight}
 
 
-def _finetune_overrides(method: str, shard_dir: Path | None = None) -> dict:
+def _finetune_overrides(method: str, shard_dir: Path | None = None, round_shards: Path | None = None) -> dict:
     if method == "ours+pic":
         return {"pic": PICConfig()}
     if method == "ours+semi":
         return {"pseudo_shards": str(shard_dir)}
+    if method == "ours-r2+semi":  # the pool as round 2 relabelled it
+        return {"pseudo_shards": str(round_shards)}
     return {}
+
+
+def _round_shards(exports: dict[str, Path]) -> Path | None:
+    """The relabelled pool of the ``ours-r2`` row: ``round-2/shards`` beside its run folder."""
+    run = exports.get("ours-r2")
+    return None if run is None else Path(run).parent.parent / "shards"
 
 
 def _cell_dir(out: Path, method: str, frac: float, seed: int) -> Path:
@@ -144,8 +167,10 @@ def run_table(spec: TableSpec, *, progress: bool = True) -> Path:
         exports, base_pre = _pretraining_phase(spec, out, test_ids, progress=progress)
         rows = _zero_label_rows(spec, out, exports, progress=progress)
         rows += _finetune_grid(spec, out, exports, base_pre, progress=progress)
-        if "pseudo-masks" in spec.methods:
+        if "pseudo-masks" in spec.methods or "pseudo-masks-r2" in spec.methods:
             rows += _pseudo_mask_rows(spec, out, progress=progress)
+        if "pseudo-masks-r2" in spec.methods:
+            rows += _round_two_rows(spec, out, exports["ours"], progress=progress)
         return write_results(rows, out)
 
 
@@ -156,6 +181,8 @@ def _pretraining_phase(spec: TableSpec, out: Path, test_ids: set[str], *, progre
     reused = {m: Path(d) / ("model.pt" if m == UNET else EXPORT) for m, d in spec.pretrained}
     wanted = [FUSED.get(m, m) for m in spec.methods]
     wanted += [FINETUNE_VARIANTS[m] for m in wanted if m in FINETUNE_VARIANTS]
+    wanted += [REFINED[m] for m in wanted if m in REFINED and m not in reused]
+    wanted += ["ours"] if "pseudo-masks-r2" in spec.methods else []
     pretrain_needed = [m for m in PRETRAINED if m in wanted]
     overrides = {m: _pretrain_overrides(m, spec) for m in pretrain_needed}  # errors before any long work
     unet_needed = UNET in wanted and UNET not in reused
@@ -185,6 +212,16 @@ def _pretraining_phase(spec: TableSpec, out: Path, test_ids: set[str], *, progre
             pretrain_loop.pretrain(shard_dir, run_dir, config, device=spec.device, exclude_ids=test_ids,
                                    progress=progress)
         exports[method] = run_dir / EXPORT
+    for method, base in REFINED.items():
+        if method not in wanted:
+            continue
+        if method in reused:
+            exports[method] = reused[method]
+            continue
+        log.info("table: one self-training round after '%s' into %s", base, out / "refine")
+        refine_loop.refine(shard_dir, exports[base].parent, out / "refine", config=RefineConfig(rounds=1),
+                           device=spec.device, exclude_ids=test_ids, progress=progress)
+        exports[method] = round_dir(out / "refine", 2) / "pretrain" / EXPORT
     return exports, base_pre
 
 
@@ -200,21 +237,22 @@ def _zero_label_rows(spec: TableSpec, out: Path, exports: dict[str, Path], *, pr
             log.info("table: %s with 0 labels (the pretrained decoder as the segmenter)", method)
             scoring.score_model(exports[method], _test_splits(spec), cell, device=spec.device, progress=progress)
         rows.append(_row(method, 0.0, 0, json.loads(metrics_path.read_text())))
-        fused = next((f for f, base in FUSED.items() if base == method and f in spec.methods), None)
-        if fused:
+        for fused in [f for f, base in FUSED.items() if base == method and f in spec.methods]:
             rows.append(_fused_cell(spec, out, fused, 0.0, 0, exports[method], progress=progress))
     return rows
 
 
 def _fused_cell(spec: TableSpec, out: Path, method: str, frac: float, seed: int, model_path: Path, *,
                 progress: bool) -> dict:
-    """One ``+fuse`` cell: the base cell's model (or the export, with 0 labels) rescored with ``fuse``."""
+    """One ``+fuse`` (``+fixed``) cell: the base cell's model (or the export, with 0 labels) rescored with the
+    per-image choice (the fixed-weight fusion)."""
     cell = _cell_dir(out, method, frac, seed)
     metrics_path = cell / "metrics.json"
     if not metrics_path.exists():
         log.info("table: %s, frac %g, seed %d (%s rescored, fused with the walker)", method, frac, seed, model_path)
         scoring.score_model(model_path, _test_splits(spec), cell, device=spec.device, progress=progress,
-                            fuse=True, predict_scale=finetune_preset(spec.preset).predict_scale)
+                            fuse=True, fusion="fixed" if method in FIXED else "choice",
+                            predict_scale=finetune_preset(spec.preset).predict_scale)
     return _row(method, frac, seed, json.loads(metrics_path.read_text()))
 
 
@@ -235,7 +273,7 @@ def _finetune_grid(spec: TableSpec, out: Path, exports: dict[str, Path], base_pr
     for frac in spec.fracs:
         for seed in spec.seeds:
             for method in spec.methods:
-                if method == "pseudo-masks" or (method == "same-init" and not spec.weights):
+                if method.startswith("pseudo-masks") or (method == "same-init" and not spec.weights):
                     continue
                 if method in FUSED:  # its base comes earlier in spec.methods: its cell is done
                     base_model = _cell_dir(out, FUSED[method], frac, seed) / finetune_loop.MODEL
@@ -246,7 +284,8 @@ def _finetune_grid(spec: TableSpec, out: Path, exports: dict[str, Path], base_pr
                 if not metrics_path.exists():
                     if method in exports or method in FINETUNE_VARIANTS:
                         ft = dataclasses.replace(base_ft, init="pretrain", seed=seed,
-                                                 **_finetune_overrides(method, Path(spec.shards or out / "shards")))
+                                                 **_finetune_overrides(method, Path(spec.shards or out / "shards"),
+                                                                       _round_shards(exports)))
                         checkpoint = exports[FINETUNE_VARIANTS.get(method, method)]
                     else:
                         init = f"weights:{spec.weights}" if method == "same-init" else "scratch"
@@ -280,17 +319,35 @@ def _pseudo_mask_rows(spec: TableSpec, out: Path, *, progress: bool) -> list[dic
             if not link.exists():
                 link.symlink_to(s.image.resolve())
         run_pseudomasks(folder, cell / "shards", config=RunConfig(), jobs=spec.jobs, progress=progress)
-        export_masks(cell / "shards", cell / "predictions", progress=progress)
-        per = []
-        for s in splits.test:
-            pred = cell / "predictions" / f"{s.id}_segmentation.png"
-            if pred.exists():
-                per.append({"id": s.id, **binary_scores(datasets.read_mask(pred), datasets.read_mask(s.mask))})
-        means = {k: float(np.mean([r[k] for r in per])) for k in METRICS}
-        write_text(metrics_path, json.dumps({"mean": means, "n_test": len(per), "per_image": per,
-                                             "n_labelled": 0}, indent=1))
+        _score_exported(cell / "shards", cell, splits, progress=progress)
     metrics = json.loads(metrics_path.read_text())
-    return [_row("pseudo-masks", frac, 0, metrics) for frac in (0.0, *spec.fracs)]
+    return [_row("pseudo-masks", frac, 0, metrics) for frac in (0.0, *spec.fracs)] \
+        if "pseudo-masks" in spec.methods else []
+
+
+def _round_two_rows(spec: TableSpec, out: Path, first_student: Path, *, progress: bool) -> list[dict]:
+    """The test images' round-2 pseudo-masks: their stage-1 shards relabelled by ``ours``' student (the per-image
+    choice, as ``refine`` relabels the pool), scored as a constant row."""
+    cell = out / "cells" / "pseudo-masks-r2"
+    if not (cell / "metrics.json").exists():
+        relabel(out / "cells" / "pseudo-masks" / "shards", first_student, cell / "shards", device=spec.device,
+                progress=progress)
+        _score_exported(cell / "shards", cell, _test_splits(spec), progress=progress)
+    metrics = json.loads((cell / "metrics.json").read_text())
+    return [_row("pseudo-masks-r2", frac, 0, metrics) for frac in (0.0, *spec.fracs)]
+
+
+def _score_exported(shards: Path, cell: Path, splits, *, progress: bool) -> None:
+    """Export the shards' masks at each test image's original size into ``cell/predictions`` and score them."""
+    export_masks(shards, cell / "predictions", progress=progress)
+    per = []
+    for s in splits.test:
+        pred = cell / "predictions" / f"{s.id}_segmentation.png"
+        if pred.exists():
+            per.append({"id": s.id, **binary_scores(datasets.read_mask(pred), datasets.read_mask(s.mask))})
+    means = {k: float(np.mean([r[k] for r in per])) for k in METRICS}
+    write_text(cell / "metrics.json", json.dumps({"mean": means, "n_test": len(per), "per_image": per,
+                                                  "n_labelled": 0}, indent=1))
 
 
 def write_results(rows: Sequence[dict], out: Path) -> Path:

@@ -23,7 +23,8 @@ from trainer.engine.distributed import resolve_device
 from trainer.eval.metrics import binary_scores
 from trainer.inference.fusion import FUSE_WEIGHT
 from trainer.inference.masks import implausible_map, mask_from_probability
-from trainer.inference.segment import PREDICT_SCALE, predict_image, predict_size
+from trainer.inference.predict import model_reference
+from trainer.inference.segment import PREDICT_SCALE, Fusion, choice_record, predict_size, segment_images
 from trainer.models.segmenter import load_seg_model
 
 #: What a scored test split leaves in its folder: the metrics, the picture, the predicted masks' folder.
@@ -37,13 +38,14 @@ def score_outputs(splits: Splits) -> list[str]:
 
 def score_model(model_path: str | Path, splits: Splits, out_dir: str | Path, *, device: str = "auto",
                 progress: bool = True, one_lesion: bool = True, predict_scale: float = PREDICT_SCALE,
-                fuse: bool = False, fuse_weight: float = FUSE_WEIGHT) -> dict[str, float]:
+                fuse: bool = False, fuse_weight: float = FUSE_WEIGHT, fusion: str = "choice") -> dict[str, float]:
     """Score a saved segmenter as it is (no training) on ``splits.test``: the 0-labels column of the table.
 
     ``model_path`` is a ``model.pt`` or a pretraining ``export.pt`` (its auxiliary decoder). Writes
     ``predictions/``, ``metrics.json`` (``n_labelled`` 0) and ``best_worst.png`` into ``out_dir``; returns the means.
-    ``one_lesion``, ``predict_scale`` and ``fuse``: as in :class:`trainer.train.finetune.FinetuneConfig` (the table
-    scores every row the same way; its ``+fuse`` rows rescore a fine-tuned cell's ``model.pt`` with ``fuse``).
+    ``one_lesion``, ``predict_scale``, ``fuse`` and ``fusion``: as in :class:`trainer.train.finetune.FinetuneConfig`
+    (the table scores every row the same way; its ``+fuse`` rows rescore a fine-tuned cell's ``model.pt`` with
+    ``fuse``).
     """
     out_dir = Path(out_dir)
     dev = resolve_device(device)
@@ -52,21 +54,23 @@ def score_model(model_path: str | Path, splits: Splits, out_dir: str | Path, *, 
     test_size = predict_size(int(info["img_size"]), predict_scale)
     # the writer rule (common.guard.output_folder): one run per folder, no file replaced that no run wrote
     with output_folder(out_dir, command="score", names=score_outputs(splits), inputs=[model_path]):
+        mixing = Fusion(mode=fusion if fuse else "none", weight=fuse_weight,
+                        reference=model_reference(info, model_path))
         means, rows = predict_test(model, splits, out_dir, size=test_size, device=dev, progress=progress,
-                                   one_lesion=one_lesion, fuse=fuse, fuse_weight=fuse_weight)
-        _write_scores(means, rows, info, model_path, out_dir, splits, one_lesion=one_lesion, fuse=fuse,
-                      fuse_weight=fuse_weight, test_size=test_size)
+                                   one_lesion=one_lesion, fusion=mixing)
+        _write_scores(means, rows, info, model_path, out_dir, splits, one_lesion=one_lesion, fusion=mixing,
+                      test_size=test_size)
     return means
 
 
-def _write_scores(means, rows, info, model_path, out_dir: Path, splits: Splits, *, one_lesion, fuse, fuse_weight,
+def _write_scores(means, rows, info, model_path, out_dir: Path, splits: Splits, *, one_lesion, fusion: Fusion,
                   test_size) -> None:
     """:func:`score_model`'s ``metrics.json`` and ``best_worst.png``."""
     extra = info.get("extra", {})
     write_text(out_dir / METRICS, json.dumps({
         "mean": means, "n_test": len(rows), "per_image": rows, "frac": float(extra.get("frac", 0.0)),
-        "n_labelled": int(extra.get("n_labelled", 0)), "one_lesion": one_lesion, "fuse": fuse,
-        "fuse_weight": fuse_weight,
+        "n_labelled": int(extra.get("n_labelled", 0)), "one_lesion": one_lesion, "fuse": fusion.mode != "none",
+        "fuse_weight": fusion.weight, "fusion": fusion.mode,
         "predict_size": test_size,
         "model": {k: v for k, v in info.items() if k != "extra"}, "source": str(model_path)}, indent=1,
         default=str))
@@ -74,21 +78,27 @@ def _write_scores(means, rows, info, model_path, out_dir: Path, splits: Splits, 
 
 
 def predict_test(model, splits: Splits, out_dir: Path, *, size, device, progress, tta=False, one_lesion=True,
-                 fuse=False, fuse_weight=FUSE_WEIGHT):
-    """Segment every image of ``splits.test`` (:func:`~trainer.inference.segment.predict_image`, then
+                 fusion: Fusion = Fusion()):
+    """Segment every image of ``splits.test`` (:func:`~trainer.inference.segment.segment_images`, then
     :func:`~trainer.inference.masks.mask_from_probability`), write ``out_dir/predictions/<ID>_segmentation.png``
     (0/255, the image's original size) and score it against its expert mask. Returns ``(means, rows)``: the
-    mean of each metric and one row per image."""
+    mean of each metric and one row per image (with the per-image choice, when ``fusion`` is it)."""
     pred_dir = out_dir / PREDICTIONS
     rows = []
-    for s in tqdm(splits.test, desc="predict test", unit="img", disable=not progress, leave=False):
-        full = mask_from_probability(predict_image(model, s.image, size=size, device=device, tta=tta, fuse=fuse,
-                                                   fuse_weight=fuse_weight),
-                                     one_lesion=one_lesion,
+    by_path = {str(s.image): s for s in splits.test}
+    bar = tqdm(total=len(by_path), desc="predict test", unit="img", disable=not progress, leave=False)
+    for item in segment_images(model, list(by_path), size=size, device=device, tta=tta, fusion=fusion,
+                               on_image=bar.update):
+        s = by_path[str(item.path)]
+        if item.error is not None:
+            raise item.error
+        full = mask_from_probability(item.prob, one_lesion=one_lesion,
                                      implausible=implausible_map(str(s.image)) if one_lesion else None)
         write_mask_png(pred_dir / f"{s.id}_segmentation.png", full.astype(np.uint8) * 255)
-        rows.append({"id": s.id, **binary_scores(full, datasets.read_mask(s.mask))})
-    keys = [k for k in rows[0] if k != "id"] if rows else []
+        chosen = choice_record(s.image, item.choice) if item.choice is not None else {}
+        rows.append({"id": s.id, **binary_scores(full, datasets.read_mask(s.mask)), **chosen})
+    bar.close()
+    keys = [k for k in rows[0] if k not in ("id", "source")] if rows else []
     means = {k: float(np.mean([r[k] for r in rows])) for k in keys}
     return means, rows
 

@@ -8,6 +8,7 @@ written.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,14 +19,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from common import datasets
-from common.atomic import atomic_batch, save_figure
+from common.atomic import atomic_batch, save_figure, write_text
 from common.drawing import draw_contour
 from common.guard import bounded_number, check_out_dir, claim_file, output_folder
 from common.png import encode_png
 from trainer.engine.distributed import resolve_device
+from trainer.inference.choice import PoolReference
 from trainer.inference.fusion import FUSE_WEIGHT
 from trainer.inference.masks import implausible_map, mask_from_probability
-from trainer.inference.segment import PREDICT_SCALE, predict_image, predict_size
+from trainer.inference.segment import PREDICT_SCALE, Fusion, choice_record, predict_size, segment_images
 from trainer.models.segmenter import load_seg_model
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,8 @@ log = logging.getLogger(__name__)
 OVERLAY_MAX = 24
 #: Predictions are published (synced, renamed) in batches of this many images.
 BATCH_FILES = 64
+#: With ``--probabilities`` and the per-image choice: one line per image (source, share, agreement, confidence).
+CONFIDENCE_CSV = "confidence.csv"
 
 
 @dataclass
@@ -49,7 +53,7 @@ class PredictResult:
 def predict_folder(model_path: str | Path, data: Sequence[str | Path] | str | Path, out_dir: str | Path, *,
                    probabilities: bool = False, overlay: str | Path | None = None, device: str = "auto",
                    progress: bool = True, one_lesion: bool | None = None, predict_scale: float | None = None,
-                   fuse: bool | None = None) -> PredictResult:
+                   fuse: bool | None = None, fusion: str | None = None) -> PredictResult:
     """Segment every image of ``data`` (any layout :func:`common.datasets.open_dataset` reads; masks unused).
 
     Writes ``out_dir/<ID>_segmentation.png`` (0/255, the image's original size) and, with ``probabilities``,
@@ -64,8 +68,12 @@ def predict_folder(model_path: str | Path, data: Sequence[str | Path] | str | Pa
     ``predict_scale`` (the test-time input size over the training size:
     :func:`trainer.inference.segment.predict_size`) likewise: the model's ``finetune`` setting, 1 for a ``model.pt``
     older than it, the default (2) for an ``export.pt``. ``fuse`` (combine with stage 1's walker probability:
-    :func:`trainer.inference.fusion.fuse_probabilities`, with the model's ``fuse_weight``) likewise: the model's
-    ``finetune`` setting, off for an ``export.pt`` and older models.
+    :func:`trainer.inference.fusion.fuse_probabilities`) likewise: the model's ``finetune`` setting, off for an
+    ``export.pt`` and older models. ``fusion`` (how: ``"choice"``, the per-image choice between the model and the
+    walker over the images of ``data`` as a pool, :func:`trainer.inference.segment.segment_images`; ``"fixed"``,
+    the model's ``fuse_weight`` for every image) likewise: the model's setting, ``"fixed"`` for a model older than
+    the choice, ``"choice"`` for an ``export.pt``. With ``probabilities`` and the choice, ``confidence.csv``
+    lists per image the source chosen, the model's share, the student-walker agreement and the confidence.
     """
     data = [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
     out_dir = check_out_dir(out_dir, data)
@@ -81,23 +89,27 @@ def predict_folder(model_path: str | Path, data: Sequence[str | Path] | str | Pa
     if fuse is None:
         fuse = bool((made_by or {}).get("fuse", False))
     fuse_weight = float((made_by or {}).get("fuse_weight", FUSE_WEIGHT))
+    if fusion is None:
+        fusion = "choice" if made_by is None else made_by["fusion"]
+    mixing = Fusion(mode=fusion if fuse else "none", weight=fuse_weight, reference=model_reference(info, model_path))
     if one_lesion is None:  # as finetune (or the table's 0-labels column, for an export) made its masks
         one_lesion = True if made_by is None else made_by["one_lesion"]
     suffixes = ("_segmentation.png", "_probability.png") if probabilities else ("_segmentation.png",)
     names = [f"{s.id}{suffix}" for s in dataset.samples for suffix in suffixes]
+    if probabilities and mixing.mode == "choice":
+        names.append(CONFIDENCE_CSV)
     if overlay is not None:  # refused (someone's picture) before --out is touched
         claim_file(overlay, option="--overlay")
     with output_folder(out_dir, command="predict", names=names, inputs=data):
         dev = resolve_device(device)
         model.to(dev)
-        return _predict_all(model, dataset, out_dir, size=size, device=dev, tta=tta, fuse=fuse,
-                            fuse_weight=fuse_weight, one_lesion=one_lesion, probabilities=probabilities,
-                            overlay=overlay, progress=progress)
+        return _predict_all(model, dataset, out_dir, size=size, device=dev, tta=tta, fusion=mixing,
+                            one_lesion=one_lesion, probabilities=probabilities, overlay=overlay, progress=progress)
 
 
 def finetune_settings(info: dict, path: str | Path) -> dict | None:
     """How ``finetune`` made the test masks of a ``model.pt`` (``predict_scale``, ``tta``, ``fuse``,
-    ``fuse_weight``, ``one_lesion``; a model older than one of them gets the value it was made with), each
+    ``fuse_weight``, ``fusion``, ``one_lesion``; a model older than one of them gets the value it was made with), each
     checked before use (a number out of range would size the test-time input); None for a pretraining
     ``export.pt``."""
     made_by = info.get("extra", {}).get("config")
@@ -116,28 +128,43 @@ def finetune_settings(info: dict, path: str | Path) -> dict | None:
         if not isinstance(value, bool):
             raise ValueError(f"{path}: {key} is {value!r}; expected true or false ({what})")
         settings[key] = value
+    fusion = made_by.get("fusion", "fixed")  # models older than the per-image choice fused with a fixed weight
+    if fusion not in ("fixed", "choice"):
+        raise ValueError(f"{path}: fusion is {fusion!r}; expected 'fixed' or 'choice' ({what})")
+    settings["fusion"] = fusion
     return settings
 
 
-def _predict_all(model, dataset: datasets.Dataset, out_dir: Path, *, size: int, device, tta: bool, fuse: bool,
-                 fuse_weight: float, one_lesion: bool, probabilities: bool, overlay: str | Path | None,
-                 progress: bool) -> PredictResult:
+def model_reference(info: dict, path: str | Path) -> PoolReference | None:
+    """The pool reference a ``model.pt`` carries (its fine-tuning pool's, when it was relabelled), or None."""
+    found = info.get("extra", {}).get("choice_reference")
+    if found is None:
+        return None
+    try:
+        return PoolReference.from_dict(found)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: its choice_reference is not usable ({exc})") from None
+
+
+def _predict_all(model, dataset: datasets.Dataset, out_dir: Path, *, size: int, device, tta: bool, fusion: Fusion,
+                 one_lesion: bool, probabilities: bool, overlay: str | Path | None, progress: bool) -> PredictResult:
     """:func:`predict_folder`'s loop, once ``out_dir`` is checked, locked and claimed."""
     result = PredictResult(out_dir)
-    sheet = []
-    bar = tqdm(total=len(dataset.samples), desc="predict", unit="img", disable=not progress)
-    for start in range(0, len(dataset.samples), BATCH_FILES):
+    sheet, rows = [], []
+    samples = {str(s.image): s for s in dataset.samples}
+    bar = tqdm(total=len(samples), desc="predict", unit="img", disable=not progress)
+    found = segment_images(model, list(samples), size=size, device=device, tta=tta, fusion=fusion,
+                           on_image=bar.update)
+    for chunk in iter(lambda: list(itertools.islice(found, BATCH_FILES)), []):
         with atomic_batch(out_dir) as batch:  # one sync per BATCH_FILES images
-            for s in dataset.samples[start:start + BATCH_FILES]:
-                bar.update()
-                try:
-                    prob = predict_image(model, s.image, size=size, device=device, tta=tta, fuse=fuse,
-                                         fuse_weight=fuse_weight)
-                except (datasets.ImageReadError, OSError, cv2.error) as exc:
-                    reason = str(exc).removeprefix(f"{s.image}: ")  # the caller names the file once
+            for item in chunk:
+                s = samples[str(item.path)]
+                if item.error is not None:
+                    reason = str(item.error).removeprefix(f"{s.image}: ")  # the caller names the file once
                     log.debug("skipped %s: %s", s.image, reason)
                     result.failed.append((str(s.image), reason))
                     continue
+                prob = item.prob
                 mask = mask_from_probability(prob, one_lesion=one_lesion,
                                              implausible=implausible_map(str(s.image)) if one_lesion else None)
                 name = f"{s.id}_segmentation.png"
@@ -145,13 +172,25 @@ def _predict_all(model, dataset: datasets.Dataset, out_dir: Path, *, size: int, 
                 if probabilities:
                     name = f"{s.id}_probability.png"
                     batch.write_bytes(name, encode_png(np.round(prob * 255).astype(np.uint8), name))
+                if item.choice is not None:
+                    rows.append({"id": s.id, **choice_record(s.image, item.choice)})
                 result.written.append(s.id)
                 if overlay is not None and len(sheet) < OVERLAY_MAX:
                     sheet.append((s, mask))
     bar.close()
+    if probabilities and fusion.mode == "choice":
+        write_text(out_dir / CONFIDENCE_CSV, choice_table(rows))
     if overlay is not None and sheet:
         result.overlay = _overlay_sheet(sheet, Path(overlay))
     return result
+
+
+def choice_table(rows: list[dict]) -> str:
+    """``confidence.csv``: one line per image, least confident first."""
+    head = "id,source,model_weight,agreement,confidence"
+    ranked = sorted(rows, key=lambda r: (r["confidence"], r["id"]))
+    return "\n".join([head] + [f"{r['id']},{r['source']},{r['model_weight']:g},{r['agreement']:.4f},"
+                               f"{r['confidence']:.4f}" for r in ranked]) + "\n"
 
 
 def _overlay_sheet(items: list, path: Path, *, cols: int = 6) -> Path:

@@ -27,15 +27,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from common.guard import FolderLock, check_out_dir, make_out_dir, sha256_file
+from common.guard import output_folder, sha256_file
 from pipeline.pseudomask import seeds
 from pipeline.run import library_versions
 from pipeline.shards import (
+    MANIFEST,
     REJECTS,
     ShardReader,
     ShardRecord,
-    find_shards,
     read_manifest,
+    shards_to_read,
     write_manifest,
     write_shard,
 )
@@ -133,8 +134,7 @@ def relabel(shards: str | Path, model_path: str | Path, out_dir: str | Path, *,
     RelabelSummary
     """
     shards, model_path = Path(shards), Path(model_path)
-    out_dir = check_out_dir(out_dir, [shards, model_path], flat_inputs=True)
-    sources = find_shards(shards)
+    sources = shards_to_read(shards)  # refused while a pseudomasks run is still writing them
     if not sources:
         raise FileNotFoundError(f"{shards}: no shard files (shard-*.h5); run 'pseudomasks' first")
     source_manifest = {e["file"]: e.get("sha256") for e in read_manifest(shards).get("shards", [])}
@@ -144,9 +144,11 @@ def relabel(shards: str | Path, model_path: str | Path, out_dir: str | Path, *,
                 "source": {"path": str(shards), "shards": {p.name: source_manifest.get(p.name) or sha256_file(p)
                                                            for p in sources}}}
     config_hash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    make_out_dir(out_dir)
-    with FolderLock(out_dir, command="relabel"):
-        return _relabel_locked(sources, model_path, out_dir, config, settings, config_hash, device=device,
+    names = [p.name for p in sources] + [MANIFEST, REJECTS]
+    # the writer rule: never into the source, never over files no run wrote, one run per folder
+    with output_folder(out_dir, command="relabel", names=names, inputs=[shards, model_path],
+                       flat_inputs=True) as ledger:
+        return _relabel_locked(sources, model_path, ledger.folder, config, settings, config_hash, device=device,
                                progress=progress)
 
 
@@ -157,9 +159,9 @@ def _relabel_locked(sources: list[Path], model_path: Path, out_dir: Path, config
             if old.get(RELABEL_KEY, {}).get("config_hash") == config_hash and _intact(out_dir / e["file"], e)}
     reference = (PoolReference.from_dict(old[RELABEL_KEY]["reference"])
                  if done and "reference" in old.get(RELABEL_KEY, {}) else None)
-    for stale in out_dir.glob("shard-*.h5"):
-        if stale.name not in done:
-            stale.unlink()
+    for path in sources:  # this folder's own shards (claimed in its ledger) that cannot be kept
+        if path.name not in done:
+            (out_dir / path.name).unlink(missing_ok=True)
     todo = [p for p in sources if p.name not in done]
     model, info = load_seg_model(model_path)
     dev = resolve_device(device)

@@ -27,6 +27,7 @@ from trainer.inference.choice import (
     ChoiceConfig,
     PoolReference,
     choose,
+    confidence_of,
     fit_reference,
     image_lab,
     mask_features,
@@ -135,6 +136,14 @@ class Segmented:
 
 
 READ_ERRORS = (datasets.ImageReadError, OSError, cv2.error)
+
+
+def choice_record(image: str | Path, choice: Choice) -> dict:
+    """One image's choice in a few numbers: the source chosen, the model's share, the student-walker agreement
+    and the confidence (:func:`~trainer.inference.choice.confidence_of`, with stage 1's own confidence)."""
+    view = walker_view(image)
+    return {"source": choice.source, "model_weight": choice.weight, "agreement": round(choice.agreement, 4),
+            "confidence": round(confidence_of(choice.agreement, view.confidence if view else float("nan")), 4)}
 
 
 def segment_images(model: SegModel, paths: Sequence[str | Path], *, size: int, device: torch.device,

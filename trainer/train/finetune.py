@@ -30,8 +30,10 @@ from trainer.data.splits import Splits, describe, labelled_subset, near_duplicat
 from trainer.engine.distributed import resolve_device
 from trainer.engine.schedules import cosine_schedule
 from trainer.eval.scoring import METRICS, best_worst_sheet, predict_test, score_outputs
+from trainer.inference.choice import PoolReference
+from trainer.inference.relabel import relabel_info
 from trainer.inference.fusion import FUSE_WEIGHT
-from trainer.inference.segment import PREDICT_SCALE, predict_probability, predict_size
+from trainer.inference.segment import PREDICT_SCALE, Fusion, predict_probability, predict_size
 from trainer.losses.seg import seg_loss
 from trainer.models.decoders import DECODERS
 from trainer.models.segmenter import build_seg_model, save_seg_model
@@ -72,7 +74,10 @@ class FinetuneConfig:
     ``fuse``: each test probability is combined with stage 1's label-free walker probability of the same image
     (:func:`~trainer.inference.fusion.walker_probability`; ``fuse_weight``:
     :func:`~trainer.inference.fusion.fuse_probabilities`) before the mask is cut; ``predict``
-    does the same for a model fine-tuned with it. The two make different errors: the README's table has the gain.
+    does the same for a model fine-tuned with it. ``fusion``: how: ``"choice"`` (ours, the default), per image
+    the model's mask, the walker's or their combination, decided over the test images as a pool
+    (:mod:`trainer.inference.choice`); ``"fixed"``, every image with the model's share ``fuse_weight``.
+    docs/RESULTS.md has the gains.
     """
 
     init: str = "pretrain"
@@ -103,7 +108,9 @@ class FinetuneConfig:
     one_lesion: bool = True           # masks: holes filled, one component kept (mask_from_probability)
     predict_scale: float = PREDICT_SCALE  # test-time input size / training input size (predict_size)
     fuse: bool = False                # test masks from the model's and stage 1's probability (fuse_probabilities)
-    fuse_weight: float = FUSE_WEIGHT  # the model's share of the fused probability
+    fuse_weight: float = FUSE_WEIGHT  # the model's share of the fused probability (fusion "fixed"; "choice" where
+    #                                   the model and the walker agree)
+    fusion: str = "choice"            # "choice": per image (trainer.inference.choice); "fixed": fuse_weight for all
 
     def __post_init__(self):
         if not self.predict_scale > 0:
@@ -115,6 +122,8 @@ class FinetuneConfig:
                              f"{self.pseudo_weight}, {self.pseudo_batch}, {self.pseudo_ramp_frac}")
         if not 0.0 <= self.fuse_weight <= 1.0:
             raise ValueError(f"fuse_weight must be in [0, 1], got {self.fuse_weight}")
+        if self.fusion not in ("choice", "fixed"):
+            raise ValueError(f"fusion: expected 'choice' or 'fixed', got {self.fusion!r}")
         if not 0.0 <= self.pseudo_min_confidence <= 1.0:
             raise ValueError(f"pseudo_min_confidence: expected a value in [0, 1] (0 keeps every pseudo-mask), got "
                              f"{self.pseudo_min_confidence}")
@@ -217,19 +226,28 @@ def _finetune_locked(model, info: dict, splits: Splits, subset, frac: float, out
     best_state, best_iter, best_val = _train(model, train_x, train_y, val_x, val_y, config=config, size=size,
                                              device=dev, progress=progress, pool=pool)
     model.load_state_dict(best_state)
+    reference = _pool_reference(config.pseudo_shards)
     save_seg_model(model, info, out_dir / MODEL, extra={
         "frac": frac, "n_labelled": len(subset), "labelled_ids": [s.id for s in subset], "best_iter": best_iter,
-        "best_val_jaccard": best_val, "init": info, "config": json.loads(json.dumps(dataclasses.asdict(config)))})
+        "best_val_jaccard": best_val, "init": info, "config": json.loads(json.dumps(dataclasses.asdict(config))),
+        **({"choice_reference": json.loads(reference.to_json())} if reference else {})})
     test_size = predict_size(size, config.predict_scale)
+    fusion = Fusion(mode=config.fusion if config.fuse else "none", weight=config.fuse_weight, reference=reference)
     means, rows = predict_test(model, splits, out_dir, size=test_size, device=dev, progress=progress,
-                                tta=config.tta, one_lesion=config.one_lesion, fuse=config.fuse,
-                                fuse_weight=config.fuse_weight)
+                               tta=config.tta, one_lesion=config.one_lesion, fusion=fusion)
     write_text(out_dir / METRICS, json.dumps({
         "mean": means, "n_test": len(rows), "per_image": rows, "frac": frac, "n_labelled": len(subset),
         "predict_size": test_size, "best_iter": best_iter, "best_val_jaccard": best_val, "model": info,
         "config": dataclasses.asdict(config), "splits": describe(splits, subset)}, indent=1))
     best_worst_sheet(rows, splits, out_dir)
     return FinetuneResult(out_dir, means, best_iter, best_val, [s.id for s in subset])
+
+
+def _pool_reference(shards: str | None) -> PoolReference | None:
+    """The pool reference of a relabelled pool (a ``refine`` round's or ``relabel``'s shards), saved with the model
+    so that ``predict`` measures a few new images against it; None for stage 1's own shards."""
+    found = relabel_info(shards) if shards else None
+    return PoolReference.from_dict(found["reference"]) if found and "reference" in found else None
 
 
 def check_before_training(samples: Sequence[datasets.Sample], *, progress: bool = False,

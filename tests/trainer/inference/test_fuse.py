@@ -69,10 +69,10 @@ def test_walker_probability_is_stage_1s_at_the_original_size(synth, tmp_path):  
 
 def test_finetune_and_predict_fuse_the_same_way(synth, export, tmp_path):  # noqa: F811
     out = tmp_path / "run"
-    finetune(synth, 0.3, out, checkpoint=export, config=dataclasses.replace(TINY_FT, fuse=True), device="cpu",
-             progress=False)
+    finetune(synth, 0.3, out, checkpoint=export, config=dataclasses.replace(TINY_FT, fuse=True, fusion="fixed"),
+             device="cpu", progress=False)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["config"]["fuse"] is True
+    assert metrics["config"]["fuse"] is True and metrics["config"]["fusion"] == "fixed"
     fused = predict_folder(out / MODEL, synth, tmp_path / "fused", device="cpu", progress=False)  # the model's setting
     plain = predict_folder(out / MODEL, synth, tmp_path / "plain", device="cpu", progress=False, fuse=False)
     written = sorted((out / "predictions").glob("*_segmentation.png"))
@@ -142,3 +142,42 @@ def test_table_fuse_rows_rescore_their_base_cells(synth, export, tmp_path, monke
     events.clear()
     run_table(spec, progress=False)
     assert events == []  # finished cells, fused ones included, are not redone
+
+
+def test_table_round_two_and_fixed_rows(synth, export, tmp_path, monkeypatch):  # noqa: F811
+    import trainer.train.presets as presets
+
+    monkeypatch.setattr(presets, "pretrain_preset", lambda name: TINY_PRE)
+    monkeypatch.setattr(presets, "finetune_preset", lambda name: TINY_FT)
+    events = []
+
+    def fake_finetune(data, frac, cell, *, checkpoint, config, **kwargs):
+        events.append(("finetune", Path(cell).name, str(checkpoint), config.pseudo_shards))
+        cell.mkdir(parents=True, exist_ok=True)
+        (cell / "metrics.json").write_text(json.dumps({"n_labelled": 2, "mean": {"jaccard": 0.5, "thresholded_jaccard": 0}}))
+
+    def fake_score(model_path, splits, cell, *, fuse=False, fusion="choice", **kwargs):
+        events.append(("score", Path(cell).name, str(model_path), fuse and fusion))
+        Path(cell).mkdir(parents=True, exist_ok=True)
+        (Path(cell) / "metrics.json").write_text(json.dumps({"n_labelled": 0, "mean": {"jaccard": 0.7, "thresholded_jaccard": 0}}))
+
+    monkeypatch.setattr("trainer.train.finetune.finetune", fake_finetune)
+    monkeypatch.setattr("trainer.eval.scoring.score_model", fake_score)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    round2 = tmp_path / "refine" / "round-2"
+    (round2 / "pretrain").mkdir(parents=True)
+    (round2 / "shards").mkdir()
+    spec = TableSpec(data=(str(synth),), out=str(tmp_path / "table"), fracs=(0.1,), seeds=(0,),
+                     methods=("ours+fixed", "ours-r2+semi+fuse"), preset="cpu", device="cpu", shards=str(shards),
+                     pretrained=(("ours", str(export.parent)), ("ours-r2", str(round2 / "pretrain"))))
+    run_table(spec, progress=False)
+    cells = tmp_path / "table" / "cells"
+    r2 = str(round2 / "pretrain" / "export.pt")
+    assert events == [
+        ("score", "ours-frac0-seed0", str(export), False),
+        ("score", "ours+fixed-frac0-seed0", str(export), "fixed"),
+        ("finetune", "ours-frac0.1-seed0", str(export), None),
+        ("finetune", "ours-r2+semi-frac0.1-seed0", r2, str(round2 / "shards")),  # beside round 2's relabelled pool
+        ("score", "ours+fixed-frac0.1-seed0", str(cells / "ours-frac0.1-seed0" / MODEL), "fixed"),
+        ("score", "ours-r2+semi+fuse-frac0.1-seed0", str(cells / "ours-r2+semi-frac0.1-seed0" / MODEL), "choice")]

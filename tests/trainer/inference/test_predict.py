@@ -110,7 +110,7 @@ def test_an_export_is_a_zero_label_segmenter(tmp_path):
 def test_predict_segments_at_the_scale_finetune_used(finetuned, synth, tmp_path, monkeypatch):
     import json
 
-    import trainer.inference.predict as pr
+    import trainer.inference.segment as pr  # predict_folder segments through segment_images
     from trainer.inference.segment import predict_size
 
     assert [predict_size(96, 2.0), predict_size(224, 2.0), predict_size(96, 1.0), predict_size(100, 1.0),
@@ -133,3 +133,44 @@ def test_predict_segments_at_the_scale_finetune_used(finetuned, synth, tmp_path,
     save_seg_model(model, {k: v for k, v in info.items() if k != "extra"}, tmp_path / "old.pt", extra=extra)
     predict_folder(tmp_path / "old.pt", folder, tmp_path / "c", device="cpu", progress=False)
     assert sizes == [64, 32, 32]
+
+
+def test_predict_with_the_per_image_choice_equals_finetune_and_lists_the_confidence(synth, tmp_path):
+    import csv
+    import dataclasses
+
+    test = tmp_path / "test"
+    (test / "images").mkdir(parents=True)
+    (test / "masks").mkdir()
+    for p in sorted((synth / "images").glob("*.jpg"))[:6]:
+        shutil.copy(p, test / "images" / p.name)
+        shutil.copy(synth / "masks" / f"{p.stem}_segmentation.png", test / "masks")
+    (test / "images" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg" * 8)
+    torch.manual_seed(0)
+    export_model(TINY_PRE.build_model(), TINY_PRE, tmp_path / "export.pt", step=3)
+    clean = tmp_path / "clean"
+    shutil.copytree(test, clean)
+    (clean / "images" / "broken.jpg").unlink()
+    config = dataclasses.replace(TINY_FT, fuse=True)
+    assert config.fusion == "choice"  # the default
+    finetune(synth, 0.3, tmp_path / "ft", checkpoint=tmp_path / "export.pt", test_data=[clean], config=config,
+             device="cpu", progress=False)
+    metrics = __import__("json").loads((tmp_path / "ft" / "metrics.json").read_text())
+    assert {r["source"] for r in metrics["per_image"]} <= {"walker", "both", "student"}
+    result = predict_folder(tmp_path / "ft" / MODEL, test, tmp_path / "pred", probabilities=True, device="cpu",
+                            progress=False)
+    assert len(result.written) == 6 and [Path(p).name for p, _ in result.failed] == ["broken.jpg"]
+    for path in sorted((tmp_path / "ft" / "predictions").glob("*_segmentation.png")):
+        assert (tmp_path / "pred" / path.name).read_bytes() == path.read_bytes(), path.name
+    with open(tmp_path / "pred" / "confidence.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in metrics["per_image"])
+    confidences = [float(r["confidence"]) for r in rows]
+    assert confidences == sorted(confidences)  # least confident first
+    by_id = {r["id"]: r for r in metrics["per_image"]}
+    for r in rows:
+        assert r["source"] == by_id[r["id"]]["source"]
+        assert float(r["agreement"]) == pytest.approx(by_id[r["id"]]["agreement"], abs=1e-4)
+    fixed = predict_folder(tmp_path / "ft" / MODEL, clean, tmp_path / "fixed", probabilities=True, device="cpu",
+                           progress=False, fusion="fixed")
+    assert len(fixed.written) == 6 and not (tmp_path / "fixed" / "confidence.csv").exists()
