@@ -64,7 +64,7 @@ class ShardSummary:
                          f"{str(self.relabel.get('model', {}).get('sha256'))[:12]}...) from "
                          f"{self.relabel.get('source', {}).get('path')}: chosen masks {counts[0]} walker, {counts[1]} "
                          f"both, {counts[2]} student; {len(self.relabel.get('left_out', []))} least confident left "
-                         "out of training; confidence = agreement x sqrt(stage 1's confidence)")
+                         "out of training; confidence = sqrt(stage 1's confidence) x (agreement + sigmoid(lesion score / 3)) / 2")
         if self.confidence and not any(np.isfinite(self.confidence)):
             lines.append("confidence: not stored (shards written before it existed)")
         elif self.confidence:

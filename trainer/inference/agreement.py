@@ -2,14 +2,15 @@
 same image (the student's and stage 1's walker), and the per-mask confidence built on it.
 
 Why agreement: the student and the walker make different errors (the walker follows colour and edges, the
-student what the pool's masks look like), so where one fails they mostly disagree. docs/METHOD.md, section
-"Self-training", gives the measurements; the formula of the confidence is in :func:`agreement_confidence`.
+student what the pool's masks look like), so where one fails they mostly disagree (docs/METHOD.md, section 6;
+the figures in docs/RESULTS.md, "Self-training (round 2)"). The confidence built on it is
+:func:`trainer.inference.choice.confidence_of`.
 """
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["mask_agreement", "agreement_confidence"]
+__all__ = ["mask_agreement"]
 
 
 def mask_agreement(a: np.ndarray, b: np.ndarray) -> float:

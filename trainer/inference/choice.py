@@ -21,7 +21,7 @@ import numpy as np
 from pipeline.pseudomask.seeds import to_lab
 
 __all__ = ["FEATURES", "DEFAULT_REFERENCE", "ChoiceConfig", "PoolReference", "Choice", "mask_features", "lesion_score",
-           "fit_reference", "choose", "confidence_of"]
+           "fit_reference", "choose", "chosen_score", "confidence_of"]
 
 #: The measures of :func:`mask_features`, each oriented so that higher is more lesion-like.
 FEATURES = ("contrast", "darkness", "centrality", "away_from_frame")
@@ -183,16 +183,30 @@ def choose(agreement: float, walker_features: np.ndarray | None, student_feature
     return Choice(0.0, "walker", agreement, scores)
 
 
-def confidence_of(agreement: float, walker_confidence: float) -> float:
-    """The per-mask confidence, in [0, 1]: ``agreement * sqrt(walker_confidence)``.
+def chosen_score(choice: Choice) -> float:
+    """The lesion score of the mask a choice kept (where both were kept, the better of the two); NaN when the
+    choice had no score (stage 1 found no lesion)."""
+    walker, student = choice.scores
+    if choice.source == "walker":
+        return walker
+    if choice.source == "student":
+        return student
+    return float(np.nanmax([walker, student])) if np.isfinite([walker, student]).any() else float("nan")
 
-    ``agreement``: :func:`~trainer.inference.agreement.mask_agreement` of the student's and the walker's masks;
-    ``walker_confidence``: stage 1's own confidence (:func:`pipeline.pseudomask.per_image.mask_confidence`; NaN,
-    as in shards older than it, counts as 1). Two independent segmentations that agree are rarely both wrong;
-    stage 1's confidence adds what the walk itself knew (its probability margin and the colour evidence).
+
+def confidence_of(choice: Choice, walker_confidence: float) -> float:
+    """The per-mask confidence, in [0, 1]: ``sqrt(c_1) * (agreement + sigmoid(score / 3)) / 2``.
+
+    ``agreement``: the Jaccard of the student's and the walker's masks (two independent segmentations that agree
+    are rarely both wrong); ``score``: the lesion score of the mask kept (:func:`chosen_score`; how lesion-like it
+    is next to the pool's agreed masks; 0 when unknown); ``c_1``: stage 1's own confidence
+    (:func:`pipeline.pseudomask.per_image.mask_confidence`: the walk's margin and the colour evidence; NaN, as in
+    shards older than it, counts as 1). docs/RESULTS.md has how well it ranks masks.
     """
-    walker_confidence = 1.0 if not np.isfinite(walker_confidence) else min(max(walker_confidence, 0.0), 1.0)
-    return float(min(max(agreement, 0.0), 1.0) * np.sqrt(walker_confidence))
+    c1 = 1.0 if not np.isfinite(walker_confidence) else min(max(walker_confidence, 0.0), 1.0)
+    score = chosen_score(choice)
+    typical = 1.0 / (1.0 + np.exp(-np.clip(score if np.isfinite(score) else 0.0, -60, 60) / 3.0))
+    return float(np.sqrt(c1) * (min(max(choice.agreement, 0.0), 1.0) + typical) / 2.0)
 
 
 def image_lab(image: np.ndarray) -> np.ndarray:

@@ -81,12 +81,9 @@ def fuse_probabilities(model_prob: np.ndarray, walker_prob: np.ndarray | None, *
 
     Ours. With the default weight (0.15) the walker's mask is kept where the walker is sure, and the model moves
     its cut pixel by pixel between a walker probability of 0.25 (the model says lesion) and 0.42 (it says skin).
-    The weight was chosen on 300 labelled ``isic2017_256`` images that neither pretraining nor fine-tuning saw
-    (mean Jaccard of three models fine-tuned on 16 labels: 0.768 at weights 0.1-0.15, 0.767 at 0.2, 0.761 at
-    0.3, 0.738 for the plain mean; the walker alone 0.761, the models alone 0.708), never on ``isic_sample``.
-    Re-checked with stage 1's learned cut (``bench/choose_fuse_weight.py``: six 16-label ours+semi models, each on
-    its own 299 validation ids): walker alone 0.757, weight 0.1: 0.759, 0.15: 0.758, 0.2: 0.756, 0.3: 0.750, the
-    models alone 0.710, so the weight stays.
+    The weight was chosen on held-out ``isic2017_256`` images, never on ``isic_sample`` (docs/EXPERIMENTS.md,
+    "Fusion with the walker"); the per-image choice (:mod:`trainer.inference.choice`) uses it where the model and
+    the walker agree.
     """
     if not 0.0 <= weight <= 1.0 or not 0.0 < walker_cut < 1.0:
         raise ValueError(f"weight in [0, 1] and walker_cut in (0, 1) expected, got {weight}, {walker_cut}")

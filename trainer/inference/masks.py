@@ -20,12 +20,9 @@ def mask_from_probability(prob: np.ndarray, *, one_lesion: bool = True,
     each component weighed by its share of plausible lesion colour when ``implausible`` (see
     :func:`implausible_map`) is given.
 
-    ``one_lesion`` is the default of ``finetune`` and ``predict``: on six prediction sets of ``isic_sample``
-    (0 labels and 16 labels, ViT and U-Net models) it raised mean Jaccard by 3.5-8.0 points, every time (the
-    largest component alone: 1.9-3.8). The colour weighting: on 150 labelled ``isic2017_256`` images outside
-    ``isic_sample``, where a model trained on pseudo-masks also marks colour-calibration stickers, +2.1 points
-    for a pretrained model used as it is and +2.1 for it fine-tuned on 16 labels; on ``isic_sample`` (no
-    stickers) +0.0 and +0.6.
+    ``one_lesion`` is the default of ``finetune`` and ``predict``: it removes the dark vignette corners, lens rims
+    (:func:`pipeline.pseudomask.cleanup.without_frame`), stickers and small blobs a segmenter takes for lesion
+    (docs/EXPERIMENTS.md, "The one-lesion rule").
     """
     mask = prob >= 0.5
     return cleanup.one_lesion(mask, implausible=implausible) if one_lesion else mask

@@ -277,7 +277,7 @@ def _decide(s: _Sample, reference: PoolReference, config: ChoiceConfig) -> dict:
         mask = s.walker_mask
     else:
         mask = mask_from_probability(fused, implausible=s.implausible)
-    confidence = confidence_of(choice.agreement, s.diagnostics.get("confidence", float("nan")))
+    confidence = confidence_of(choice, s.diagnostics.get("confidence", float("nan")))
     return {"mask": mask, "prob": fused, "weight": choice.weight, "source": choice.source,
             "agreement": choice.agreement, "confidence": confidence, "scores": choice.scores}
 

@@ -143,7 +143,7 @@ def choice_record(image: str | Path, choice: Choice) -> dict:
     and the confidence (:func:`~trainer.inference.choice.confidence_of`, with stage 1's own confidence)."""
     view = walker_view(image)
     return {"source": choice.source, "model_weight": choice.weight, "agreement": round(choice.agreement, 4),
-            "confidence": round(confidence_of(choice.agreement, view.confidence if view else float("nan")), 4)}
+            "confidence": round(confidence_of(choice, view.confidence if view else float("nan")), 4)}
 
 
 def segment_images(model: SegModel, paths: Sequence[str | Path], *, size: int, device: torch.device,

@@ -8,9 +8,11 @@ from pipeline.pseudomask.cleanup import one_lesion, without_frame
 from trainer.inference.agreement import mask_agreement
 from trainer.inference.choice import (
     FEATURES,
+    Choice,
     ChoiceConfig,
     PoolReference,
     choose,
+    chosen_score,
     confidence_of,
     fit_reference,
     image_lab,
@@ -100,11 +102,18 @@ def test_choice_combines_agreeing_masks_and_picks_the_lesion_like_one_where_they
     assert choose(0.0, good, empty_student, reference, config).source == "walker"
 
 
-def test_confidence_is_agreement_times_root_of_stage1_confidence():
-    assert confidence_of(0.8, 0.25) == pytest.approx(0.4)
-    assert confidence_of(1.0, float("nan")) == 1.0
-    assert confidence_of(0.0, 1.0) == 0.0
-    assert confidence_of(1.5, 2.0) == 1.0
+def test_confidence_joins_agreement_lesion_score_and_stage1s_confidence():
+    both = Choice(0.15, "both", 0.8, (2.0, -1.0))
+    assert chosen_score(both) == 2.0
+    assert chosen_score(Choice(0.0, "walker", 0.2, (-4.0, 5.0))) == -4.0
+    assert chosen_score(Choice(1.0, "student", 0.2, (-4.0, 5.0))) == 5.0
+    sig = 1 / (1 + np.exp(-2.0 / 3))
+    assert confidence_of(both, 0.25) == pytest.approx(0.5 * (0.8 + sig) / 2)
+    assert confidence_of(both, float("nan")) == pytest.approx((0.8 + sig) / 2)  # older shards: no stage-1 value
+    sure = Choice(0.15, "both", 1.0, (60.0, 60.0))
+    doubtful = Choice(0.0, "walker", 0.0, (-60.0, 1.0))
+    assert confidence_of(sure, 1.0) == pytest.approx(1.0) and confidence_of(doubtful, 1.0) == pytest.approx(0.0, abs=1e-6)
+    assert confidence_of(Choice(1.0, "student", 0.0, (float("nan"), float("nan"))), 1.0) == pytest.approx(0.25)
 
 
 def test_frame_rule_drops_a_vignette_ring_but_keeps_a_lesion_that_fills_the_frame():

@@ -22,7 +22,7 @@ from trainer.data.shard_dataset import ShardDataset
 from trainer.engine.export import export_model
 from trainer.engine.run_log import read_log
 from trainer.inference.agreement import mask_agreement
-from trainer.inference.choice import ChoiceConfig, choose, fit_reference, mask_features
+from trainer.inference.choice import SOURCES, Choice, ChoiceConfig, choose, confidence_of, fit_reference, mask_features
 from trainer.inference.relabel import RelabelConfig, relabel, relabel_info
 from trainer.train.config import PretrainConfig
 from trainer.train.pretrain import pretrain
@@ -78,9 +78,10 @@ def test_relabel_records_its_model_and_the_choice_and_resumes_only_on_the_same_m
                     assert diag["model_weight"][i] == 1.0
                     # the chosen mask is the student's (its one-lesion mask: inside its own probability >= 0.5)
                     assert not (chosen & ~student).any()
+                choice = Choice(float(diag["model_weight"][i]), SOURCES[source], float(diag["agreement"][i]),
+                                (float(diag["score_walker"][i]), float(diag["score_student"][i])))
                 assert diag["confidence"][i] == pytest.approx(
-                    diag["agreement"][i] * np.sqrt(np.clip(np.nan_to_num(diag["walker_confidence"][i], nan=1.0), 0, 1)),
-                    abs=1e-6)
+                    confidence_of(choice, float(diag["walker_confidence"][i])), abs=1e-6)
             weights += list(diag["train_weight"])
     assert sorted(set(weights)) == [0.0, 1.0] and weights.count(0.0) == 4  # the least confident quarter
     dataset = ShardDataset(out)
