@@ -77,12 +77,12 @@ pretrain: $(STAMP)  ## stage 2: DINO + auxiliary pseudo-mask segmentation
 refine: $(STAMP)  ## self-training: ROUNDS rounds, each relabels the pool with the last student and trains the next (then ROUND=2 on finetune)
 	$(PY) cli.py refine --shards $(SHARDS) --pretrain $(PRETRAIN) --out $(REFINE) --rounds $(ROUNDS) --epochs $(ROUND_EPOCHS) --device $(DEVICE) $(ARGS)
 
-# fine-tuning beside the pool's pseudo-masks (ours+semi) when the shards exist: +1.8 Jaccard points at 16 labels
-# in the README's table with both pretraining lengths, never below plain fine-tuning; SEMI=0 turns it off
+# fine-tuning beside the pool's pseudo-masks (ours+semi) when the shards exist: never below plain fine-tuning in
+# docs/RESULTS.md's real-data table; SEMI=0 turns it off
 SEMI     ?= 1
 SEMI_ARG  = $(if $(and $(filter 1,$(SEMI)),$(wildcard $(SHARDS)/manifest.json)),--pseudo-shards $(SHARDS))
-# test masks (and 'make predict' with the model) fused with stage 1's walker probability: better than the model
-# alone and than the pseudo-masks alone on both real test sets of the README; FUSE=0 turns it off
+# test masks (and 'make predict' with the model) made together with stage 1's walker, per image (the fixed fusion
+# beat both the model alone and the pseudo-masks alone in docs/RESULTS.md); FUSE=0 turns it off
 FUSE     ?= 1
 FUSE_ARG  = $(if $(filter 1,$(FUSE)),--fuse)
 finetune: $(STAMP)  ## fine-tune with FRAC of the labels (default 0.01), beside the pseudo-masks of SHARDS (SEMI=0: labels only; FUSE=0: masks from the model alone)

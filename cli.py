@@ -106,7 +106,11 @@ def main(verbose: bool) -> None:
       python cli.py pseudomasks --data DATA --out artifacts/shards
       python cli.py inspect artifacts/shards --png sheet.png
       python cli.py pretrain --shards artifacts/shards --out artifacts/pretrain
-      python cli.py finetune --data DATA --frac 0.01 --checkpoint artifacts/pretrain/export.pt --out ...
+      python cli.py refine --shards artifacts/shards --pretrain artifacts/pretrain --out artifacts/refine
+      python cli.py finetune --data DATA --frac 0.01 --checkpoint artifacts/refine/round-2/pretrain/export.pt \\
+          --pseudo-shards artifacts/refine/round-2/shards --fuse --out ...
+
+    The method, mapped to the code: docs/METHOD.md; measured results: docs/RESULTS.md.
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -174,13 +178,14 @@ def synth(out: Path, n: int, seed: int, size: str, jobs: int, overwrite: bool, f
 @click.option("--overwrite", is_flag=True,
               help="Replace shards made with another configuration instead of refusing to mix them.")
 @click.option("--method", type=click.Choice(["walker", "s3net"]), default="walker", show_default=True,
-              help="walker: seeds + edge-aware Random Walker (about 0.2 s/image; the better masks on ISIC). "
+              help="walker: seeds + edge-aware Random Walker (about 0.1 s/image; the better masks on ISIC, "
+                   "docs/RESULTS.md). "
                    "s3net: per-image unsupervised clustering after S^3-Net, lesion clusters chosen from the "
                    "coarse lesion map (label-free, several times slower). A different method needs a new --out.")
 @click.option("--cut", "cut_rule", type=click.Choice(["learned", "fixed"]), default="learned", show_default=True,
               help="Where the walker's probability is cut. learned: per image, among the thresholds 0.1-0.7, by "
                    "a small model of ten label-free measures of each candidate mask (fitted on labelled ISIC "
-                   "2017; README). fixed: 0.3 for every image (the masks before; about 9 ms less per image). "
+                   "2017; docs/METHOD.md, section 3.4). fixed: 0.3 for every image (about 9 ms less per image). "
                    "A different rule needs a new --out or --overwrite.")
 @click.option("--seed", default=0, show_default=True,
               help="Seeds --method s3net per image from (seed, image id); the walker does not use it.")
@@ -241,8 +246,8 @@ def export(shards: Path, out: Path, overwrite: bool) -> None:
               help="Also write a contact sheet: original, hair mask, cleaned, probability, contours.")
 @click.option("--rows", default=8, show_default=True, help="Samples in the contact sheet.")
 @click.option("--min-confidence", default=0.2, show_default=True, type=click.FloatRange(0, 1),
-              help="List the samples whose pseudo-mask confidence is below this. On isic2017_256 the lowest "
-                   "10 % by confidence are the weakest masks (README); raise it to see more.")
+              help="List the samples whose pseudo-mask confidence is below this: the least confident masks are "
+                   "the weakest (docs/EXPERIMENTS.md); raise it to see more.")
 def inspect(path: Path, png: Path | None, rows: int, min_confidence: float) -> None:
     """Summarise a shard or a folder of shards (counts, config, distributions, rejects, low-confidence
     pseudo-masks), or a pretraining run folder (its collapse monitor and linear probe)."""
@@ -382,9 +387,8 @@ def verify(path: Path) -> None:
                    "Lower it for short runs, raise it if a warm-up phase triggers it.")
 @click.option("--min-confidence", type=click.FloatRange(0, 1),
               help="Leave out pseudo-masks whose confidence (stored by 'pseudomasks', listed by 'inspect') is below "
-                   "this (default 0: keep all). On isic2017_256 the lowest 10 % by confidence average Jaccard 0.49 "
-                   "against 0.78 for the rest; try 0.2 when many masks are poor. Shards without a confidence keep "
-                   "every sample.")
+                   "this (default 0: keep all; leaving masks out did not help on ISIC, docs/EXPERIMENTS.md). "
+                   "Try 0.2 when many masks are poor. Shards without a confidence keep every sample.")
 @click.option("--probe-samples", type=click.IntRange(min=0),
               help="Images of the last shard held out for the end-of-run linear probe of the patch features "
                    "(default 64; held out only when the data has 4x as many; 0 = no probe). More: a steadier "
@@ -573,13 +577,13 @@ def refine(shards, first_run, out, rounds, epochs, agree_at, leave_out, exclude_
               help="Average the test predictions over the 8 flips/quarter turns (8x the prediction time); "
                    "'predict' with the saved model.pt does the same.")
 @click.option("--all-components", is_flag=True,
-              help="Keep every predicted component in the test masks (default: holes filled and one component kept, "
-                   "the one with the most centre-weighted area: one lesion per image, +3.5 to +8.0 Jaccard points "
-                   "on isic_sample).")
+              help="Keep every predicted component in the test masks (default: frame-like components dropped, "
+                   "holes filled and one component kept, the one with the most centre-weighted area: one lesion per "
+                   "image, which removes vignette corners and blobs; docs/METHOD.md, section 7.3).")
 @click.option("--predict-scale", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Segment the test images at this multiple of the training input size (default 2: +1.3 to +3.1 "
-                   "Jaccard points over 1 on held-out ISIC 2017 images; 'predict' with the saved model.pt does the "
-                   "same). 1 is the fastest.")
+              help="Segment the test images at this multiple of the training input size (default 2: more tokens "
+                   "for the border, better on held-out ISIC 2017 images, docs/EXPERIMENTS.md; 'predict' with the "
+                   "saved model.pt does the same). 1 is the fastest.")
 @click.option("--fuse", is_flag=True,
               help="Test masks (and 'predict' with the saved model.pt) from the model's lesion probability together "
                    "with stage 1's label-free walker probability of the same image (about 0.1 s more per image), as "
@@ -587,7 +591,8 @@ def refine(shards, first_run, out, rounds, epochs, agree_at, leave_out, exclude_
 @click.option("--fusion", type=click.Choice(["choice", "fixed"]), default=None,
               help="With --fuse: choice (default) decides per image, over the test images as a pool: where the model's "
                    "and the walker's masks agree their probabilities are combined, where they disagree the more "
-                   "lesion-like mask is kept (docs/METHOD.md); fixed combines every image with --fuse-weight.")
+                   "lesion-like mask is kept (docs/METHOD.md, section 6.5); fixed combines every image with "
+                   "--fuse-weight.")
 @click.option("--fuse-weight", type=click.FloatRange(0, 1), default=None,
               help="With --fuse: the model's share of a combined probability (default 0.15; 1 is the model alone).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")

@@ -4,7 +4,8 @@
     python bench/bench_provenance.py --quick        (what ``make bench`` runs: the same, it takes about a second)
 
 Prints the number of images, their total size, and seconds per image for a first pass (files possibly not in
-the page cache) and a second pass (cached), beside the pseudo-mask cost per image for scale (README: ~0.23 s).
+the page cache) and a second pass (cached), beside the pseudo-mask cost per image for scale
+(about 0.1 s; docs/RESULTS.md, "Pseudo-masks").
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Where stage 1's second job loses time: the worker's start, and two threads in one process instead.
 
 ``pseudomasks --jobs 2`` runs images in this process and in one loky worker (``pipeline.run``). Two figures bound
-what 2 jobs can gain over 1 on a small folder (README, issue 14):
+what 2 jobs can gain over 1 on a small folder (docs/EXPERIMENTS.md, "Stage 1 speed"):
 
 1. **The worker's start**, per round a fresh ``ProcessPoolExecutor(max_workers=1)``: seconds from making the pool
    until a worker has run a bare function (``os.getpid``: the interpreter and loky), until it has run a function

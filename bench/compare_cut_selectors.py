@@ -1,4 +1,5 @@
-"""Compare label-free ways of choosing the walker's cut, and what the candidates themselves allow (issue 14).
+"""Compare label-free ways of choosing the walker's cut, and what the candidates themselves allow
+(docs/EXPERIMENTS.md, "Other selectors, and what the ladder allows").
 
 Same protocol as ``bench/fit_cut_model.py`` (the labelled ``isic2017_256`` images outside ``isic_sample``, 5 folds
 by ``sha256(id) % 5``, each fold scored by the cut model fitted on the other four; ``--check`` scored by the model

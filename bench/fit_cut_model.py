@@ -1,13 +1,13 @@
 """Fit the per-image walker cut (``pipeline/pseudomask/cut.py``) and report its held-out folds.
 
-Protocol (README, issue 14): the labelled ``isic2017_256`` images outside ``isic_sample``; each runs stage 1 up to
-the walker (hair removal, seeds, walker: ``cut_rule='fixed'``), and every threshold of the ladder gives a candidate
-mask, its ten label-free features and its Jaccard against the expert mask (at the walker's grid: 256 x 256
-for these images). A degree-2 polynomial ridge regression (scikit-learn) predicts each candidate's Jaccard
-minus the mean over its image's candidates (only the order within an image matters); an image's cut is its
-best-predicted candidate. Folds: ``sha256(id) % 5``; each fold is scored by the model fitted on the other four.
-The final model is fitted on all of them, written as JSON (``--out``) and scored on ``isic_sample`` (held out
-from everything) when ``--check`` names it.
+Protocol (docs/EXPERIMENTS.md, "The learned per-image cut"): the labelled ``isic2017_256`` images outside
+``isic_sample``; each runs stage 1 up to the walker (hair removal, seeds, walker: ``cut_rule='fixed'``), and every
+threshold of the ladder gives a candidate mask, its ten label-free features and its Jaccard against the expert mask
+(at the walker's grid: 256 x 256 for these images). A degree-2 polynomial ridge regression (scikit-learn) predicts
+each candidate's Jaccard minus the mean over its image's candidates (only the order within an image matters); an
+image's cut is its best-predicted candidate. Folds: ``sha256(id) % 5``; each fold is scored by the model fitted on
+the other four. The final model is fitted on all of them, written as JSON (``--out``) and scored on ``isic_sample``
+(held out from everything) when ``--check`` names it.
 
     python bench/fit_cut_model.py --data ../shared/data/isic2017_256 --exclude-from ../shared/data/isic_sample \\
         --check ../shared/data/isic_sample --out pipeline/pseudomask/cut_model.json

@@ -5,7 +5,7 @@ Used by the label-free S^3-Net clustering (:mod:`pipeline.pseudomask.s3net`) and
 use them and stage 1 must not import stage 2.
 
 S^3-Net (Karimijafarbigloo et al., "Self-supervised semantic segmentation: consistency over transformation",
-ICCV 2023 workshops; METHOD.md section 7) builds on Large Kernel Attention (Guo et al., "Visual Attention
+ICCV 2023 workshops; docs/METHOD.md, section 8.3) builds on Large Kernel Attention (Guo et al., "Visual Attention
 Network", 2022: depthwise 5x5, depthwise dilated 7x7, 1x1, multiplied with the input). Its *inception* variant
 runs parallel dilated depthwise branches of kernel 3, 5 and 7 after the 5x5, concatenates them and mixes them
 with a 1x1 conv. The deformable convolution is torchvision's ``deform_conv2d`` (Dai et al. 2017; modulated as

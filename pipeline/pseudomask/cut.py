@@ -8,8 +8,9 @@ quadratic model, and the best-scoring candidate is kept.
 
 The model (``cut_model.json`` beside this file) is a degree-2 polynomial ridge regression of each candidate's
 Jaccard against the expert mask, fitted by ``bench/fit_cut_model.py`` on the labelled ``isic2017_256`` images
-outside ``isic_sample`` (5-fold held-out figures in the README). It is evaluated here with numpy from the
-fitted scikit-learn parameters; :func:`model_from_sklearn` converts a fitted pipeline. All ours.
+outside ``isic_sample`` (docs/EXPERIMENTS.md, "The learned per-image cut"). It is evaluated here with numpy from
+the fitted scikit-learn parameters; :func:`model_from_sklearn` converts a fitted pipeline. All ours
+(docs/METHOD.md, section 3.4).
 """
 from __future__ import annotations
 
@@ -131,8 +132,7 @@ def candidate_cuts(prob: np.ndarray, fg: np.ndarray, fov: np.ndarray, lab: np.nd
         gradient magnitude on those rings; ``separation``; ``coarse_fraction``; then the third, fourth and
         fifth measures against the image's best candidate: within-variance minus the smallest among the
         candidates (>= 0), contrast and gradient minus the largest (<= 0). These three let one global model
-        compare candidates within an image (5-fold held-out on ``isic2017_256``: mean Jaccard 0.763 -> 0.765;
-        ``isic_sample``, never fitted: 0.806 -> 0.811; README).
+        compare candidates within an image (docs/EXPERIMENTS.md, "The learned per-image cut").
     """
     smooth = cv2.GaussianBlur(lab, (0, 0), 1.0)
     gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0)

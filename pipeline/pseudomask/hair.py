@@ -3,7 +3,7 @@
 Original DullRazor (Lee et al. 1997): a generalised grey-level closing with thin line structuring elements
 finds dark hair, whose pixels are then replaced by interpolation. The common OpenCV variant (9x9 cross
 black-hat, fixed threshold 10, ``inpaint`` radius 6) misses light hair, erases dots, globules and dark lesion
-rims, and blurs the boundary. What changes here (METHOD.md section 2; every number a parameter):
+rims, and blurs the boundary. What changes here (docs/METHOD.md, section 2; every number a parameter):
 
 1. an oriented black-hat with line elements at ``n_angles`` orientations, whose length scales with the image,
    on the red channel (hair is dark in every channel, the lesion least in red): ``max - min`` over the

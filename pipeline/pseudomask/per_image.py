@@ -54,12 +54,11 @@ class PseudoMaskConfig:
     threshold : float
         Walker probability above which a pixel is lesion with ``cut_rule='fixed'``, and where the learned rule
         finds no usable candidate. 0.3, not 0.5: expert ISIC masks include the pale lesion periphery, and the
-        walker's probability falls below 0.5 there (tuned on isic2017_256 outside isic_sample: mean Jaccard
-        0.73 at 0.3 vs 0.62 at 0.5, 0.72 at 0.15).
+        walker's probability falls below 0.5 there (docs/EXPERIMENTS.md, "Seeds, threshold and walker").
     cut_rule : {'learned', 'fixed'}
         ``'learned'`` (default): the cut is chosen per image among the thresholds 0.1-0.7 by the model
-        ``cut_model`` (:mod:`pipeline.pseudomask.cut`; 5-fold held-out on isic2017_256: mean Jaccard 0.749 ->
-        0.765 with model v2, README). ``'fixed'``: ``threshold`` for every image.
+        ``cut_model`` (:mod:`pipeline.pseudomask.cut`; docs/METHOD.md, section 3.4). ``'fixed'``: ``threshold``
+        for every image.
     cut_model : str
         Name of the bundled cut model (``pipeline/pseudomask/cut_model.json``); a refitted model gets a new
         name, hence a new config hash.
@@ -72,12 +71,9 @@ class PseudoMaskConfig:
         A mask whose outline lies along the field-of-view edge over more than this fraction
         (:func:`pipeline.pseudomask.fov.edge_run`) has leaked along a dark lens rim: it is rejected and the walker
         probability is thresholded higher (``edge_thresholds``) until the outline leaves the edge; failing
-        that, the coarse lesion map is used. 1 disables the check. 0.6 (was 0.25): at 0.25 it fired on 6 of the
-        1,892 labelled ``isic2017_256`` ids outside ``isic_sample`` and on 1 of the 99 ``isic_sample`` images, and
-        lowered all 7 of those masks (the 6: mean 0.732 -> 0.624; ``isic_sample`` 0.809 -> 0.806), and it lowered five of the
-        six synthetic sets of 24 (circular field and frame-filling, seeds 0-2: a lesion that truly reaches the rim
-        runs along it too); 0.6 is the lowest value that fires on none of those real images and keeps a guard for a
-        mask that rings the lens (README, issue 14).
+        that, the coarse lesion map is used. 1 disables the check. 0.6: a lesion that truly reaches the rim runs
+        along it too, and 0.6 is the lowest value tried that fires on none of the real images measured while still
+        catching a mask that rings the lens (docs/EXPERIMENTS.md, "The edge-run check").
     edge_thresholds : tuple of float
         The higher thresholds tried, in order, after an edge-run rejection.
     """

@@ -2,7 +2,7 @@
 
 A small CNN is trained from scratch on *one* image to cluster its pixels (Kim, Kanezaki & Tanaka 2020), with
 S^3-Net's Inception Large Kernel Attention and deformable convolution in the network and its rotation
-equivariance term in the loss (Karimijafarbigloo et al. 2023; METHOD.md section 7). The lesion clusters are then
+equivariance term in the loss (Karimijafarbigloo et al. 2023; docs/METHOD.md, section 8.5). The lesion clusters are then
 chosen **without ground truth**, from the coarse lesion map of :mod:`pipeline.pseudomask.seeds`.
 
 Torch is imported inside the functions: the default (walker) pipeline never loads it.
@@ -266,8 +266,7 @@ def s3net_segment(small_rgb: np.ndarray, *, coarse: np.ndarray, fov: np.ndarray,
     the lesion cluster with the ground truth, so its published scores are not label-free; this version is.
     Its encoder, losses' weights and input size are ours, chosen for about 1.5 s per image on one CPU
     thread (64 px grid, 20 steps), not the paper's. Its quality is bounded by the coarse map's: where that
-    misses the lesion, so does the cluster choice. On isic_sample (held out; ``bench/bench_pseudomasks.py``)
-    it scores mean Jaccard 0.725 against the walker's 0.773.
+    misses the lesion, so does the cluster choice. Its scores against the walker's: docs/RESULTS.md, "Pseudo-masks".
 
     References
     ----------

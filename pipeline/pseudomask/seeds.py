@@ -1,6 +1,7 @@
 """Automatic seeds for the Random Walker: field of view, coarse lesion map, seed labels.
 
-METHOD.md section 3, steps 1-4. All functions are pure: numpy in, numpy out.
+docs/METHOD.md, sections 3.1 (field of view) and 3.2 (coarse map, seeds). All functions are pure: numpy in, numpy
+out.
 
 Label convention (scikit-image ``random_walker``): ``0`` unlabelled, ``1`` lesion seed, ``2`` background
 seed, ``-1`` inactive (outside the field of view; removed from the graph).
@@ -111,7 +112,7 @@ class SeedConfig:
         The threshold is ``lo + otsu_shift * (t - lo)`` with t Otsu's threshold and lo the mean of the skin
         class: below 1 it grows the coarse map towards the pale lesion periphery. 0.8, with ``centre_sigma``
         0.25 and ``border_penalty`` 32, chosen by 5-fold selection on isic2017_256 outside isic_sample
-        (README, issue 14; was 1.0, 0.35, 16).
+        (docs/EXPERIMENTS.md, "Seeds, threshold and walker").
     min_separation : float
         Otsu between-class separation (difference of class means divided by the feature's std within the
         field of view) below which the image is declared lesion-free.

@@ -1,4 +1,4 @@
-"""Random Walker lesion probability on standardised, lightly smoothed Lab (METHOD.md section 3, step 5).
+"""Random Walker lesion probability on standardised, lightly smoothed Lab (docs/METHOD.md, section 3.3).
 
 The linear system is scikit-image's ``random_walker`` with ``mode='cg_mg'`` (the same weights, Laplacian,
 pyamg preconditioner and conjugate gradient, bit for bit), built here for the 2-D grid without its N-D

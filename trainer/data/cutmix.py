@@ -1,6 +1,6 @@
 """Progressive imbalance-aware CutMix (PIC, after DINO-Mix) for a binary lesion / skin segmentation batch.
 
-DINO-Mix (Liu & Sun 2026, METHOD.md section 7) mixes samples with CutMix whose source regions at first favour
+DINO-Mix (Liu & Sun 2026; docs/METHOD.md, section 8.2) mixes samples with CutMix whose source regions at first favour
 the minority class and anneal to uniform. The exact form is not public; ours:
 
 - each sample ``i`` of the batch receives a box cut from a partner ``j = perm[i]`` (a random permutation), pasted

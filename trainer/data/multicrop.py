@@ -3,7 +3,7 @@
 One call turns a batch of images ``(B, 3, S, S)`` (and optional per-pixel maps ``(B, C, S, S)``: pseudo-mask,
 walker probability, hair mask) into ``n_global`` global views, their maps, and ``n_local`` local views, as in the
 multi-crop recipe of DINO (Caron et al. 2021): random-resized crops, flips, colour jitter, rare grey-scale,
-Gaussian blur and solarisation, then ImageNet normalisation. For dermoscopy (METHOD.md section 5) vertical flips
+Gaussian blur and solarisation, then ImageNet normalisation. For dermoscopy (docs/METHOD.md, section 5.2) vertical flips
 and 90-degree rotations are added, hue jitter is small and grey-scale rare.
 
 Geometry. Per view and per sample, the crop box ``(x0, y0, w, h)`` (drawn as torchvision's
@@ -54,7 +54,7 @@ from trainer.data import colour
 
 @dataclass(frozen=True)
 class MultiCropConfig:
-    """The multi-crop recipe. Defaults: DINO (Caron et al. 2021) adapted to dermoscopy (METHOD.md section 5).
+    """The multi-crop recipe. Defaults: DINO (Caron et al. 2021) adapted to dermoscopy (docs/METHOD.md, section 5.2).
 
     Per-view probabilities given as tuples apply to the global views in order; a view past the end of the
     tuple uses its last entry. ``MultiCropConfig.dino()`` gives the original DINO values.

@@ -1,7 +1,7 @@
 r"""Rotation (affine) equivariance loss of S^3-Net, as an auxiliary pretraining term (``--affine-weight``).
 
 S^3-Net (Karimijafarbigloo et al., "Self-supervised semantic segmentation: consistency over transformation",
-ICCV 2023 workshops; METHOD.md section 7) asks the segmentation of a rotated image to be the rotated
+ICCV 2023 workshops; docs/METHOD.md, section 8.4) asks the segmentation of a rotated image to be the rotated
 segmentation of the image. A lesion mask has no preferred orientation, so a good segmenter is equivariant to
 90-degree rotations; the term needs no label.
 

@@ -1,4 +1,4 @@
-"""DINO-Mix's foundation knowledge distillation loss (FKD; METHOD.md section 7): cosine feature alignment.
+"""DINO-Mix's foundation knowledge distillation loss (FKD; docs/METHOD.md, section 8.1): cosine feature alignment.
 
 The frozen teacher and the student's projector are in :mod:`trainer.models.fkd`.
 """

@@ -1,6 +1,6 @@
 r"""Edge-aware spatial-consistency loss on the predicted lesion probability (``--spatial-weight``).
 
-S^3-Net (Karimijafarbigloo et al., ICCV 2023 workshops; METHOD.md section 7) adds a spatial-consistency term
+S^3-Net (Karimijafarbigloo et al., ICCV 2023 workshops; docs/METHOD.md, section 8.4) adds a spatial-consistency term
 on its predicted cluster map. In its public code that term is computed from the *argmax* labels, so it carries
 no gradient and trains nothing. This is a differentiable version with the same intent: neighbouring pixels of
 similar colour should get the same label, while pixels across a colour edge are free to differ (a

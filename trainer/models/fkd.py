@@ -1,6 +1,6 @@
 """Foundation knowledge distillation (FKD, from DINO-Mix): align the student's patch features to a frozen model's.
 
-METHOD.md section 7. A frozen *foundation* ViT (DINOv2/DINOv3 in DINO-Mix; here any local timm checkpoint, or
+docs/METHOD.md, section 8.1. A frozen *foundation* ViT (DINOv2/DINOv3 in DINO-Mix; here any local timm checkpoint, or
 an earlier edgedino ``export.pt``) sees the student's global views; a small projector on the student's patch
 tokens maps them to the foundation model's width, and :func:`fkd_loss` pulls each projected token towards the
 foundation token at the same place. The foundation model is an external teacher: it is never trained, never

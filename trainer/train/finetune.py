@@ -1,6 +1,6 @@
 """Fine-tune a segmenter with FRAC of the expert labels; select on validation; predict and score the test split.
 
-METHOD.md section 6: the encoder starts from the pretrained teacher backbone (decoder from the auxiliary head,
+docs/METHOD.md, section 7: the encoder starts from the pretrained teacher backbone (decoder from the auxiliary head,
 or fresh), BCE + soft Dice, a fixed iteration budget (few images: iterations, not epochs), model selection on
 the validation split, then predictions at each test image's original size (ISIC submission format) and the
 ISIC metrics.
@@ -68,9 +68,7 @@ class FinetuneConfig:
     ``predict_scale``: test images (and ``predict``'s) are segmented at this multiple of the training input size
     (:func:`~trainer.inference.segment.predict_size`; validation stays at the training size). 2 (ours): the
     random-resized crops of training show lesions larger than a whole squashed image does, and a ViT gains tokens
-    to draw the border with. On 150 labelled ``isic2017_256`` images outside ``isic_sample``, 2x raised mean
-    Jaccard by +1.3 to +3.1 points for every model tried (pretrained ViT used as it is, ViT fine-tuned on 16
-    labels, ViT from scratch, U-Net on pseudo-masks); 1.5x gave most of it, 2.7x (256 px) +0.5 more.
+    to draw the border with (docs/EXPERIMENTS.md, "Prediction size and test-time augmentation").
     ``fuse``: each test probability is combined with stage 1's label-free walker probability of the same image
     (:func:`~trainer.inference.fusion.walker_probability`; ``fuse_weight``:
     :func:`~trainer.inference.fusion.fuse_probabilities`) before the mask is cut; ``predict``

@@ -1,7 +1,7 @@
 """The pretraining objective (the loss mix): DINO self-distillation plus an auxiliary segmentation loss on the
 pseudo-masks, and the optional terms, in one optimisation step.
 
-``L = L_DINO + lambda_t * L_seg`` (METHOD.md section 5): the student sees 2 global + N local views made on the
+``L = L_DINO + lambda_t * L_seg`` (docs/METHOD.md, section 5.4): the student sees 2 global + N local views made on the
 device from the shard images (``trainer.data.multicrop``); the EMA teacher sees the global views; the decoder on the
 student's patch tokens is trained against each global view's pseudo-mask, transformed with the same grid.
 Ablations: ``lambda_seg=0`` is plain DINO; ``distill=False`` is pseudo-mask supervision only.

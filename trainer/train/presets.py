@@ -2,17 +2,14 @@
 
 ``cpu``: ViT-Ti with **patch 8** at 96 px global and 48 px local crops (12x12 and 6x6 tokens), 2 local crops,
 small heads, the decoder's edge path, a higher base learning rate (5e-3 per 256 images: short runs on small
-data) and a lower teacher momentum. The token grid was chosen by measurement: a mask drawn on a g x g grid
-scores at most 0.66 mean Jaccard on ``isic_sample`` at g = 6 (the old ViT-Ti/16 at 96 px) and 0.89 at g = 12
-(``bench/bench_grid_ceiling.py``); patch 8 at 96 px gives the same 144 tokens as patch 16 at 192 px for a
-quarter of the pixels (crops and edge path), and a pretraining step of batch 16 costs about 3-4 s on one core
-against about 1 s for the old 6x6 grid (``bench/bench_edge_decoder.py``), so the epochs went from 15 to 5 to keep
-one pretraining on ``isic2017_256`` (118 steps per epoch) near 35 minutes.
+data) and a lower teacher momentum. 12 x 12 tokens because the old 6 x 6 grid capped what any mask drawn on it
+could score (``bench/bench_grid_ceiling.py``), and patch 8 at 96 px gives 144 tokens for a quarter of the pixels
+of patch 16 at 192 px; 5 epochs keep one pretraining on ``isic2017_256`` near 35 minutes.
 
-Two cpu-preset fields differ from DINO's by measurement (docs/DINO_COLLAPSE.md): a constant teacher temperature of
-0.02 (at DINO's 0.04 -> 0.07 the run sits at uniform collapse, teacher entropy >= 0.95 ln K, from step 44; at 0.02
-it ended at 0.83 ln K over 790 steps), and the auxiliary decoder learning at 10x the DINO rate (3.1e-4 at batch 16
-is too slow for a decoder that starts from scratch: pseudo-mask loss 0.52 against 0.90 after 144 steps).
+Two cpu-preset fields differ from DINO's by measurement: a constant teacher temperature of 0.02 (DINO's 0.04 ->
+0.07 sits at uniform collapse here; docs/DINO_COLLAPSE.md), and the auxiliary decoder learning at 10x the DINO
+rate (the DINO rate is too slow for a decoder that starts from scratch). The figures behind both, and behind the
+grid: docs/EXPERIMENTS.md, "The cpu preset" and "Token grid and edge path".
 """
 from __future__ import annotations
 
