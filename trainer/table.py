@@ -1,6 +1,6 @@
 """The comparison table: methods x label fractions x seeds, each cell a fine-tune scored on the test split.
 
-Rows (docs/METHOD.md, "Evaluation"):
+Rows (docs/METHOD.md, section 7.7):
 
 - ``scratch``: supervised from random init;
 - ``same-init``: supervised from the init pretraining started from (only with ``weights``; with random init

@@ -2,7 +2,7 @@
 same image (the student's and stage 1's walker), and the per-mask confidence built on it.
 
 Why agreement: the student and the walker make different errors (the walker follows colour and edges, the
-student what the pool's masks look like), so where one fails they mostly disagree (docs/METHOD.md, section 6;
+student what the pool's masks look like), so where one fails they mostly disagree (docs/METHOD.md, section 6.2;
 the figures in docs/RESULTS.md, "Self-training (round 2)"). The confidence built on it is
 :func:`trainer.inference.choice.confidence_of`.
 """

@@ -1,4 +1,4 @@
-"""The per-image choice between the student and stage 1's walker, label-free (docs/METHOD.md, "Self-training").
+"""The per-image choice between the student and stage 1's walker, label-free (docs/METHOD.md, section 6.3).
 
 Where the student's mask and the walker's agree (:func:`~trainer.inference.agreement.mask_agreement` at least
 ``ChoiceConfig.agree_at``), their probabilities are combined with the fixed share ``agree_weight`` of the model

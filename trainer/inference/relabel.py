@@ -1,4 +1,4 @@
-"""Relabel a pool with a trained model: a self-training round's shards (docs/METHOD.md, "Self-training").
+"""Relabel a pool with a trained model: a self-training round's shards (docs/METHOD.md, section 6.4).
 
 Every sample of stage 1's shards is segmented by the model (a pretraining ``export.pt`` or a ``model.pt``) on its
 stored, hair-removed image, and the per-image choice (:mod:`trainer.inference.choice`) decides between the

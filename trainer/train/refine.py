@@ -1,4 +1,5 @@
-"""Self-training rounds: the student relabels the pool, and the next student learns from the new labels.
+"""Self-training rounds: the student relabels the pool, and the next student learns from the new labels
+(docs/METHOD.md, section 6).
 
 Round 1 is stage 1 plus ``pretrain``: the walker's pseudo-masks and the student trained on them. Each further
 round ``r`` (``round-r/`` under the output folder):
