@@ -35,7 +35,7 @@ STAMP    := $(VENV)/.installed-stamp
 # This machine's pip prints one harmless line per package for a missing local index; hide those.
 QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: help install test demo synth pseudomasks pretrain refine finetune predict table inspect verify export bench clean
+.PHONY: help install test demo synth pseudomasks pretrain refine advise finetune predict table inspect verify export bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/' | sort
@@ -76,6 +76,11 @@ pretrain: $(STAMP)  ## stage 2: DINO + auxiliary pseudo-mask segmentation
 
 refine: $(STAMP)  ## self-training: ROUNDS rounds, each relabels the pool with the last student and trains the next (then ROUND=2 on finetune)
 	$(PY) cli.py refine --shards $(SHARDS) --pretrain $(PRETRAIN) --out $(REFINE) --rounds $(ROUNDS) --epochs $(ROUND_EPOCHS) --device $(DEVICE) $(ARGS)
+
+N        ?= 16
+ADVISE   ?= $(OUT)/advise
+advise: $(STAMP)  ## which N images to label first (default 16), from round 2's pool (make refine first): ADVISE/advise.csv + annotate/
+	$(PY) cli.py advise --shards $(REFINE)/round-2/shards --n $(N) --out $(ADVISE) --device $(DEVICE) $(ARGS)
 
 # fine-tuning beside the pool's pseudo-masks (ours+semi) when the shards exist: never below plain fine-tuning in
 # docs/RESULTS.md's real-data table; SEMI=0 turns it off

@@ -484,6 +484,42 @@ def relabel(shards, model_path, out, agree_at, leave_out, device, no_progress):
 
 @main.command()
 @click.option("--shards", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The pool: a refine round's shards (round-N/shards, or relabel's output), or stage 1's shards "
+                   "with --model.")
+@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The student whose features spread the choice (default: the one that relabelled --shards); "
+                   "needed to relabel stage 1's own shards first.")
+@click.option("--n", "n", required=True, type=click.IntRange(min=1),
+              help="How many images to label (e.g. 16: 1 %% of ISIC 2018).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for advise.csv, advise.png and annotate/ (the images and their label-free masks to "
+                   "correct).")
+@click.option("--exclude-from", "exclude_from", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Never choose ids of this data folder (your test set). Repeatable.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
+def advise(shards, model_path, n, out, exclude_from, device, no_progress):
+    """Which images to label first: the least confident label-free masks, spread over the pool (then label them
+    and run 'finetune --labels-from OUT/advise.csv')."""
+    from common import datasets
+    from trainer.inference.advise import advise as run_advise
+
+    try:
+        exclude = {i for folder in exclude_from for i in datasets.open_dataset(folder).ids}
+        result = run_advise(shards, out, n=n, model=model_path, exclude_ids=exclude, device=device,
+                            progress=not no_progress)
+    except (ValueError, FileNotFoundError, datasets.DatasetError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for r in result.chosen[:10]:
+        click.echo(f"{r['rank']:>3}. {r['id']}  confidence {r['confidence']:.2f}  {r['why']}")
+    if len(result.chosen) > 10:
+        click.echo(f"... and {len(result.chosen) - 10} more")
+    click.echo(f"chose {len(result.chosen)} image(s): {out / 'advise.csv'}, {out / 'advise.png'}; label the masks in "
+               f"{out / 'annotate'} and fine-tune with --labels-from {out / 'advise.csv'}")
+
+
+@main.command()
+@click.option("--shards", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Stage 1's shards: what the first pretraining was trained on.")
 @click.option("--pretrain", "first_run", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="The finished pretraining run folder (round 1): its export.pt relabels round 2, its checkpoint "
@@ -524,9 +560,14 @@ def refine(shards, first_run, out, rounds, epochs, agree_at, leave_out, exclude_
 @main.command()
 @click.option("--data", multiple=True, required=True, type=click.Path(exists=True, path_type=Path),
               help="Labelled data: ISIC 2018 layout (its own splits) or images/ + masks/ (hash split 70/15/15).")
-@click.option("--frac", required=True, type=float,
-              help="Fraction of the labelled training images to use: 0.002 / 0.005 / 0.01 of ISIC 2018's 2,594 "
-                   "are 5 / 13 / 26 images. At least one image is used.")
+@click.option("--frac", type=float, default=None,
+              help="Fraction of the labelled training images to use, drawn at random with --seed: 0.002 / 0.005 / "
+                   "0.01 of ISIC 2018's 2,594 are 5 / 13 / 26 images. At least one image is used. Give it or "
+                   "--labels-from.")
+@click.option("--labels-from", "labels_from", type=click.Path(path_type=Path), default=None,
+              help="Fine-tune on exactly these images instead of a random --frac: a CSV with an id column (the "
+                   "advise.csv of 'advise') or one id per line; their masks must be in --data. Ids of the "
+                   "validation or test split, or not in --data, are refused.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="The export.pt written by 'pretrain' (needed for --init pretrain).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -596,9 +637,9 @@ def refine(shards, first_run, out, rounds, epochs, agree_at, leave_out, exclude_
 @click.option("--fuse-weight", type=click.FloatRange(0, 1), default=None,
               help="With --fuse: the model's share of a combined probability (default 0.15; 1 is the model alone).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
-def finetune(data, frac, checkpoint, out, test_data, seed, init, decoder, decoder_arch, arch, img_size, iters, preset,
-             device, pic, pic_prob, pic_anneal, pseudo_shards, pseudo_weight, pseudo_batch, pseudo_min_confidence, tta,
-             all_components, predict_scale, fuse, fusion, fuse_weight, no_progress):
+def finetune(data, frac, labels_from, checkpoint, out, test_data, seed, init, decoder, decoder_arch, arch, img_size, iters,
+             preset, device, pic, pic_prob, pic_anneal, pseudo_shards, pseudo_weight, pseudo_batch, pseudo_min_confidence,
+             tta, all_components, predict_scale, fuse, fusion, fuse_weight, no_progress):
     """Fine-tune with a fraction of the expert labels and report ISIC metrics."""
     import dataclasses
 
@@ -609,6 +650,9 @@ def finetune(data, frac, checkpoint, out, test_data, seed, init, decoder, decode
     if init == "pretrain" and checkpoint is None:
         raise click.BadParameter("--init pretrain needs --checkpoint PATH (the export.pt of 'pretrain')",
                                  param_hint="--checkpoint")
+    if (frac is None) == (labels_from is None):
+        raise click.UsageError("give --frac (a random share of the labels) or --labels-from (a list of ids), not "
+                               + ("both" if frac is not None else "neither"))
     overrides = {"seed": seed, "init": init, "decoder": decoder, "arch": arch, "img_size": img_size, "iters": iters,
                  "decoder_arch": decoder_arch, "pseudo_shards": str(pseudo_shards) if pseudo_shards else None,
                  "pseudo_weight": pseudo_weight, "pseudo_batch": pseudo_batch,
@@ -621,8 +665,9 @@ def finetune(data, frac, checkpoint, out, test_data, seed, init, decoder, decode
         overrides["pic"] = PICConfig(prob=pic_prob, anneal=pic_anneal)
     config = dataclasses.replace(finetune_preset(preset), **{k: v for k, v in overrides.items() if v is not None})
     try:
-        result = run_finetune(list(data), frac, out, checkpoint=checkpoint, test_data=list(test_data) or None,
-                              config=config, device=device, progress=not no_progress)
+        result = run_finetune(list(data), frac if frac is not None else 1.0, out, checkpoint=checkpoint,
+                              test_data=list(test_data) or None, config=config, device=device,
+                              progress=not no_progress, labels_from=labels_from)
     except (ValueError, FileNotFoundError, datasets.DatasetError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"labelled images: {len(result.subset_ids)} (ids in {out / 'subset.json'}); best validation "

@@ -614,3 +614,44 @@ def mask_path_for(image_path: str | Path) -> Path | None:
         candidates.append(parent.parent / f"ISIC2018_Task1_{split_word}_GroundTruth"
                           / f"{image_path.stem}{MASK_SUFFIX}")
     return next((c for c in candidates if c.is_file()), None)
+
+
+#: An id list is small: a file larger than this is not one (a wrong file passed by mistake).
+MAX_ID_LIST_BYTES = 16 << 20
+
+
+def read_id_list(path: str | Path) -> list[str]:
+    """The image ids listed in ``path``: a CSV with an ``id`` column (``advise.csv``), or one id per line (blank
+    lines and ``#`` comments skipped). Ids must be plain printable file stems.
+
+    Raises
+    ------
+    ValueError
+        In one line naming the file: not readable as text, too large, a CSV without an ``id`` column, or an id
+        that is not a plain name.
+    """
+    import csv
+    import io
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file (expected a list of image ids, one per line, or a CSV with an id "
+                         "column)")
+    if path.stat().st_size > MAX_ID_LIST_BYTES:
+        raise ValueError(f"{path}: {path.stat().st_size} bytes is too large for a list of image ids")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as exc:
+        raise ValueError(f"{path}: not a text file of image ids ({exc})") from None
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if lines and "," in lines[0]:
+        rows = list(csv.DictReader(io.StringIO("\n".join(lines))))
+        if not rows or "id" not in rows[0]:
+            raise ValueError(f"{path}: a CSV without an 'id' column (its columns: {lines[0]})")
+        ids = [(r.get("id") or "").strip() for r in rows]
+    else:
+        ids = lines
+    for i in ids:
+        if not i or not i.isprintable() or "/" in i or "\\" in i or i in (".", ".."):
+            raise ValueError(f"{path}: {i!r} is not an image id (a plain file name without its extension)")
+    return ids

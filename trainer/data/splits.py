@@ -96,6 +96,34 @@ def labelled_subset(train: Sequence[Sample], frac: float, *, seed: int) -> tuple
     return tuple(sorted((train[i] for i in order[:n]), key=lambda s: s.id))
 
 
+def listed_subset(splits: Splits, ids: Sequence[str], *, source: str = "the list") -> tuple[Sample, ...]:
+    """The training images whose ids are listed (``finetune --labels-from``), in id order.
+
+    Raises
+    ------
+    ValueError
+        In one line: an empty list, ids of the test or validation split (labels there would leak into the score
+        or the model selection), or ids not among the labelled training images.
+    """
+    wanted = list(dict.fromkeys(ids))
+    if not wanted:
+        raise ValueError(f"{source}: no ids listed")
+    by_id = {s.id: s for s in splits.train}
+    held = [(i, "test") for i in wanted if i in {s.id for s in splits.test}]
+    held += [(i, "validation") for i in wanted if i in {s.id for s in splits.validation}]
+    if held:
+        shown = ", ".join(f"{i} ({where})" for i, where in held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5
+                                                                           else "")
+        raise ValueError(f"{source}: {len(held)} listed id(s) are held out of training: {shown}; label images of the "
+                         "training pool only")
+    unknown = [i for i in wanted if i not in by_id]
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise ValueError(f"{source}: {len(unknown)} listed id(s) are not labelled training images of the data: "
+                         f"{shown}")
+    return tuple(sorted((by_id[i] for i in wanted), key=lambda s: s.id))
+
+
 def dhash(image: np.ndarray, size: int = 16) -> int:
     """Difference hash of an ``(H, W, 3) uint8`` image: ``size**2`` bits comparing horizontal neighbours on a
     ``(size + 1) x size`` grey thumbnail.

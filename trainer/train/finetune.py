@@ -26,7 +26,7 @@ from common.atomic import write_text
 from common.guard import check_out_dir, output_folder
 from trainer.data.cutmix import PICConfig, pic_bias, pic_cutmix
 from trainer.data.multicrop import MultiCropConfig, multi_crop
-from trainer.data.splits import Splits, describe, labelled_subset, near_duplicates, split_dataset
+from trainer.data.splits import Splits, describe, labelled_subset, listed_subset, near_duplicates, split_dataset
 from trainer.engine.distributed import resolve_device
 from trainer.engine.schedules import cosine_schedule
 from trainer.eval.scoring import METRICS, best_worst_sheet, predict_test, score_outputs
@@ -159,9 +159,11 @@ def _mean_jaccard(prob: np.ndarray, masks: torch.Tensor) -> float:
 
 def finetune(data: Sequence[str | Path] | str | Path, frac: float, out_dir: str | Path, *,
              checkpoint: str | Path | None = None, test_data: Sequence[str | Path] | None = None,
-             config: FinetuneConfig = FinetuneConfig(), device: str = "auto", progress: bool = True
-             ) -> FinetuneResult:
-    """Fine-tune on ``frac`` of the labelled training images of ``data``; write predictions and metrics.
+             config: FinetuneConfig = FinetuneConfig(), device: str = "auto", progress: bool = True,
+             labels_from: str | Path | None = None) -> FinetuneResult:
+    """Fine-tune on ``frac`` of the labelled training images of ``data`` (or, with ``labels_from``, on the
+    images listed there: ``advise.csv`` or one id per line; ``frac`` is then ignored); write predictions and
+    metrics.
 
     Writes ``out_dir/subset.json`` (the ids used), ``model.pt`` (the selected segmenter, everything needed to
     rebuild it: :func:`trainer.models.segmenter.save_seg_model`; ``predict`` reads it),
@@ -179,7 +181,11 @@ def finetune(data: Sequence[str | Path] | str | Path, frac: float, out_dir: str 
     if splits.n_excluded:
         log.warning("leakage guard: %d id(s) of the test data were removed from training and validation",
                     splits.n_excluded)
-    subset = labelled_subset(splits.train, frac, seed=config.seed)
+    if labels_from is not None:
+        subset = listed_subset(splits, datasets.read_id_list(labels_from), source=str(labels_from))
+        frac = len(subset) / len(splits.train)
+    else:
+        subset = labelled_subset(splits.train, frac, seed=config.seed)
     log.info("%s", describe(splits, subset))
     if test is not None:
         dupes = near_duplicates(subset + splits.validation, splits.test)
@@ -191,8 +197,9 @@ def finetune(data: Sequence[str | Path] | str | Path, frac: float, out_dir: str 
                                   decoder_arch=config.decoder_arch, decoder_skip=config.decoder_skip,
                                   patch=config.patch_size)
     check_lesions(subset + splits.validation + splits.test, what="the expert masks")
-    check_lesions(subset, what=f"the {len(subset)} labelled training image(s) chosen (--frac {frac:g}, --seed "
-                               f"{config.seed})")
+    check_lesions(subset, what=f"the {len(subset)} labelled training image(s) "
+                               + (f"listed in {labels_from}" if labels_from is not None
+                                  else f"chosen (--frac {frac:g}, --seed {config.seed})"))
     pool = None
     if config.pseudo_shards:  # refused here, before any writing, when its pseudomasks run is still going
         held_out = {s.id for s in splits.validation} | {s.id for s in splits.test}
