@@ -23,8 +23,8 @@ from trainer.engine.distributed import resolve_device
 from trainer.eval.metrics import binary_scores
 from trainer.inference.fusion import FUSE_WEIGHT
 from trainer.inference.masks import implausible_map, mask_from_probability
-from trainer.inference.predict import model_reference
-from trainer.inference.segment import PREDICT_SCALE, Fusion, choice_record, predict_size, segment_images
+from trainer.inference.predict import model_calibration, model_reference
+from trainer.inference.segment import PREDICT_SCALE, Fusion, choice_record, fusion_of, predict_size, segment_images
 from trainer.models.segmenter import load_seg_model
 
 #: What a scored test split leaves in its folder: the metrics, the picture, the predicted masks' folder.
@@ -54,8 +54,8 @@ def score_model(model_path: str | Path, splits: Splits, out_dir: str | Path, *, 
     test_size = predict_size(int(info["img_size"]), predict_scale)
     # the writer rule (common.guard.output_folder): one run per folder, no file replaced that no run wrote
     with output_folder(out_dir, command="score", names=score_outputs(splits), inputs=[model_path]):
-        mixing = Fusion(mode=fusion if fuse else "none", weight=fuse_weight,
-                        reference=model_reference(info, model_path))
+        mixing = fusion_of(fusion if fuse else "none", fuse_weight, model_reference(info, model_path),
+                           model_calibration(info, model_path))
         means, rows = predict_test(model, splits, out_dir, size=test_size, device=dev, progress=progress,
                                    one_lesion=one_lesion, fusion=mixing)
         _write_scores(means, rows, info, model_path, out_dir, splits, one_lesion=one_lesion, fusion=mixing,

@@ -27,7 +27,8 @@ from trainer.engine.distributed import resolve_device
 from trainer.inference.choice import PoolReference
 from trainer.inference.fusion import FUSE_WEIGHT
 from trainer.inference.masks import implausible_map, mask_from_probability
-from trainer.inference.segment import PREDICT_SCALE, Fusion, choice_record, predict_size, segment_images
+from trainer.inference.calibrate import Calibration
+from trainer.inference.segment import PREDICT_SCALE, Fusion, choice_record, fusion_of, predict_size, segment_images
 from trainer.models.segmenter import load_seg_model
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,8 @@ def predict_folder(model_path: str | Path, data: Sequence[str | Path] | str | Pa
     fuse_weight = float((made_by or {}).get("fuse_weight", FUSE_WEIGHT))
     if fusion is None:
         fusion = "choice" if made_by is None else made_by["fusion"]
-    mixing = Fusion(mode=fusion if fuse else "none", weight=fuse_weight, reference=model_reference(info, model_path))
+    mixing = fusion_of(fusion if fuse else "none", fuse_weight, model_reference(info, model_path),
+                       model_calibration(info, model_path))
     if one_lesion is None:  # as finetune (or the table's 0-labels column, for an export) made its masks
         one_lesion = True if made_by is None else made_by["one_lesion"]
     suffixes = ("_segmentation.png", "_probability.png") if probabilities else ("_segmentation.png",)
@@ -133,6 +135,17 @@ def finetune_settings(info: dict, path: str | Path) -> dict | None:
         raise ValueError(f"{path}: fusion is {fusion!r}; expected 'fixed' or 'choice' ({what})")
     settings["fusion"] = fusion
     return settings
+
+
+def model_calibration(info: dict, path: str | Path) -> Calibration | None:
+    """The calibration a ``model.pt`` carries (its labels refitted the walker cut and the choice), or None."""
+    found = info.get("extra", {}).get("calibration")
+    if found is None:
+        return None
+    try:
+        return Calibration.from_dict(found)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: its calibration is not usable ({exc})") from None
 
 
 def model_reference(info: dict, path: str | Path) -> PoolReference | None:

@@ -89,7 +89,8 @@ def predict_size(train_size: int, scale: float) -> int:
 
 
 def predict_image(model: SegModel, path: str | Path, *, size: int, device: torch.device,
-                  tta: bool = False, fuse: bool = False, fuse_weight: float = FUSE_WEIGHT) -> np.ndarray:
+                  tta: bool = False, fuse: bool = False, fuse_weight: float = FUSE_WEIGHT,
+                  cut_scale: float = 1.0) -> np.ndarray:
     """The lesion probability of one image file at its original size: ``(H, W) float32`` in [0, 1].
 
     The image is squashed to ``size`` x ``size`` (area interpolation), segmented, and the probability resized
@@ -104,7 +105,8 @@ def predict_image(model: SegModel, path: str | Path, *, size: int, device: torch
     prob = cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
     if not fuse:
         return prob
-    return fuse_probabilities(prob, walker_probability(str(path)), weight=fuse_weight, walker_cut=walker_cut(str(path)))
+    return fuse_probabilities(prob, walker_probability(str(path)), weight=fuse_weight,
+                              walker_cut=scaled_cut(walker_cut(str(path)), cut_scale))
 
 
 @dataclass(frozen=True)
@@ -118,10 +120,22 @@ class Fusion:
     weight: float = FUSE_WEIGHT
     choice: ChoiceConfig = field(default_factory=ChoiceConfig)
     reference: PoolReference | None = None
+    cut_scale: float = 1.0  # every image's walker cut times this (a calibration on labels: trainer.inference.calibrate)
 
     def __post_init__(self):
         if self.mode not in FUSIONS:
             raise ValueError(f"fusion: expected one of {FUSIONS}, got {self.mode!r}")
+        if not 0.1 <= self.cut_scale <= 10:
+            raise ValueError(f"cut_scale: expected a factor in [0.1, 10], got {self.cut_scale}")
+
+
+def fusion_of(mode: str, weight: float, reference: PoolReference | None, calibration=None) -> Fusion:
+    """The :class:`Fusion` a fine-tuned model uses: its mode and weight, its pool's reference, and, when its
+    labels calibrated them (:class:`trainer.inference.calibrate.Calibration`), their cut scale and choice."""
+    if calibration is None:
+        return Fusion(mode=mode, weight=weight, reference=reference)
+    return Fusion(mode=mode, weight=weight, reference=reference, choice=calibration.choice_config(),
+                  cut_scale=calibration.cut_scale)
 
 
 @dataclass(frozen=True)
@@ -160,7 +174,8 @@ def segment_images(model: SegModel, paths: Sequence[str | Path], *, size: int, d
         for path in paths:
             try:
                 yield Segmented(Path(path), predict_image(model, path, size=size, device=device, tta=tta,
-                                                          fuse=fusion.mode == "fixed", fuse_weight=fusion.weight))
+                                                          fuse=fusion.mode == "fixed", fuse_weight=fusion.weight,
+                                                          cut_scale=fusion.cut_scale))
             except READ_ERRORS as exc:
                 yield Segmented(Path(path), None, error=exc)
             if on_image:
@@ -169,7 +184,8 @@ def segment_images(model: SegModel, paths: Sequence[str | Path], *, size: int, d
     views: dict[str, _ChoiceView | BaseException] = {}
     for path in paths:
         try:
-            views[str(path)] = _choice_view(model, path, size=size, device=device, tta=tta)
+            views[str(path)] = _choice_view(model, path, size=size, device=device, tta=tta,
+                                            cut_scale=fusion.cut_scale)
         except READ_ERRORS as exc:
             views[str(path)] = exc
         if on_image:
@@ -184,7 +200,7 @@ def segment_images(model: SegModel, paths: Sequence[str | Path], *, size: int, d
         height, width = datasets.image_size(Path(path))
         prob = cv2.resize(view.small_prob, (width, height), interpolation=cv2.INTER_LINEAR)
         prob = fuse_probabilities(prob, walker_probability(str(path)), weight=decision.weight,
-                                  walker_cut=walker_cut(str(path)))
+                                  walker_cut=scaled_cut(walker_cut(str(path)), fusion.cut_scale))
         yield Segmented(Path(path), prob, decision)
 
 
@@ -195,7 +211,13 @@ class _ChoiceView:
     features: tuple[np.ndarray | None, np.ndarray]   # mask_features of the walker's mask (None: none), the student's
 
 
-def _choice_view(model: SegModel, path: str | Path, *, size: int, device: torch.device, tta: bool) -> _ChoiceView:
+def scaled_cut(cut: float, scale: float) -> float:
+    """A walker cut times a calibration's ``cut_scale``, kept inside (0, 1)."""
+    return float(np.clip(cut * scale, 0.02, 0.95))
+
+
+def _choice_view(model: SegModel, path: str | Path, *, size: int, device: torch.device, tta: bool,
+                 cut_scale: float = 1.0) -> _ChoiceView:
     """The model's probability of one image and what the choice needs, on stage 1's S x S grid."""
     image, _ = _test_input(str(path), size)
     small = predict_probability(model, torch.from_numpy(image.copy()).permute(2, 0, 1)[None], size=size,
@@ -205,10 +227,13 @@ def _choice_view(model: SegModel, path: str | Path, *, size: int, device: torch.
         return _ChoiceView(small, 0.0, (None, np.zeros(4)))
     grid = view.image.shape[0]
     on_grid = cv2.resize(small, (grid, grid), interpolation=cv2.INTER_LINEAR)
-    student = mask_from_probability(on_grid, implausible=seeds.implausible_colour(view.image))
+    implausible = seeds.implausible_colour(view.image)
+    student = mask_from_probability(on_grid, implausible=implausible)
+    walker = view.mask if cut_scale == 1.0 else \
+        mask_from_probability((view.prob >= scaled_cut(view.cut, cut_scale)).astype(np.float32), implausible=implausible)
     lab = image_lab(view.image)
-    return _ChoiceView(small, mask_agreement(student, view.mask),
-                       (mask_features(view.mask, lab), mask_features(student, lab)))
+    return _ChoiceView(small, mask_agreement(student, walker),
+                       (mask_features(walker, lab) if walker.any() else None, mask_features(student, lab)))
 
 
 def _images_reference(views: list[_ChoiceView], fusion: Fusion) -> PoolReference:

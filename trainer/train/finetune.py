@@ -33,7 +33,8 @@ from trainer.eval.scoring import METRICS, best_worst_sheet, predict_test, score_
 from trainer.inference.choice import PoolReference
 from trainer.inference.relabel import relabel_info
 from trainer.inference.fusion import FUSE_WEIGHT
-from trainer.inference.segment import PREDICT_SCALE, Fusion, predict_probability, predict_size
+from trainer.inference.calibrate import calibrate
+from trainer.inference.segment import PREDICT_SCALE, fusion_of, predict_probability, predict_size
 from trainer.losses.seg import seg_loss
 from trainer.models.decoders import DECODERS
 from trainer.models.segmenter import build_seg_model, save_seg_model
@@ -109,6 +110,7 @@ class FinetuneConfig:
     fuse_weight: float = FUSE_WEIGHT  # the model's share of the fused probability (fusion "fixed"; "choice" where
     #                                   the model and the walker agree)
     fusion: str = "choice"            # "choice": per image (trainer.inference.choice); "fixed": fuse_weight for all
+    calibrate: bool = True            # beside a relabelled pool: refit the walker cut and the choice on the labels
 
     def __post_init__(self):
         if not self.predict_scale > 0:
@@ -232,17 +234,22 @@ def _finetune_locked(model, info: dict, splits: Splits, subset, frac: float, out
                                              device=dev, progress=progress, pool=pool)
     model.load_state_dict(best_state)
     reference = _pool_reference(config.pseudo_shards)
+    calibration = calibrate(config.pseudo_shards, subset) if reference is not None and config.calibrate else None
+    if calibration is not None:
+        log.info("%s", calibration.line())
     save_seg_model(model, info, out_dir / MODEL, extra={
         "frac": frac, "n_labelled": len(subset), "labelled_ids": [s.id for s in subset], "best_iter": best_iter,
         "best_val_jaccard": best_val, "init": info, "config": json.loads(json.dumps(dataclasses.asdict(config))),
-        **({"choice_reference": json.loads(reference.to_json())} if reference else {})})
+        **({"choice_reference": json.loads(reference.to_json())} if reference else {}),
+        **({"calibration": calibration.to_dict()} if calibration else {})})
     test_size = predict_size(size, config.predict_scale)
-    fusion = Fusion(mode=config.fusion if config.fuse else "none", weight=config.fuse_weight, reference=reference)
+    fusion = fusion_of(config.fusion if config.fuse else "none", config.fuse_weight, reference, calibration)
     means, rows = predict_test(model, splits, out_dir, size=test_size, device=dev, progress=progress,
                                tta=config.tta, one_lesion=config.one_lesion, fusion=fusion)
     write_text(out_dir / METRICS, json.dumps({
         "mean": means, "n_test": len(rows), "per_image": rows, "frac": frac, "n_labelled": len(subset),
         "predict_size": test_size, "best_iter": best_iter, "best_val_jaccard": best_val, "model": info,
+        **({"calibration": calibration.to_dict()} if calibration else {}),
         "config": dataclasses.asdict(config), "splits": describe(splits, subset)}, indent=1))
     best_worst_sheet(rows, splits, out_dir)
     return FinetuneResult(out_dir, means, best_iter, best_val, [s.id for s in subset])

@@ -156,3 +156,31 @@ def test_a_round_starts_from_the_first_runs_weights(pool, tmp_path):
     after = torch.load(tmp_path / "next" / "checkpoint-latest.pt", weights_only=True)
     for k, v in state["teacher"].items():  # learning rate 0, teacher momentum 1: the weights stay the first run's
         torch.testing.assert_close(after["teacher"][k], v), k
+
+
+def test_finetune_beside_a_relabelled_pool_calibrates_on_its_labels_and_predict_follows(pool, tmp_path):
+    from trainer.inference.predict import predict_folder
+    from trainer.train.finetune import MODEL, FinetuneConfig, finetune
+
+    export = _export(tmp_path / "a.pt", 0)
+    round_shards = tmp_path / "round"
+    relabel(pool, export, round_shards, config=RelabelConfig(choice=ChoiceConfig(min_reference=2)), device="cpu",
+            progress=False)
+    data = pool.parent / "data"
+    config = FinetuneConfig(iters=2, batch_size=2, eval_every=2, decoder_hidden=8, fuse=True,
+                            pseudo_shards=str(round_shards), pseudo_batch=2)
+    result = finetune(data, 0.5, tmp_path / "ft", checkpoint=export, config=config, device="cpu", progress=False)
+    metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    calibration = metrics["calibration"]
+    assert calibration["n_labels"] == len(result.subset_ids) >= 1  # the labelled images are in the pool
+    assert set(calibration["cv"]) == {"default", "cut", "choice", "both"}
+    model_extra = torch.load(tmp_path / "ft" / MODEL, weights_only=True)["extra"]
+    assert model_extra["calibration"] == calibration and "choice_reference" in model_extra
+    test = tmp_path / "test"
+    (test / "images").mkdir(parents=True)
+    for row in metrics["per_image"]:
+        (test / "images" / f"{row['id']}.jpg").write_bytes((data / "images" / f"{row['id']}.jpg").read_bytes())
+    predict_folder(tmp_path / "ft" / MODEL, test, tmp_path / "pred", device="cpu", progress=False)
+    for row in metrics["per_image"]:  # predict uses the calibrated cut and choice, as finetune's test masks did
+        name = f"{row['id']}_segmentation.png"
+        assert (tmp_path / "pred" / name).read_bytes() == (tmp_path / "ft" / "predictions" / name).read_bytes()
