@@ -799,8 +799,9 @@ def _floats(value: str) -> tuple[float, ...]:
                    "ours+semi+fuse and unet-pseudo+fuse (those rows' models, their test masks decided per image "
                    "with the walker's: finetune --fuse; no training of their own), ours+fixed and ours+semi+fixed "
                    "(the same with the fixed weight), ours-r2 (one self-training round after ours: refine), "
-                   "ours-r2+semi, ours-r2+fuse, ours-r2+semi+fuse, and pseudo-masks-r2 (the test images' round-2 "
-                   "pseudo-masks: relabelled by ours' student).")
+                   "ours-r2+semi, ours-r2+fuse, ours-r2+semi+fuse, ours-r2+semi+advised(+fuse) (the labels of the "
+                   "images 'advise' ranks first, not a random draw of as many), and pseudo-masks-r2 (the test "
+                   "images' round-2 pseudo-masks: relabelled by ours' student).")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Local backbone checkpoint every pretraining and the same-init row start from.")
 @click.option("--pretrain-epochs", type=click.IntRange(min=1), default=None, help="Override the preset's epochs.")

@@ -26,6 +26,8 @@ Rows (docs/METHOD.md, section 7.7):
 - ``ours-r2``: one self-training round after ``ours``' pretraining (``refine``: the pool relabelled by ours'
   student, the student trained on); ``ours-r2+semi`` fine-tunes it beside its relabelled pool; ``ours-r2+fuse``,
   ``ours-r2+semi+fuse`` rescore those with the per-image choice;
+- ``ours-r2+semi+advised`` (``+fuse``): as ``ours-r2+semi``, with the labels of the images ``advise`` ranks
+  first in round 2's pool (training images only) instead of a random draw of the same number;
 - ``pseudo-masks-r2``: the test images' round-2 pseudo-masks (their stage-1 shards relabelled by ours' student,
   no label used).
 
@@ -54,17 +56,19 @@ from common.atomic import save_figure, write_text
 from common.guard import check_not_being_written, check_out_dir, output_folder
 from pipeline.export import export_masks
 from pipeline.run import RunConfig, run_pseudomasks
+from pipeline.shards import ShardReader, shards_to_read
 from trainer.data.cutmix import PICConfig
 from trainer.data.splits import split_dataset
 from trainer.engine.export import EXPORT
 from trainer.eval import scoring  # called through the modules: tests replace the loops and the scoring
 from trainer.eval.metrics import binary_scores
+from trainer.inference import advise as advise_loop
+from trainer.inference.relabel import relabel
 from trainer.train import finetune as finetune_loop
 from trainer.train import pretrain as pretrain_loop
+from trainer.train import refine as refine_loop
 from trainer.train import unet_pseudo as unet_loop
 from trainer.train.config import PretrainConfig
-from trainer.inference.relabel import relabel
-from trainer.train import refine as refine_loop
 from trainer.train.presets import finetune_preset, pretrain_preset, unet_pseudo_preset
 from trainer.train.refine import RefineConfig, round_dir
 
@@ -74,15 +78,17 @@ PRETRAINED = {"dino": {"lambda_seg": 0.0}, "pseudo-only": {"distill": False}, "o
               "ours+ilka": {"decoder": "ilka"}}
 REFINED = {"ours-r2": "ours"}  # one self-training round (refine) after that row's pretraining
 FINETUNE_VARIANTS = {"ours+pic": "ours", "ours+semi": "ours",  # another row's pretraining, fine-tuned differently
-                     "ours-r2+semi": "ours-r2"}
+                     "ours-r2+semi": "ours-r2", "ours-r2+semi+advised": "ours-r2"}
+ADVISED = ("ours-r2+semi+advised",)  # labels of the images advise ranks first, not a random draw
 # a row's cells rescored with fuse (no training of their own): the per-image choice, or (FIXED) the fixed weight
 FUSED = {"ours+fuse": "ours", "ours+semi+fuse": "ours+semi", "unet-pseudo+fuse": "unet-pseudo",
          "ours+fixed": "ours", "ours+semi+fixed": "ours+semi", "ours-r2+fuse": "ours-r2",
-         "ours-r2+semi+fuse": "ours-r2+semi"}
+         "ours-r2+semi+fuse": "ours-r2+semi", "ours-r2+semi+advised+fuse": "ours-r2+semi+advised"}
 FIXED = ("ours+fixed", "ours+semi+fixed")
 METHODS = ("scratch", "same-init", "unet-pseudo", "dino", "pseudo-only", "ours", "ours+fkd", "ours+pic", "ours+semi",
            "ours+ilka", "unet-pseudo+fuse", "ours+fixed", "ours+semi+fixed", "ours+fuse", "ours+semi+fuse",
-           "ours-r2", "ours-r2+semi", "ours-r2+fuse", "ours-r2+semi+fuse", "pseudo-masks", "pseudo-masks-r2")
+           "ours-r2", "ours-r2+semi", "ours-r2+fuse", "ours-r2+semi+fuse", "ours-r2+semi+advised",
+           "ours-r2+semi+advised+fuse", "pseudo-masks", "pseudo-masks-r2")
 ZERO_LABEL_ROWS = ("unet-pseudo", "pseudo-only", "ours", "ours+fkd", "ours+ilka", "ours-r2")  # decoders on pseudo-masks
 UNET = "unet-pseudo"
 METRICS = ("jaccard", "dice", "thresholded_jaccard", "accuracy", "sensitivity", "specificity")
@@ -125,7 +131,7 @@ def _finetune_overrides(method: str, shard_dir: Path | None = None, round_shards
         return {"pic": PICConfig()}
     if method == "ours+semi":
         return {"pseudo_shards": str(shard_dir)}
-    if method == "ours-r2+semi":  # the pool as round 2 relabelled it
+    if method in ("ours-r2+semi", "ours-r2+semi+advised"):  # the pool as round 2 relabelled it
         return {"pseudo_shards": str(round_shards)}
     return {}
 
@@ -293,12 +299,36 @@ def _finetune_grid(spec: TableSpec, out: Path, exports: dict[str, Path], base_pr
                                                  seed=seed, decoder="fresh", decoder_hidden=base_pre.decoder_hidden,
                                                  patch_size=base_pre.patch_size, decoder_skip=base_pre.decoder_skip)
                         checkpoint = None
+                    labels = _advised(spec, out, frac, exports, progress=progress) if method in ADVISED else None
                     log.info("table: %s, frac %g, seed %d", method, frac, seed)
                     finetune_loop.finetune(list(spec.data), frac, cell, checkpoint=checkpoint,
                                            test_data=list(spec.test_data) or None, config=ft, device=spec.device,
-                                           progress=progress)
+                                           progress=progress, labels_from=labels)
                 rows.append(_row(method, frac, seed, json.loads(metrics_path.read_text())))
     return rows
+
+
+def _advised(spec: TableSpec, out: Path, frac: float, exports: dict[str, Path], *, progress: bool) -> Path:
+    """``advise.csv`` of as many images as ``frac`` draws at random, chosen from the training pool only (the
+    validation and test ids left out) of round 2's relabelled pool; made once per fraction."""
+    splits = _test_splits(spec)
+    n = max(1, round(frac * len(splits.train)))
+    folder = out / f"advise-{n}"
+    if not (folder / "advise.csv").exists():
+        held = {s.id for s in splits.validation} | {s.id for s in splits.test}
+        train = {s.id for s in splits.train}
+        pool_ids = _pool_ids(_round_shards(exports))
+        advise_loop.advise(_round_shards(exports), folder, n=n, device=spec.device, progress=progress,
+                           exclude_ids=held | (pool_ids - train))
+    return folder / "advise.csv"
+
+
+def _pool_ids(shards: Path) -> set[str]:
+    ids: set[str] = set()
+    for path in shards_to_read(shards):
+        with ShardReader(path) as shard:
+            ids |= set(shard.ids)
+    return ids
 
 
 def _row(method: str, frac: float, seed: int, metrics: dict) -> dict:

@@ -181,3 +181,40 @@ def test_table_round_two_and_fixed_rows(synth, export, tmp_path, monkeypatch):  
         ("finetune", "ours-r2+semi-frac0.1-seed0", r2, str(round2 / "shards")),  # beside round 2's relabelled pool
         ("score", "ours+fixed-frac0.1-seed0", str(cells / "ours-frac0.1-seed0" / MODEL), "fixed"),
         ("score", "ours-r2+semi+fuse-frac0.1-seed0", str(cells / "ours-r2+semi-frac0.1-seed0" / MODEL), "choice")]
+
+
+def test_table_advised_row_fine_tunes_on_the_advised_training_images(synth, export, tmp_path, monkeypatch):  # noqa: F811
+    import trainer.train.presets as presets
+
+    monkeypatch.setattr(presets, "finetune_preset", lambda name: TINY_FT)
+    seen = {}
+
+    def fake_finetune(data, frac, cell, *, checkpoint, config, labels_from=None, **kwargs):
+        seen[Path(cell).name] = (labels_from, config.pseudo_shards)
+        cell.mkdir(parents=True, exist_ok=True)
+        (cell / "metrics.json").write_text(json.dumps({"n_labelled": 2, "mean": {"jaccard": 0.5,
+                                                                               "thresholded_jaccard": 0}}))
+
+    asked = {}
+
+    def fake_advise(shards, folder, *, n, exclude_ids, **kwargs):
+        asked.update(n=n, exclude=set(exclude_ids))
+        folder.mkdir(parents=True)
+        (folder / "advise.csv").write_text("rank,id\n1,x\n")
+
+    monkeypatch.setattr("trainer.train.finetune.finetune", fake_finetune)
+    monkeypatch.setattr("trainer.inference.advise.advise", fake_advise)
+    round2 = tmp_path / "refine" / "round-2"
+    (round2 / "pretrain").mkdir(parents=True)
+    (round2 / "shards").mkdir()
+    spec = TableSpec(data=(str(synth),), out=str(tmp_path / "table"), fracs=(0.2,), seeds=(0, 1),
+                     methods=("ours-r2+semi+advised",), preset="cpu", device="cpu", shards=str(tmp_path),
+                     pretrained=(("ours-r2", str(round2 / "pretrain")),))
+    run_table(spec, progress=False)
+    from trainer.data.splits import split_dataset
+
+    splits = split_dataset(datasets.open_dataset(synth))
+    assert asked["n"] == round(0.2 * len(splits.train))
+    assert {s.id for s in splits.validation + splits.test} <= asked["exclude"]  # chosen from training images only
+    advised = tmp_path / "table" / f"advise-{asked['n']}" / "advise.csv"
+    assert seen == {f"ours-r2+semi+advised-frac0.2-seed{k}": (advised, str(round2 / "shards")) for k in (0, 1)}
