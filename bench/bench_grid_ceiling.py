@@ -38,7 +38,7 @@ def preset_grids() -> dict[str, int]:
     """Token grid and edge-path grid of each preset (and of the old 6x6 cpu preset)."""
     from trainer.train.presets import pretrain_preset
 
-    out = {"cpu before issue 13 (ViT-Ti/16, 96 px): tokens": 96 // 16}
+    out = {"cpu preset of ViT-Ti/16 at 96 px (before patch 8): tokens": 96 // 16}
     for name in ("cpu", "paper"):
         c = pretrain_preset(name)
         patch = c.patch_size or int(c.arch.split("patch")[1].split("_")[0])

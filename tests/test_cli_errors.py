@@ -1,5 +1,5 @@
 """The one top-level error handler: every known failure is one line naming the file and the problem, exit 1
-(2 for usage, 130 when interrupted); ``-v`` shows the traceback (issue 11)."""
+(2 for usage, 130 when interrupted); ``-v`` shows the traceback."""
 from __future__ import annotations
 
 import errno

@@ -1,5 +1,5 @@
 """Never lose or mix a user's data: safe output folders, plain-name ids, trustworthy resume, the run lock,
-EXIF orientation, capped workers (issue 11)."""
+EXIF orientation, capped workers."""
 from __future__ import annotations
 
 import logging

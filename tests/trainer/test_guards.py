@@ -1,5 +1,5 @@
 """Pretraining resumes only on its own data and survives a damaged checkpoint; fine-tuning and the table check
-their data and arguments before any training (issue 11)."""
+their data and arguments before any training."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,4 +1,4 @@
-"""The faster stage-1 helpers give what the code they replaced gave, to the last bit (issue 14, item 4).
+"""The faster stage-1 helpers give what the code they replaced gave, to the last bit.
 
 Each test compares a helper against an independent reference: scikit-image's ``random_walker`` and its linear
 system, ``scipy.ndimage`` (fill holes, sum_labels), ``np.median``, a full-image ``cv2.erode`` and the former

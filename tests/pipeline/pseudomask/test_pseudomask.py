@@ -139,7 +139,7 @@ def _synthetic_jaccards(**option) -> np.ndarray:
 
 
 def test_circular_field_of_view_does_not_leak_along_the_rim():
-    # today's code before issue 14: mean 0.781, two masks (0.00, 0.07) that run around the lens rim; with the
+    # stage 1 without the edge-run check: mean 0.781, two masks (0.00, 0.07) that run around the lens rim; with the
     # edge-run check at 0.25 (tuned on this set) 0.830, at 0.6 (chosen on real images) 0.809
     scores = _synthetic_jaccards(fov="circle")
     assert scores.mean() > 0.80, scores
@@ -147,7 +147,7 @@ def test_circular_field_of_view_does_not_leak_along_the_rim():
 
 
 def test_frame_filling_lesions_are_not_cut_off():
-    # today's code before issue 14: mean 0.843, three masks (0.21, 0.33, 0.54) cut to the dark core; with the
+    # stage 1 without the edge-run check: mean 0.843, three masks (0.21, 0.33, 0.54) cut to the dark core; with the
     # edge-run check at 0.25 0.875 (it cut two lesions that reach the rim), at 0.6 0.884
     scores = _synthetic_jaccards(lesion="large")
     assert scores.mean() > 0.88, scores
