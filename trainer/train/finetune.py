@@ -33,6 +33,7 @@ from trainer.eval.scoring import METRICS, best_worst_sheet, predict_test, score_
 from trainer.inference.choice import PoolReference
 from trainer.inference.relabel import relabel_info
 from trainer.inference.fusion import FUSE_WEIGHT
+from trainer.inference.masks import implausible_map, mask_from_probability
 from trainer.inference.calibrate import calibrate
 from trainer.inference.segment import PREDICT_SCALE, fusion_of, predict_probability, predict_size
 from trainer.losses.seg import seg_loss
@@ -151,8 +152,14 @@ def _load(samples: Sequence[datasets.Sample], size: int) -> tuple[torch.Tensor, 
     return x, y
 
 
-def _mean_jaccard(prob: np.ndarray, masks: torch.Tensor) -> float:
-    pred = prob >= 0.5
+def _mean_jaccard(prob: np.ndarray, masks: torch.Tensor, implausible: Sequence[np.ndarray] | None = None) -> float:
+    """Mean per-image Jaccard of ``prob >= 0.5`` against ``masks``; with ``implausible`` (one map per image), of
+    the mask the product writes (the one-lesion rule, :func:`mask_from_probability`), so that the validation
+    chooses the iteration that scores best as ``predict`` scores, not as the raw map does."""
+    if implausible is None:
+        pred = prob >= 0.5
+    else:
+        pred = np.stack([mask_from_probability(p, implausible=m) for p, m in zip(prob, implausible)])
     truth = masks[:, 0].numpy() >= 0.5
     inter = (pred & truth).sum(axis=(1, 2))
     union = (pred | truth).sum(axis=(1, 2))
@@ -230,8 +237,10 @@ def _finetune_locked(model, info: dict, splits: Splits, subset, frac: float, out
                                              "excluded_for_leakage": splits.n_excluded}, indent=1))
     train_x, train_y = _load(subset, size)
     val_x, val_y = _load(splits.validation, size)
+    # validated as the product scores: through the one-lesion rule with each image's colour map
+    val_rule = [implausible_map(str(s.image)) for s in splits.validation] if config.one_lesion else None
     best_state, best_iter, best_val = _train(model, train_x, train_y, val_x, val_y, config=config, size=size,
-                                             device=dev, progress=progress, pool=pool)
+                                             device=dev, progress=progress, pool=pool, val_rule=val_rule)
     model.load_state_dict(best_state)
     reference = _pool_reference(config.pseudo_shards)
     calibration = calibrate(config.pseudo_shards, subset) if reference is not None and config.calibrate else None
@@ -346,7 +355,7 @@ class _PseudoPool:
         return images, maps
 
 
-def _train(model, train_x, train_y, val_x, val_y, *, config, size, device, progress, pool=None):
+def _train(model, train_x, train_y, val_x, val_y, *, config, size, device, progress, pool=None, val_rule=None):
     backbone_params = list(model.backbone.parameters())
     decoder_params = list(model.decoder.parameters())
     optimizer = torch.optim.AdamW([{"params": backbone_params, "scale": config.backbone_lr_scale},
@@ -359,7 +368,7 @@ def _train(model, train_x, train_y, val_x, val_y, *, config, size, device, progr
     rng = np.random.default_rng(config.seed)
     # iteration 0 is a candidate too: a model that already segments (a pretrained decoder, the U-Net on pseudo-masks)
     # is never replaced by a fine-tuned one that does worse on validation (few labels can overfit it)
-    best_val = _mean_jaccard(predict_probability(model, val_x, size=size, device=device), val_y)
+    best_val = _mean_jaccard(predict_probability(model, val_x, size=size, device=device), val_y, val_rule)
     best_state, best_iter = copy.deepcopy(model.state_dict()), 0
     bar = tqdm(range(config.iters), desc="fine-tune", unit="it", disable=not progress, leave=False)
     tic = time.perf_counter()
@@ -392,7 +401,7 @@ def _train(model, train_x, train_y, val_x, val_y, *, config, size, device, progr
         torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
         optimizer.step()
         if (it + 1) % config.eval_every == 0 or it + 1 == config.iters:
-            val = _mean_jaccard(predict_probability(model, val_x, size=size, device=device), val_y)
+            val = _mean_jaccard(predict_probability(model, val_x, size=size, device=device), val_y, val_rule)
             bar.set_postfix(loss=f"{loss.item():.3f}", val_jaccard=f"{val:.3f}")
             log.debug("iter %d: loss %.4f, validation Jaccard %.4f", it + 1, loss.item(), val)
             if val > best_val:

@@ -198,11 +198,34 @@ def test_test_masks_skip_a_component_of_sticker_colour(tmp_path):
     assert implausible_map(str(path)).shape == (192, 256)  # the colour check runs at 256 px on the long side
 
 
+def test_validation_scores_the_mask_the_product_writes():
+    import torch
+    from trainer.train.finetune import _mean_jaccard
+
+    truth = np.zeros((1, 1, 32, 32), np.float32)
+    truth[0, 0, 10:22, 10:22] = 1
+    prob = truth[:, 0].copy()
+    prob[0, 0:4, 0:4] = 0.9  # a stray blob in the corner, as a segmenter leaves on a vignette
+    raw = _mean_jaccard(prob, torch.from_numpy(truth))
+    ruled = _mean_jaccard(prob, torch.from_numpy(truth), [np.zeros((32, 32), bool)])
+    assert raw == pytest.approx(144 / 160)
+    assert ruled == pytest.approx(1.0)  # the one-lesion rule drops the blob, as predict does
+
+
+def test_finetune_validates_through_the_one_lesion_rule(synth, export, tmp_path, monkeypatch):
+    import trainer.train.finetune as ft
+
+    seen = []
+    monkeypatch.setattr(ft, "_mean_jaccard", lambda prob, masks, rule=None: seen.append((len(prob), rule)) or 0.5)
+    finetune(synth, 0.2, tmp_path / "ft", checkpoint=export, config=TINY_FT, device="cpu", progress=False)
+    assert seen and all(rule is not None and len(rule) == n for n, rule in seen)
+
+
 @pytest.mark.parametrize("scores,best", [([0.9, 0.5, 0.6, 0.4], 0), ([0.1, 0.5, 0.7, 0.6], 6)])
 def test_the_starting_model_competes_in_the_validation_choice(synth, export, tmp_path, monkeypatch, scores, best):
     import trainer.train.finetune as ft
 
     calls = iter(scores)  # validation at iteration 0, then at 3 and 6 (eval_every 3, 6 iterations)
-    monkeypatch.setattr(ft, "_mean_jaccard", lambda prob, masks: next(calls))
+    monkeypatch.setattr(ft, "_mean_jaccard", lambda prob, masks, rule=None: next(calls))
     result = finetune(synth, 0.2, tmp_path / "ft", checkpoint=export, config=TINY_FT, device="cpu", progress=False)
     assert result.best_iter == best and result.best_val_jaccard == max(scores[:3])
