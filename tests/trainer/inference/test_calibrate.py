@@ -21,10 +21,10 @@ def _disc(centre, radius):
     return np.hypot(yy - centre[0], xx - centre[1])
 
 
-def _pool(root: Path, n: int = 8) -> tuple[Path, list[datasets.Sample]]:
+def _pool(root: Path, n: int = 8, truth_at: tuple[float, ...] = (0.15,)) -> tuple[Path, list[datasets.Sample]]:
     """Stage-1 shards whose walker cut (0.3) keeps only the core of each lesion (the expert lesion reaches the
-    walker's 0.15), the same pool relabelled (the student sees a blob in a corner: the two disagree), and the
-    expert masks."""
+    walker's 0.15; image k's reaches ``truth_at[k % len(truth_at)]``), the same pool relabelled (the student sees
+    a blob in a corner: the two disagree), and the expert masks."""
     rng = np.random.default_rng(0)
     stage1, relabelled, samples = [], [], []
     (root / "masks").mkdir(parents=True)
@@ -32,7 +32,7 @@ def _pool(root: Path, n: int = 8) -> tuple[Path, list[datasets.Sample]]:
         centre = (32 + rng.integers(-4, 5), 32 + rng.integers(-4, 5))
         r = _disc(centre, 0)
         prob = np.exp(-(r / 12.0) ** 2).astype(np.float32)
-        truth = prob >= 0.15
+        truth = prob >= truth_at[k % len(truth_at)]
         image = np.full((SIZE, SIZE, 3), (225, 185, 165), np.uint8)
         image[truth] = (120, 75, 50)
         walker = prob >= 0.3
@@ -77,9 +77,23 @@ def test_labels_that_reach_paler_borders_lower_the_cut_and_the_gain_is_cross_val
     assert fitted.cv["choice"] == pytest.approx(fitted.cv["default"], abs=0.02)  # the choice cannot fix a cut
     again = Calibration.from_dict(fitted.to_dict())
     assert again == fitted and "leave-one-out" in fitted.line()
-    one = calibrate(shards, samples[:1])  # one label: the shrinkage keeps a setting near the default
-    assert one.n_labels == 1 and abs(one.cut_scale - 1.0) <= abs(fitted.cut_scale - 1.0)
+    one = calibrate(shards, samples[:1])  # one label: the shipped settings
+    assert one.n_labels == 1 and one.cut_scale == 1.0
     with pytest.raises(ValueError, match="not a relabelled pool"):
         calibrate(tmp_path / "stage1", samples)
     with pytest.raises(ValueError, match="out of range"):
         Calibration.from_dict({**fitted.to_dict(), "cut_scale": 50})
+
+
+def test_labels_that_disagree_keep_the_shipped_settings(tmp_path):
+    # half the lesions reach paler borders than the walker's cut, half stop inside it: no cut suits every image
+    shards, samples = _pool(tmp_path, 8, truth_at=(0.15, 0.6))
+    fitted = calibrate(shards, samples)
+    assert (fitted.cut_scale, fitted.agree_at, fitted.agree_weight) == (1.0, 0.5, 0.15)
+    assert fitted.n_labels == 8
+
+
+def test_two_labels_are_too_few_to_move_a_setting(tmp_path):
+    shards, samples = _pool(tmp_path, 2)  # both images would gain from a lower cut
+    fitted = calibrate(shards, samples)
+    assert fitted.n_labels == 2 and (fitted.cut_scale, fitted.agree_at, fitted.agree_weight) == (1.0, 0.5, 0.15)
