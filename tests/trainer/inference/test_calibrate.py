@@ -97,3 +97,16 @@ def test_two_labels_are_too_few_to_move_a_setting(tmp_path):
     shards, samples = _pool(tmp_path, 2)  # both images would gain from a lower cut
     fitted = calibrate(shards, samples)
     assert fitted.n_labels == 2 and (fitted.cut_scale, fitted.agree_at, fitted.agree_weight) == (1.0, 0.5, 0.15)
+
+
+def test_a_calibration_without_a_cross_validated_gain_is_not_used(tmp_path, monkeypatch):
+    import trainer.inference.calibrate as cal
+
+    shards, samples = _pool(tmp_path)
+    fitted = calibrate(shards, samples)
+    gain = max(fitted.cv[k] for k in ("cut", "choice", "both")) - fitted.cv["default"]
+    assert fitted.cut_scale < 1.0 and gain > cal.MIN_CV_GAIN  # the labels agree: the cut moves
+    monkeypatch.setattr(cal, "MIN_CV_GAIN", gain + 0.01)  # the same evidence, a higher bar
+    kept = calibrate(shards, samples)
+    assert (kept.cut_scale, kept.agree_at, kept.agree_weight) == (1.0, 0.5, 0.15)
+    assert kept.cv == pytest.approx(fitted.cv) and kept.n_labels == 8  # still reported
