@@ -5,8 +5,8 @@ The phases are those of :func:`trainer.inference.advise.advise`: reading the poo
 shards, the student's features (one forward pass per image at its training size), the gain-weighted greedy
 k-centre choice, and the whole command with its outputs (advise.csv, advise.png, annotate/).
 
-    python bench/bench_advise.py --shards artifacts/refine/round-2/shards            # N = 16
-    python bench/bench_advise.py --shards artifacts/refine/round-2/shards --n 3 --threads 2
+    python bench/bench_advise.py --shards REFINE/round-2/shards            # N = 16
+    python bench/bench_advise.py --quick      # make bench: the demo's round-2 pool (make demo first), N = 3
 """
 from __future__ import annotations
 
@@ -21,15 +21,23 @@ from timing import stopwatch
 from trainer.inference import advise as advise_mod
 from trainer.inference.relabel import relabel_info
 
+DEMO_POOL = "artifacts/refine/round-2/shards"
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shards", required=True, help="a relabelled folder (refine's round-r/shards)")
+    parser.add_argument("--shards", default=DEMO_POOL, help="a relabelled folder (refine's round-r/shards)")
     parser.add_argument("--n", type=int, default=16, help="images to choose")
+    parser.add_argument("--quick", action="store_true", help="N = 3 (the demo's pool is small anyway)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the target machine has 2 cores)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     shards = Path(args.shards)
+    if args.quick:
+        args.n = 3
+    if not shards.is_dir():
+        print(f"bench_advise: no relabelled pool at {shards} (run make demo or make refine first); nothing timed")
+        return
     info = relabel_info(shards)
     if info is None:
         raise SystemExit(f"{shards}: not a relabelled folder (run refine or relabel first)")

@@ -11,8 +11,8 @@ that uses the labels: the most any choice between them can reach).
 ``model``: a model (``export.pt`` or ``model.pt``) used with no label on a labelled test folder, as ``predict``
 writes full-size masks: alone, with the fixed share 0.15, and with the per-image choice.
 
-    python bench/bench_self_training.py shards artifacts/refine/round-2/shards ../shared/data/isic2017_256
-    python bench/bench_self_training.py model artifacts/refine/round-2/pretrain/export.pt \\
+    python bench/score_self_training.py shards artifacts/refine/round-2/shards ../shared/data/isic2017_256
+    python bench/score_self_training.py model artifacts/refine/round-2/pretrain/export.pt \\
         --test ../shared/data/isic_sample --pool ../shared/data/isic2017_256 --out /tmp/scores
 """
 from __future__ import annotations
