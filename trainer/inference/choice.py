@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -21,7 +22,7 @@ import numpy as np
 from pipeline.pseudomask.seeds import to_lab
 
 __all__ = ["FEATURES", "DEFAULT_REFERENCE", "ChoiceConfig", "PoolReference", "Choice", "mask_features", "lesion_score",
-           "fit_reference", "choose", "chosen_score", "confidence_of"]
+           "fit_reference", "agreed_reference", "choose", "chosen_score", "confidence_of"]
 
 #: The measures of :func:`mask_features`, each oriented so that higher is more lesion-like.
 FEATURES = ("contrast", "darkness", "centrality", "away_from_frame")
@@ -152,6 +153,17 @@ def fit_reference(features: np.ndarray) -> PoolReference:
     centre = np.median(f, axis=0)
     scale = np.maximum(1.4826 * np.median(np.abs(f - centre), axis=0), MIN_SCALE)
     return PoolReference(centre=tuple(float(v) for v in centre), scale=tuple(float(v) for v in scale), n=len(f))
+
+
+def agreed_reference(agreements: Sequence[float], features: Sequence[tuple[np.ndarray | None, np.ndarray]],
+                     config: ChoiceConfig) -> PoolReference | None:
+    """The reference of a pool's agreed masks: both masks of every image whose two masks (walker, student
+    ``features``) agree at least ``config.confident_at``; None when fewer than ``config.min_reference`` images
+    do (the caller picks the fallback)."""
+    agreed = [pair for a, pair in zip(agreements, features) if a >= config.confident_at and pair[0] is not None]
+    if len(agreed) < config.min_reference:
+        return None
+    return fit_reference(np.stack([f for pair in agreed for f in pair]))
 
 
 #: Each standardised feature counts at most this much either way in :func:`lesion_score`.

@@ -47,6 +47,7 @@ from trainer.inference.choice import (
     SOURCES,
     ChoiceConfig,
     PoolReference,
+    agreed_reference,
     choose,
     confidence_of,
     fit_reference,
@@ -253,14 +254,15 @@ def _resize(prob: np.ndarray, size: int) -> np.ndarray:
 
 
 def _pool_reference(samples: list[_Sample], config: ChoiceConfig) -> PoolReference:
-    """The pool's reference: the features of both masks of every sample whose two masks agree at least
-    ``config.confident_at`` (every mask when fewer than ``config.min_reference`` do)."""
-    confident = [s for s in samples if s.agreement >= config.confident_at and s.features[0] is not None]
-    chosen = confident if len(confident) >= config.min_reference else samples
-    feats = [f for s in chosen for f in s.features if f is not None]
-    log.info("relabel: pool reference from %d mask(s) of %d image(s)%s", len(feats), len(chosen),
-             "" if chosen is confident else f" (only {len(confident)} agreed; every mask used)")
-    return fit_reference(np.stack(feats))
+    """The pool's reference: its agreed masks (:func:`agreed_reference`), every mask when too few agree."""
+    reference = agreed_reference([s.agreement for s in samples], [s.features for s in samples], config)
+    if reference is None:
+        reference = fit_reference(np.stack([f for s in samples for f in s.features if f is not None]))
+        log.info("relabel: fewer than %d image(s) agreed; pool reference from every mask (%d)",
+                 config.min_reference, reference.n)
+    else:
+        log.info("relabel: pool reference from %d mask(s) of the agreed images", reference.n)
+    return reference
 
 
 def _decide(s: _Sample, reference: PoolReference, config: ChoiceConfig) -> dict:

@@ -26,9 +26,9 @@ from trainer.inference.choice import (
     Choice,
     ChoiceConfig,
     PoolReference,
+    agreed_reference,
     choose,
     confidence_of,
-    fit_reference,
     image_lab,
     mask_features,
 )
@@ -238,10 +238,9 @@ def _choice_view(model: SegModel, path: str | Path, *, size: int, device: torch.
 
 def _images_reference(views: list[_ChoiceView], fusion: Fusion) -> PoolReference:
     """The reference the choice measures against: the images' own agreed masks when there are enough."""
-    agreed = [v for v in views if v.agreement >= fusion.choice.confident_at and v.features[0] is not None]
-    if len(agreed) >= fusion.choice.min_reference:
-        return fit_reference(np.stack([f for v in agreed for f in v.features]))
-    fallback = fusion.reference or DEFAULT_REFERENCE
-    log.info("choice: %d of %d image(s) agree, fewer than %d: measuring against %s", len(agreed), len(views),
-             fusion.choice.min_reference, "the model's pool" if fusion.reference else "the default reference")
-    return fallback
+    reference = agreed_reference([v.agreement for v in views], [v.features for v in views], fusion.choice)
+    if reference is not None:
+        return reference
+    log.info("choice: fewer than %d of %d image(s) agree: measuring against %s", fusion.choice.min_reference,
+             len(views), "the model's pool" if fusion.reference else "the default reference")
+    return fusion.reference or DEFAULT_REFERENCE

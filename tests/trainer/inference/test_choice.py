@@ -11,6 +11,7 @@ from trainer.inference.choice import (
     Choice,
     ChoiceConfig,
     PoolReference,
+    agreed_reference,
     choose,
     chosen_score,
     confidence_of,
@@ -128,3 +129,12 @@ def test_frame_rule_drops_a_vignette_ring_but_keeps_a_lesion_that_fills_the_fram
     assert (one_lesion(big) == big).all()
     corner = disc((size, size), (0, 0), 30) | lesion  # a dark corner beside the lesion: not a ring
     assert without_frame(corner).sum() == corner.sum()
+
+
+def test_the_agreed_reference_uses_both_masks_of_the_agreeing_images_only():
+    config = ChoiceConfig(confident_at=0.8, min_reference=2)
+    near, far = np.array([10.0, 10.0, 0.0, 0.0]), np.array([90.0, 90.0, -0.4, -1.0])
+    pairs = [(near, near + 1), (near - 1, near), (far, far), (None, near)]
+    reference = agreed_reference([0.9, 0.85, 0.3, 0.95], pairs, config)  # the far pair disagrees; no walker mask
+    assert reference.n == 4 and reference.centre[0] == pytest.approx(10.0)
+    assert agreed_reference([0.9, 0.3, 0.3, 0.95], pairs, config) is None  # one agreeing image: too few
