@@ -139,24 +139,23 @@ def finetune_settings(info: dict, path: str | Path) -> dict | None:
 
 def model_calibration(info: dict, path: str | Path) -> Calibration | None:
     """The calibration a ``model.pt`` carries (its labels refitted the walker cut and the choice), or None."""
-    found = info.get("extra", {}).get("calibration")
-    if found is None:
-        return None
-    try:
-        return Calibration.from_dict(found)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: its calibration is not usable ({exc})") from None
+    return _model_extra(info, path, "calibration", Calibration.from_dict)
 
 
 def model_reference(info: dict, path: str | Path) -> PoolReference | None:
     """The pool reference a ``model.pt`` carries (its fine-tuning pool's, when it was relabelled), or None."""
-    found = info.get("extra", {}).get("choice_reference")
+    return _model_extra(info, path, "choice_reference", PoolReference.from_dict)
+
+
+def _model_extra(info: dict, path: str | Path, key: str, parse):
+    """``parse`` of the model file's ``extra[key]``; None when absent; one line naming the file when unusable."""
+    found = info.get("extra", {}).get(key)
     if found is None:
         return None
     try:
-        return PoolReference.from_dict(found)
+        return parse(found)
     except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: its choice_reference is not usable ({exc})") from None
+        raise ValueError(f"{path}: its {key} is not usable ({exc})") from None
 
 
 def _predict_all(model, dataset: datasets.Dataset, out_dir: Path, *, size: int, device, tta: bool, fusion: Fusion,
