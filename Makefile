@@ -80,7 +80,7 @@ refine: $(STAMP)  ## self-training: ROUNDS rounds, each relabels the pool with t
 N        ?= 16
 ADVISE   ?= $(OUT)/advise
 advise: $(STAMP)  ## which N images to label first (default 16), from round 2's pool (make refine first): ADVISE/advise.csv + annotate/
-	$(PY) cli.py advise --shards $(REFINE)/round-2/shards --n $(N) --out $(ADVISE) --device $(DEVICE) $(ARGS)
+	$(PY) cli.py advise --shards $(REFINE)/round-2/shards $(foreach d,$(DATA),--data $(d)) --n $(N) --out $(ADVISE) --device $(DEVICE) $(ARGS)
 
 # fine-tuning beside the pool's pseudo-masks (ours+semi) when the shards exist: never below plain fine-tuning in
 # docs/RESULTS.md's real-data table; SEMI=0 turns it off
@@ -90,10 +90,13 @@ SEMI_ARG  = $(if $(and $(filter 1,$(SEMI)),$(wildcard $(SHARDS)/manifest.json)),
 # beat both the model alone and the pseudo-masks alone in docs/RESULTS.md); FUSE=0 turns it off
 FUSE     ?= 1
 FUSE_ARG  = $(if $(filter 1,$(FUSE)),--fuse)
-finetune: $(STAMP)  ## fine-tune with FRAC of the labels (default 0.01), beside the pseudo-masks of SHARDS (SEMI=0: labels only; FUSE=0: masks from the model alone)
+# LABELS=FILE (advise.csv, or one id per line): fine-tune on exactly those images instead of a random FRAC
+LABEL_ARG = $(if $(LABELS),--labels-from $(LABELS),--frac $(FRAC))
+FT_NAME   = finetune-$(if $(LABELS),listed,$(FRAC))$(if $(ROUND),-round$(ROUND))
+finetune: $(STAMP)  ## fine-tune with FRAC of the labels (default 0.01) or the LABELS list, beside the pseudo-masks of SHARDS (SEMI=0: labels only; FUSE=0: masks from the model alone)
 	@test -f $(PRETRAIN)/export.pt || { echo "no pretrained checkpoint at $(PRETRAIN)/export.pt: run 'make pretrain' first"; exit 1; }
 	@echo ">> using the latest pretraining export: $(PRETRAIN)/export.pt$(if $(SEMI_ARG), and the pseudo-masks of $(SHARDS))"
-	$(PY) cli.py finetune $(foreach d,$(DATA),--data $(d)) --frac $(FRAC) --checkpoint $(PRETRAIN)/export.pt --out $(OUT)/finetune-$(FRAC)$(if $(ROUND),-round$(ROUND)) --device $(DEVICE) --preset $(PRESET) $(SEMI_ARG) $(FUSE_ARG) $(ARGS)
+	$(PY) cli.py finetune $(foreach d,$(DATA),--data $(d)) $(LABEL_ARG) --checkpoint $(PRETRAIN)/export.pt --out $(OUT)/$(FT_NAME) --device $(DEVICE) --preset $(PRESET) $(SEMI_ARG) $(FUSE_ARG) $(ARGS)
 
 # the newest fine-tuned model (make demo leaves artifacts/finetune-0.1/model.pt)
 MODEL    ?= $(or $(shell ls -t $(OUT)/finetune-*/model.pt 2>/dev/null | head -n 1),$(OUT)/finetune-$(FRAC)/model.pt)

@@ -496,16 +496,22 @@ def relabel(shards, model_path, out, agree_at, leave_out, device, no_progress):
                    "correct).")
 @click.option("--exclude-from", "exclude_from", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="Never choose ids of this data folder (your test set). Repeatable.")
+@click.option("--data", "data", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The data 'finetune --labels-from' will read: its validation and test ids (the layout's own "
+                   "folders, else the id hash) are never chosen, so every advised image can train. Repeatable.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs).")
-def advise(shards, model_path, n, out, exclude_from, device, no_progress):
+def advise(shards, model_path, n, out, exclude_from, data, device, no_progress):
     """Which images to label first: the least confident label-free masks, spread over the pool (then label them
     and run 'finetune --labels-from OUT/advise.csv')."""
     from common import datasets
+    from trainer.data.splits import held_out_ids
     from trainer.inference.advise import advise as run_advise
 
     try:
         exclude = {i for folder in exclude_from for i in datasets.open_dataset(folder).ids}
+        if data:
+            exclude |= held_out_ids(datasets.open_dataset(list(data)))
         result = run_advise(shards, out, n=n, model=model_path, exclude_ids=exclude, device=device,
                             progress=not no_progress)
     except (ValueError, FileNotFoundError, datasets.DatasetError) as exc:

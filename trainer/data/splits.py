@@ -96,6 +96,16 @@ def labelled_subset(train: Sequence[Sample], frac: float, *, seed: int) -> tuple
     return tuple(sorted((train[i] for i in order[:n]), key=lambda s: s.id))
 
 
+def held_out_ids(dataset: Dataset) -> set[str]:
+    """The ids :func:`split_dataset` keeps out of training (validation and test), labelled or not yet: the
+    layout's own validation/test folders, else the id hash. ``advise`` leaves them out, so that the images it
+    asks to label are ones ``finetune --labels-from`` can train on."""
+    samples = dataset.samples
+    if any(s.split for s in samples):
+        return {s.id for s in samples if s.split in ("validation", "test")}
+    return {s.id for s in samples if _unit_hash(s.id) < PLAIN_VALIDATION_FRACTION + PLAIN_TEST_FRACTION}
+
+
 def listed_subset(splits: Splits, ids: Sequence[str], *, source: str = "the list") -> tuple[Sample, ...]:
     """The training images whose ids are listed (``finetune --labels-from``), in id order.
 

@@ -86,3 +86,17 @@ def test_refused_labels_are_one_line_in_the_cli(tmp_path, kind, make_labelled):
     else:
         assert f"{data / 'masks'}: none of the expert masks marks a lesion (all 12 mask(s) are empty)" in errors[0]
     assert not (tmp_path / "ft").exists()
+
+
+def test_held_out_ids_are_the_splits_validation_and_test_labelled_or_not(tmp_path, make_labelled):
+    from trainer.data.splits import held_out_ids, split_dataset
+
+    root = make_labelled(tmp_path / "data", 40)
+    for extra in ("U1", "U2", "U3", "U4", "U5", "U6", "U7", "U8"):  # images nobody has labelled yet
+        Image.fromarray(np.full((48, 64, 3), 170, np.uint8)).save(root / "images" / f"{extra}.png")
+    dataset = datasets.open_dataset(root)
+    splits = split_dataset(dataset)
+    held = held_out_ids(dataset)
+    labelled_held = {s.id for s in splits.validation} | {s.id for s in splits.test}
+    assert labelled_held and held & {s.id for s in dataset.labelled} == labelled_held
+    assert not held & {s.id for s in splits.train}
