@@ -7,6 +7,7 @@ the install makes) or, the same, ``python cli.py COMMAND --help``.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -490,7 +491,7 @@ def relabel(shards, model_path, out, agree_at, leave_out, device, no_progress):
               help="The student whose features spread the choice (default: the one that relabelled --shards); "
                    "needed to relabel stage 1's own shards first.")
 @click.option("--n", "n", required=True, type=click.IntRange(min=1),
-              help="How many images to label (e.g. 16: 1 %% of ISIC 2018).")
+              help="How many images to label (e.g. 16: 1 % of ISIC 2018).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for advise.csv, advise.png and annotate/ (the images and their label-free masks to "
                    "correct).")
@@ -676,12 +677,18 @@ def finetune(data, frac, labels_from, checkpoint, out, test_data, seed, init, de
                               progress=not no_progress, labels_from=labels_from)
     except (ValueError, FileNotFoundError, datasets.DatasetError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"labelled images: {len(result.subset_ids)} (ids in {out / 'subset.json'}); best validation "
-               f"Jaccard {result.best_val_jaccard:.4f} at iteration {result.best_iter}")
+    selected = (f"best validation Jaccard {result.best_val_jaccard:.4f} at iteration {result.best_iter}"
+                if math.isfinite(result.best_val_jaccard) else f"no validation image: iteration {result.best_iter} "
+                                                                "(the last) kept")
+    click.echo(f"labelled images: {len(result.subset_ids)} (ids in {out / 'subset.json'}); {selected}")
     for name, value in result.means.items():
         click.echo(f"{name:>20}: {value:.4f}")
-    click.echo(f"predictions: {out / 'predictions'}   metrics: {out / 'metrics.json'}   "
-               f"pictures: {out / 'best_worst.png'}")
+    if result.means:
+        click.echo(f"predictions: {out / 'predictions'}   metrics: {out / 'metrics.json'}   "
+                   f"pictures: {out / 'best_worst.png'}")
+    else:
+        click.echo(f"no test image has a mask: nothing scored; the model is {out / 'model.pt'} (segment your "
+                   f"images with 'predict --model {out / 'model.pt'}')")
 
 
 @main.command()

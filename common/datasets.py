@@ -271,9 +271,25 @@ def open_dataset(paths: str | Path | Iterable[str | Path], *, require_masks: boo
     fatal = [p for p in problems if p.fatal]
     if fatal:
         raise DatasetError(fatal)
-    for p in problems:
-        log.warning("%s", p)
+    _log_problems(problems)
     return Dataset(samples, tuple(roots), tuple(problems))
+
+
+#: Non-fatal problems of one kind logged one per line; the rest of that kind in one summary line.
+SHOWN_PER_KIND = 3
+
+
+def _log_problems(problems: Sequence[Problem]) -> None:
+    """Log non-fatal problems, at most :data:`SHOWN_PER_KIND` of each reason and a count of the rest (a partly
+    labelled folder has hundreds of images without a mask: they are the unlabelled pool, not news)."""
+    by_reason: dict[str, list[Problem]] = {}
+    for p in problems:
+        by_reason.setdefault(p.reason, []).append(p)
+    for reason, group in by_reason.items():
+        for p in group[:SHOWN_PER_KIND]:
+            log.warning("%s", p)
+        if len(group) > SHOWN_PER_KIND:
+            log.warning("... and %d more: %s", len(group) - SHOWN_PER_KIND, reason)
 
 
 def image_size(path: Path) -> tuple[int, int]:

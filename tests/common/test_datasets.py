@@ -151,3 +151,15 @@ def test_read_mask_accepts_0_1_and_0_255(tmp_path):
     m = _mask()
     np.testing.assert_array_equal(read_mask(_write(tmp_path / "a.png", m)), m > 0)
     np.testing.assert_array_equal(read_mask(_write(tmp_path / "b.png", (m > 0).astype(np.uint8))), m > 0)
+
+
+def test_a_partly_labelled_folder_logs_a_few_images_without_a_mask_and_counts_the_rest(tmp_path, caplog):
+    root = _plain(tmp_path / "d", [f"u{k:02d}" for k in range(10)], with_masks=False)
+    _write(root / "masks" / "u00_segmentation.png", _mask())          # one labelled image of ten
+    with caplog.at_level("WARNING", logger="common.datasets"):
+        dataset = open_dataset(root)
+    assert len(dataset.labelled) == 1 and len(dataset.problems) == 9  # every problem kept in the dataset
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == datasets.SHOWN_PER_KIND + 1
+    assert all("image without a mask" in line for line in lines)
+    assert lines[-1].startswith(f"... and {9 - datasets.SHOWN_PER_KIND} more: image without a mask")

@@ -72,10 +72,29 @@ def split_dataset(dataset: Dataset, *, test: Dataset | None = None) -> Splits:
         test_samples = tuple(own_test)
     if not train:
         raise ValueError("no training images left after the split")
-    if not val:
-        val = list(train[-1:])
-        warnings.warn("no validation images: selecting on one training image", stacklevel=2)
     return Splits(tuple(train), tuple(val), tuple(test_samples), n_excluded)
+
+
+#: With no labelled validation image, this share of the labelled subset (at least 1) selects the iteration.
+SELECTION_SHARE = 0.25
+#: Fewer labels than this and none is held out for selection (the last iteration is kept).
+MIN_FOR_SELECTION = 4
+
+
+def selection_from_subset(subset: Sequence[Sample]) -> tuple[tuple[Sample, ...], tuple[Sample, ...]]:
+    """``(train, validation)`` from the labelled subset itself, for data whose validation images have no masks
+    (a folder where only the images to train on were labelled, e.g. the ones ``advise`` chose).
+
+    :data:`SELECTION_SHARE` of the subset (at least 1; the ids with the smallest hash, so the choice is stable)
+    selects the iteration and does not train; with fewer than :data:`MIN_FOR_SELECTION` labels all train and the
+    validation is empty.
+    """
+    subset = tuple(subset)
+    if len(subset) < MIN_FOR_SELECTION:
+        return subset, ()
+    n_val = max(1, round(SELECTION_SHARE * len(subset)))
+    held = set(sorted((s.id for s in subset), key=_unit_hash)[:n_val])
+    return tuple(s for s in subset if s.id not in held), tuple(s for s in subset if s.id in held)
 
 
 def labelled_subset(train: Sequence[Sample], frac: float, *, seed: int) -> tuple[Sample, ...]:

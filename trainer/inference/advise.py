@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from common.atomic import save_figure, write_bytes, write_text
 from common.drawing import draw_contour
-from common.guard import check_plain_name, output_folder
+from common.guard import check_out_dir, check_plain_name, output_folder
 from common.png import encode_png
 from pipeline.pseudomask.cleanup import one_lesion
 from pipeline.pseudomask.seeds import implausible_colour
@@ -121,6 +121,9 @@ def advise(shards: str | Path, out_dir: str | Path, *, n: int, model: str | Path
         raise ValueError(f"n: expected at least 1 image to choose, got {n}")
     info = relabel_info(shards)
     result = AdviseResult(out_dir)
+    source = shards  # what the command reads; out_dir/relabelled is its own making
+    read = [source] + ([model] if model is not None else [])
+    check_out_dir(out_dir, read)  # before any work: the same rule output_folder applies at the end
     if info is None:
         if model is None:
             raise ValueError(f"{shards}: stage 1's shards hold no student's view; give --model (a pretraining "
@@ -138,7 +141,7 @@ def advise(shards: str | Path, out_dir: str | Path, *, n: int, model: str | Path
     result.chosen = [{"rank": k + 1, **rows[i]} for k, i in enumerate(picks)]
     names = [ADVISE_CSV, ADVISE_PNG] + [f"{ANNOTATE}/images/{Path(r['path']).name}" for r in result.chosen] + \
         [f"{ANNOTATE}/masks/{r['id']}_segmentation.png" for r in result.chosen]
-    with output_folder(out_dir, command="advise", names=names, inputs=[shards]):
+    with output_folder(out_dir, command="advise", names=names, inputs=read):
         write_text(out_dir / ADVISE_CSV, _csv(result.chosen))
         _annotation_folder(shards, result.chosen, out_dir / ANNOTATE)
         _sheet(shards, result.chosen[:SHEET_MAX], out_dir / ADVISE_PNG)

@@ -26,7 +26,8 @@ from common.atomic import write_text
 from common.guard import check_out_dir, output_folder
 from trainer.data.cutmix import PICConfig, pic_bias, pic_cutmix
 from trainer.data.multicrop import MultiCropConfig, multi_crop
-from trainer.data.splits import Splits, describe, labelled_subset, listed_subset, near_duplicates, split_dataset
+from trainer.data.splits import (Splits, describe, labelled_subset, listed_subset, near_duplicates,
+                                 selection_from_subset, split_dataset)
 from trainer.engine.distributed import resolve_device
 from trainer.engine.schedules import cosine_schedule
 from trainer.eval.scoring import METRICS, best_worst_sheet, predict_test, score_outputs
@@ -147,6 +148,8 @@ def _load(samples: Sequence[datasets.Sample], size: int) -> tuple[torch.Tensor, 
         images.append(cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA))
         mask = datasets.read_mask(s.mask).astype(np.float32)
         masks.append(cv2.resize(mask, (size, size), interpolation=cv2.INTER_LINEAR) >= 0.5)
+    if not samples:  # no validation image (see selection_from_subset)
+        return torch.zeros((0, 3, size, size), dtype=torch.uint8), torch.zeros((0, 1, size, size))
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
     y = torch.from_numpy(np.stack(masks).astype(np.float32))[:, None]
     return x, y
@@ -195,6 +198,13 @@ def finetune(data: Sequence[str | Path] | str | Path, frac: float, out_dir: str 
         frac = len(subset) / len(splits.train)
     else:
         subset = labelled_subset(splits.train, frac, seed=config.seed)
+    if not splits.validation:  # only the training images are labelled: select on a share of them
+        subset, selection = selection_from_subset(subset)
+        splits = dataclasses.replace(splits, validation=selection)
+        log.warning("%s", f"no validation image has a mask: {len(selection)} of the {len(subset) + len(selection)} "
+                          "labelled image(s) select the iteration instead of training" if selection else
+                          f"no validation image has a mask and only {len(subset)} label(s): all train, the last "
+                          "iteration is kept (label more images, or some of the validation split, to select)")
     log.info("%s", describe(splits, subset))
     if test is not None:
         dupes = near_duplicates(subset + splits.validation, splits.test)
@@ -368,7 +378,10 @@ def _train(model, train_x, train_y, val_x, val_y, *, config, size, device, progr
     rng = np.random.default_rng(config.seed)
     # iteration 0 is a candidate too: a model that already segments (a pretrained decoder, the U-Net on pseudo-masks)
     # is never replaced by a fine-tuned one that does worse on validation (few labels can overfit it)
-    best_val = _mean_jaccard(predict_probability(model, val_x, size=size, device=device), val_y, val_rule)
+    # no validation image (fewer than 4 labels, none with a validation mask): the last iteration is kept
+    validate = len(val_x) > 0
+    best_val = _mean_jaccard(predict_probability(model, val_x, size=size, device=device), val_y, val_rule) \
+        if validate else float("nan")
     best_state, best_iter = copy.deepcopy(model.state_dict()), 0
     bar = tqdm(range(config.iters), desc="fine-tune", unit="it", disable=not progress, leave=False)
     tic = time.perf_counter()
@@ -400,12 +413,19 @@ def _train(model, train_x, train_y, val_x, val_y, *, config, size, device, progr
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
         optimizer.step()
-        if (it + 1) % config.eval_every == 0 or it + 1 == config.iters:
+        if not validate:
+            if it + 1 == config.iters:
+                best_state, best_iter = copy.deepcopy(model.state_dict()), it + 1
+        elif (it + 1) % config.eval_every == 0 or it + 1 == config.iters:
             val = _mean_jaccard(predict_probability(model, val_x, size=size, device=device), val_y, val_rule)
             bar.set_postfix(loss=f"{loss.item():.3f}", val_jaccard=f"{val:.3f}")
             log.debug("iter %d: loss %.4f, validation Jaccard %.4f", it + 1, loss.item(), val)
             if val > best_val:
                 best_state, best_iter, best_val = copy.deepcopy(model.state_dict()), it + 1, val
-    log.info("fine-tuned %d iterations in %.0f s; best validation Jaccard %.4f at iteration %d",
-             config.iters, time.perf_counter() - tic, best_val, best_iter)
+    if validate:
+        log.info("fine-tuned %d iterations in %.0f s; best validation Jaccard %.4f at iteration %d",
+                 config.iters, time.perf_counter() - tic, best_val, best_iter)
+    else:
+        log.info("fine-tuned %d iterations in %.0f s; no validation image: the last iteration is kept",
+                 config.iters, time.perf_counter() - tic)
     return best_state, best_iter, best_val

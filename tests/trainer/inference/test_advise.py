@@ -17,7 +17,7 @@ from common.guard import sha256_file
 from pipeline.run import RunConfig, library_versions, run_pseudomasks
 from pipeline.shards import ShardReader, ShardRecord, find_shards, write_manifest, write_shard
 from pipeline.synth import write_synthetic_dataset
-from trainer.data.splits import listed_subset, split_dataset
+from trainer.data.splits import listed_subset, selection_from_subset, split_dataset
 from trainer.engine.export import export_model
 from trainer.inference.advise import advise, choose_to_label
 from trainer.inference.agreement import mask_agreement
@@ -112,6 +112,27 @@ def test_advise_ranks_the_planted_failures_first_and_not_the_same_image_twice(pl
         advise(data, tmp_path / "d", n=2, device="cpu", progress=False)
 
 
+def test_advise_with_a_model_relabels_stage_1_shards_into_its_own_folder_and_reruns(planted, tmp_path):
+    """``--model`` on stage 1's shards: the relabelled pool goes to OUT/relabelled, which is advise's own making,
+    not an input it writes over (the writer rule once refused it); a rerun into the same folder reuses it."""
+    root = planted[0].parent
+    args = ["advise", "--shards", str(root / "stage1"), "--model", str(root / "export.pt"), "--n", "3",
+            "--out", str(tmp_path / "a"), "--device", "cpu", "--no-progress"]
+    first = CliRunner().invoke(cli.main, args)
+    assert first.exit_code == 0, first.output
+    with open(tmp_path / "a" / "advise.csv") as fh:
+        chosen = [r["id"] for r in csv.DictReader(fh)]
+    assert len(chosen) == 3 and len(set(chosen)) == 3
+    assert find_shards(tmp_path / "a" / "relabelled")
+    again = CliRunner().invoke(cli.main, args)
+    assert again.exit_code == 0, again.output
+    with open(tmp_path / "a" / "advise.csv") as fh:
+        assert [r["id"] for r in csv.DictReader(fh)] == chosen
+    inside = CliRunner().invoke(cli.main, args[:5] + ["--n", "3", "--out", str(root / "stage1" / "advice"),
+                                                      "--device", "cpu", "--no-progress"])
+    assert inside.exit_code != 0 and "overlaps" in inside.output and not (root / "stage1" / "advice").exists()
+
+
 def test_labels_from_trains_on_exactly_the_listed_ids_and_refuses_held_out_or_unknown_ones(tmp_path):
     data = tmp_path / "data"
     write_synthetic_dataset(data, 20, seed=4, size=(96, 72), progress=False)
@@ -147,3 +168,38 @@ def test_labels_from_trains_on_exactly_the_listed_ids_and_refuses_held_out_or_un
     with pytest.raises(ValueError, match="not an image id"):
         datasets.read_id_list(listed)
     shutil.rmtree(tmp_path / "ft")
+
+
+def test_a_folder_where_only_the_advised_images_have_masks_fine_tunes_selecting_on_a_share_of_them(tmp_path):
+    """The README's workflow on a user's folder: masks only for the images advise chose (all of the training
+    split), none for validation or test. A quarter of the listed labels selects the iteration; with fewer than 4
+    labels all train and the last iteration is kept; nothing is scored, and the run says so."""
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, 24, seed=5, size=(96, 72), progress=False)
+    train_ids = [s.id for s in split_dataset(datasets.open_dataset(data)).train]
+    listed = train_ids[:8]
+    for mask in (data / "masks").iterdir():  # the user labelled only the listed images
+        if mask.name.split("_segmentation")[0] not in listed:
+            mask.unlink()
+    train, selection = selection_from_subset(split_dataset(datasets.open_dataset(data)).train)
+    assert len(selection) == 2 and len(train) == 6 and not {s.id for s in train} & {s.id for s in selection}
+    again = selection_from_subset(list(reversed(train + selection)))[1]
+    assert {s.id for s in again} == {s.id for s in selection}  # stable: by id hash, not by order
+    assert selection_from_subset(train[:3]) == (tuple(train[:3]), ())
+    torch.manual_seed(0)
+    export_model(TINY.build_model(), TINY, tmp_path / "export.pt", step=1)
+    ids = tmp_path / "ids.txt"
+    ids.write_text("\n".join(listed))
+    args = ["finetune", "--data", str(data), "--checkpoint", str(tmp_path / "export.pt"), "--iters", "3",
+            "--device", "cpu", "--no-progress", "--labels-from", str(ids)]
+    run = CliRunner().invoke(cli.main, args + ["--out", str(tmp_path / "ft")])
+    assert run.exit_code == 0, run.output
+    subset = json.loads((tmp_path / "ft" / "subset.json").read_text())
+    assert sorted(subset["ids"] + subset["validation"]) == sorted(listed) and len(subset["validation"]) == 2
+    assert subset["test"] == [] and "nothing scored" in run.output
+    assert (tmp_path / "ft" / "model.pt").exists()
+    ids.write_text("\n".join(listed[:3]))
+    run = CliRunner().invoke(cli.main, args + ["--out", str(tmp_path / "ft3")])
+    assert run.exit_code == 0, run.output
+    assert "iteration 3 (the last) kept" in run.output
+    assert json.loads((tmp_path / "ft3" / "metrics.json").read_text())["best_iter"] == 3
