@@ -198,6 +198,7 @@ def finetune(data: Sequence[str | Path] | str | Path, frac: float, out_dir: str 
         frac = len(subset) / len(splits.train)
     else:
         subset = labelled_subset(splits.train, frac, seed=config.seed)
+    calibrate_on = subset  # calibration is cross-validated on the labels themselves: every listed one counts
     if not splits.validation:  # only the training images are labelled: select on a share of them
         subset, selection = selection_from_subset(subset)
         splits = dataclasses.replace(splits, validation=selection)
@@ -226,7 +227,7 @@ def finetune(data: Sequence[str | Path] | str | Path, frac: float, out_dir: str 
     # one run per folder, and no file replaced that no run wrote: a second finetune into this --out is refused
     with output_folder(out_dir, command="finetune", names=run_outputs(splits, with_model=True), inputs=inputs):
         return _finetune_locked(model, info, splits, subset, frac, out_dir, config=config, device=dev,
-                                progress=progress, pool=pool)
+                                progress=progress, pool=pool, calibrate_on=calibrate_on)
 
 
 def run_outputs(splits: Splits, *, with_model: bool) -> list[str]:
@@ -236,7 +237,8 @@ def run_outputs(splits: Splits, *, with_model: bool) -> list[str]:
 
 
 def _finetune_locked(model, info: dict, splits: Splits, subset, frac: float, out_dir: Path, *,
-                     config: FinetuneConfig, device: torch.device, progress: bool, pool) -> FinetuneResult:
+                     config: FinetuneConfig, device: torch.device, progress: bool, pool,
+                     calibrate_on: Sequence[datasets.Sample]) -> FinetuneResult:
     """:func:`finetune` once the data is checked, the model built and ``out_dir`` locked and claimed."""
     dev = device
     size = int(info["img_size"])
@@ -253,7 +255,7 @@ def _finetune_locked(model, info: dict, splits: Splits, subset, frac: float, out
                                              device=dev, progress=progress, pool=pool, val_rule=val_rule)
     model.load_state_dict(best_state)
     reference = _pool_reference(config.pseudo_shards)
-    calibration = calibrate(config.pseudo_shards, subset) if reference is not None and config.calibrate else None
+    calibration = calibrate(config.pseudo_shards, calibrate_on) if reference is not None and config.calibrate else None
     if calibration is not None:
         log.info("%s", calibration.line())
     save_seg_model(model, info, out_dir / MODEL, extra={
