@@ -22,6 +22,7 @@ from trainer.engine.export import export_model
 from trainer.inference.advise import advise, choose_to_label
 from trainer.inference.agreement import mask_agreement
 from trainer.inference.choice import Choice, confidence_of
+from trainer.inference.relabel import relabel
 from trainer.train.config import PretrainConfig
 from trainer.train.finetune import FinetuneConfig, finetune
 
@@ -203,3 +204,26 @@ def test_a_folder_where_only_the_advised_images_have_masks_fine_tunes_selecting_
     assert run.exit_code == 0, run.output
     assert "iteration 3 (the last) kept" in run.output
     assert json.loads((tmp_path / "ft3" / "metrics.json").read_text())["best_iter"] == 3
+
+
+def test_with_only_the_listed_masks_calibration_uses_every_listed_label(planted, tmp_path):
+    """A quarter of the listed labels selects the iteration and does not train; calibration, cross-validated on
+    the labels themselves, still uses all of them."""
+    folder, source, _ = planted
+    data = tmp_path / "data"
+    shutil.copytree(source, data)
+    train_ids = [s.id for s in split_dataset(datasets.open_dataset(data)).train]
+    for mask in (data / "masks").iterdir():
+        if mask.name.split("_segmentation")[0] not in train_ids:
+            mask.unlink()
+    ids = tmp_path / "ids.txt"
+    ids.write_text("\n".join(train_ids))
+    model = folder.parent / "export.pt"
+    relabel(folder.parent / "stage1", model, tmp_path / "pool", device="cpu", progress=False)  # a real round's pool
+    config = FinetuneConfig(iters=2, batch_size=2, eval_every=2, decoder_hidden=8, pseudo_shards=str(tmp_path / "pool"))
+    result = finetune(data, 1.0, tmp_path / "ft", checkpoint=model, config=config,
+                      device="cpu", progress=False, labels_from=ids)
+    n_selection = len(selection_from_subset(split_dataset(datasets.open_dataset(data)).train)[1])
+    assert n_selection >= 1 and len(result.subset_ids) == len(train_ids) - n_selection
+    metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    assert metrics["calibration"]["n_labels"] == len(train_ids)
