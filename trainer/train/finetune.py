@@ -254,13 +254,14 @@ def _finetune_locked(model, info: dict, splits: Splits, subset, frac: float, out
     best_state, best_iter, best_val = _train(model, train_x, train_y, val_x, val_y, config=config, size=size,
                                              device=dev, progress=progress, pool=pool, val_rule=val_rule)
     model.load_state_dict(best_state)
+    recorded_val = best_val if np.isfinite(best_val) else None  # JSON null: no validation image
     reference = _pool_reference(config.pseudo_shards)
     calibration = calibrate(config.pseudo_shards, calibrate_on) if reference is not None and config.calibrate else None
     if calibration is not None:
         log.info("%s", calibration.line())
     save_seg_model(model, info, out_dir / MODEL, extra={
         "frac": frac, "n_labelled": len(subset), "labelled_ids": [s.id for s in subset], "best_iter": best_iter,
-        "best_val_jaccard": best_val, "init": info, "config": json.loads(json.dumps(dataclasses.asdict(config))),
+        "best_val_jaccard": recorded_val, "init": info, "config": json.loads(json.dumps(dataclasses.asdict(config))),
         **({"choice_reference": json.loads(reference.to_json())} if reference else {}),
         **({"calibration": calibration.to_dict()} if calibration else {})})
     test_size = predict_size(size, config.predict_scale)
@@ -269,7 +270,7 @@ def _finetune_locked(model, info: dict, splits: Splits, subset, frac: float, out
                                tta=config.tta, one_lesion=config.one_lesion, fusion=fusion)
     write_text(out_dir / METRICS, json.dumps({
         "mean": means, "n_test": len(rows), "per_image": rows, "frac": frac, "n_labelled": len(subset),
-        "predict_size": test_size, "best_iter": best_iter, "best_val_jaccard": best_val, "model": info,
+        "predict_size": test_size, "best_iter": best_iter, "best_val_jaccard": recorded_val, "model": info,
         **({"calibration": calibration.to_dict()} if calibration else {}),
         "config": dataclasses.asdict(config), "splits": describe(splits, subset)}, indent=1))
     best_worst_sheet(rows, splits, out_dir)

@@ -203,7 +203,8 @@ def test_a_folder_where_only_the_advised_images_have_masks_fine_tunes_selecting_
     run = CliRunner().invoke(cli.main, args + ["--out", str(tmp_path / "ft3")])
     assert run.exit_code == 0, run.output
     assert "iteration 3 (the last) kept" in run.output
-    assert json.loads((tmp_path / "ft3" / "metrics.json").read_text())["best_iter"] == 3
+    metrics = json.loads((tmp_path / "ft3" / "metrics.json").read_text())  # strict JSON: no NaN
+    assert metrics["best_iter"] == 3 and metrics["best_val_jaccard"] is None
 
 
 def test_with_only_the_listed_masks_calibration_uses_every_listed_label(planted, tmp_path):
