@@ -190,6 +190,7 @@ def near_duplicates(a: Sequence[Sample], b: Sequence[Sample], *, max_distance: i
 
 def describe(splits: Splits, subset: Sequence[Sample]) -> str:
     pct = 100 * len(subset) / max(len(splits.train), 1)
-    return (f"train pool {len(splits.train)}, labelled subset {len(subset)} ({pct:.2g} %), validation "
+    shown = f"{pct:.2g}" if pct < 10 else f"{pct:.0f}"  # 0.19, 1, 10, 100 (not 1e+02)
+    return (f"train pool {len(splits.train)}, labelled subset {len(subset)} ({shown} %), validation "
             f"{len(splits.validation)}, test {len(splits.test)}"
             + (f"; {splits.n_excluded} id(s) excluded because they are in the test data" if splits.n_excluded else ""))

@@ -100,3 +100,13 @@ def test_held_out_ids_are_the_splits_validation_and_test_labelled_or_not(tmp_pat
     labelled_held = {s.id for s in splits.validation} | {s.id for s in splits.test}
     assert labelled_held and held & {s.id for s in dataset.labelled} == labelled_held
     assert not held & {s.id for s in splits.train}
+
+
+def test_the_split_line_writes_shares_as_people_read_them():
+    from common.datasets import Sample
+    from trainer.data.splits import Splits, describe
+    from pathlib import Path
+    train = tuple(Sample(f"id{k:04d}", Path(f"id{k:04d}.jpg"), None, None, Path(".")) for k in range(1593))
+    splits = Splits(train, train[:2], ())
+    assert "(100 %)" in describe(splits, train) and "(10 %)" in describe(splits, train[:159])
+    assert "(1 %)" in describe(splits, train[:16]) and "(0.19 %)" in describe(splits, train[:3])
