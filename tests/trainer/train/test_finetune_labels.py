@@ -2,6 +2,7 @@
 training (round 3, item 2: red-on-black masks were read as empty, trained on, and scored a Jaccard of 1.000)."""
 from __future__ import annotations
 
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,8 @@ from PIL import Image
 
 import cli
 from common import datasets
+from common.datasets import Sample
+from trainer.data.splits import Splits, describe
 from trainer.train import finetune as finetune_module
 
 TINY = finetune_module.FinetuneConfig(init="scratch", arch="vit_tiny_patch16_224", img_size=32, patch_size=8,
@@ -103,9 +106,6 @@ def test_held_out_ids_are_the_splits_validation_and_test_labelled_or_not(tmp_pat
 
 
 def test_the_split_line_writes_shares_as_people_read_them():
-    from common.datasets import Sample
-    from trainer.data.splits import Splits, describe
-    from pathlib import Path
     train = tuple(Sample(f"id{k:04d}", Path(f"id{k:04d}.jpg"), None, None, Path(".")) for k in range(1593))
     splits = Splits(train, train[:2], ())
     assert "(100 %)" in describe(splits, train) and "(10 %)" in describe(splits, train[:159])
