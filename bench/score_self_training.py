@@ -75,8 +75,9 @@ def score_shards(folder: Path, labelled: list[Path]) -> None:
     if "walker" in rows[0]:
         w, s = np.array([r["walker"] for r in rows]), np.array([r["student"] for r in rows])
         counts = np.bincount([r["source"] for r in rows], minlength=3)
+        oracle = np.maximum(w, s)
         print(f"  walker alone {w.mean():.4f}, student alone {s.mean():.4f}, the better of the two per image "
-              f"(oracle) {np.maximum(w, s).mean():.4f}")
+              f"(oracle) {oracle.mean():.4f}, below {FAIL}: {(oracle < FAIL).mean():.1%}")
         print("  sources " + ", ".join(f"{name} {n}" for name, n in zip(SOURCES, counts)))
 
 
