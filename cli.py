@@ -534,7 +534,8 @@ def advise(shards, model_path, n, out, exclude_from, data, device, no_progress):
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for round-2/, round-3/, ... (each: shards/ and pretrain/). Rerunning resumes.")
 @click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Rounds after the first pretraining.")
+              help="Rounds after the first pretraining. With the cpu preset, rounds after round 3 gained nothing "
+                   "(docs/RESULTS.md, 'Self-training').")
 @click.option("--epochs", type=click.IntRange(min=1), default=4, show_default=True,
               help="Epochs of each round's training (it starts from the previous round's weights).")
 @_choice_options
