@@ -457,7 +457,8 @@ def probe_verdict(start: float | None, end: float) -> str:
     change = end - start
     if change >= PROBE_RISE:
         return f"{start:.3f} at the start -> {end:.3f} ({change:+.3f}): the features improved"
-    return (f"{start:.3f} at the start -> {end:.3f} ({change:+.3f}): NOT LEARNING: the features did not improve "
+    worse = "got worse" if change <= -PROBE_RISE else "did not improve"
+    return (f"{start:.3f} at the start -> {end:.3f} ({change:+.3f}): NOT LEARNING: the features {worse} "
             f"(a rise of at least {PROBE_RISE} is expected); the segmentation decoder may still have learned")
 
 

@@ -278,3 +278,6 @@ def test_the_last_line_says_when_the_probe_did_not_rise_whatever_the_collapse_mo
     assert "0.300 at the start -> 0.252" in cli._pretrain_health(resumed)
     assert pretrain_module.probe_verdict(0.25, 0.259).endswith("the segmentation decoder may still have learned")
     assert "improved" in pretrain_module.probe_verdict(0.25, 0.26)
+    assert "did not improve" in pretrain_module.probe_verdict(0.25, 0.245)
+    fell = pretrain_module.probe_verdict(0.424, 0.278)  # round 3 on the real pool
+    assert "NOT LEARNING: the features got worse" in fell and "(-0.146)" in fell
