@@ -239,8 +239,9 @@ def _choice_view(model: SegModel, path: str | Path, *, size: int, device: torch.
 def _images_reference(views: list[_ChoiceView], fusion: Fusion) -> PoolReference:
     """The reference the choice measures against: the images' own agreed masks when there are enough."""
     reference = agreed_reference([v.agreement for v in views], [v.features for v in views], fusion.choice)
-    if reference is not None or not views:
-        return reference or fusion.reference or DEFAULT_REFERENCE
-    log.info("choice: fewer than %d of %d image(s) agree: measuring against %s", fusion.choice.min_reference,
-             len(views), "the model's pool" if fusion.reference else "the default reference")
+    if reference is not None:
+        return reference
+    if views:  # no image, nothing to say
+        log.info("choice: fewer than %d of %d image(s) agree: measuring against %s", fusion.choice.min_reference,
+                 len(views), "the model's pool" if fusion.reference else "the default reference")
     return fusion.reference or DEFAULT_REFERENCE
